@@ -1,0 +1,195 @@
+//! The prediction cache in Redis.
+//!
+//! One entry per (model, canonical input) under the key from
+//! [`prediction_contract::cache_key`]. An entry records when it was computed and how
+//! long it stays fresh, so the gateway can tell the client its `Age` and never serve
+//! a prediction past its freshness even if Redis keeps it a little longer.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+/// A cached prediction and what the gateway needs to know about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CachedPrediction {
+    /// The prediction exactly as the worker sent it (valid JSON).
+    pub prediction: Bytes,
+    pub model_version: String,
+    /// When the gateway received it, in milliseconds since the Unix epoch.
+    pub computed_at_ms: u64,
+    /// How long after `computed_at_ms` it may be served as fresh.
+    pub fresh_for: Duration,
+}
+
+/// The stored form. The prediction is embedded as raw JSON, so a hit copies it
+/// into the response without parsing it.
+#[derive(Serialize, Deserialize)]
+struct StoredEntry<'a> {
+    model_version: &'a str,
+    computed_at_ms: u64,
+    fresh_ms: u64,
+    #[serde(borrow)]
+    prediction: &'a RawValue,
+}
+
+/// A value under a prediction key that is not an entry this gateway wrote.
+#[derive(Debug, thiserror::Error)]
+#[error("the cached value is not a prediction entry: {0}")]
+pub struct CorruptEntry(#[from] serde_json::Error);
+
+impl CachedPrediction {
+    pub fn encode(&self) -> Vec<u8> {
+        let prediction: &RawValue = serde_json::from_slice(&self.prediction)
+            .expect("predictions are validated as JSON before they are cached");
+        serde_json::to_vec(&StoredEntry {
+            model_version: &self.model_version,
+            computed_at_ms: self.computed_at_ms,
+            fresh_ms: u64::try_from(self.fresh_for.as_millis()).unwrap_or(u64::MAX),
+            prediction,
+        })
+        .expect("an entry always serialises")
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, CorruptEntry> {
+        let stored: StoredEntry<'_> = serde_json::from_slice(bytes)?;
+        Ok(Self {
+            prediction: Bytes::copy_from_slice(stored.prediction.get().as_bytes()),
+            model_version: stored.model_version.to_owned(),
+            computed_at_ms: stored.computed_at_ms,
+            fresh_for: Duration::from_millis(stored.fresh_ms),
+        })
+    }
+
+    /// Time since the prediction was computed, as of `now_ms`.
+    pub fn age(&self, now_ms: u64) -> Duration {
+        Duration::from_millis(now_ms.saturating_sub(self.computed_at_ms))
+    }
+
+    pub fn is_fresh(&self, now_ms: u64) -> bool {
+        self.age(now_ms) < self.fresh_for
+    }
+
+    /// Freshness left as of `now_ms`.
+    pub fn fresh_left(&self, now_ms: u64) -> Duration {
+        self.fresh_for.saturating_sub(self.age(now_ms))
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn unix_now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// What can go wrong talking to Redis. The gateway answers without the cache then.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    #[error("Redis command failed")]
+    Redis(#[from] redis::RedisError),
+    #[error(transparent)]
+    Corrupt(#[from] CorruptEntry),
+}
+
+/// Predictions stored in Redis.
+#[derive(Clone)]
+pub struct PredictionCache {
+    /// Reconnects by itself; created lazily so the gateway starts (and answers
+    /// from the workers) while Redis is down.
+    redis: ConnectionManager,
+}
+
+impl std::fmt::Debug for PredictionCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PredictionCache").finish_non_exhaustive()
+    }
+}
+
+impl PredictionCache {
+    /// Prepares a connection to `redis_url` without opening it. Every command is
+    /// bounded by `timeout`, so a slow Redis costs a request at most that long.
+    pub fn new(redis_url: &str, timeout: Duration) -> Result<Self, redis::RedisError> {
+        let client = redis::Client::open(redis_url)?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(100));
+        let redis = ConnectionManager::new_lazy_with_config(client, config)?;
+        Ok(Self { redis })
+    }
+
+    /// The entry under `key`, if there is one.
+    pub async fn lookup(&self, key: &str) -> Result<Option<CachedPrediction>, CacheError> {
+        let mut redis = self.redis.clone();
+        let bytes: Option<Vec<u8>> = redis::cmd("GET").arg(key).query_async(&mut redis).await?;
+        match bytes {
+            None => Ok(None),
+            Some(bytes) => Ok(Some(CachedPrediction::decode(&bytes)?)),
+        }
+    }
+
+    /// Stores `entry` under `key`; Redis drops it when its freshness ends.
+    pub async fn store(&self, key: &str, entry: &CachedPrediction) -> Result<(), CacheError> {
+        let expire_ms = u64::try_from(entry.fresh_for.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        let mut redis = self.redis.clone();
+        redis::cmd("SET")
+            .arg(key)
+            .arg(entry.encode())
+            .arg("PX")
+            .arg(expire_ms)
+            .query_async::<()>(&mut redis)
+            .await?;
+        Ok(())
+    }
+
+    /// Whether Redis answers right now.
+    pub async fn ping(&self) -> Result<(), CacheError> {
+        let mut redis = self.redis.clone();
+        redis::cmd("PING").query_async::<()>(&mut redis).await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry() -> CachedPrediction {
+        CachedPrediction {
+            prediction: Bytes::from_static(br#"{"product_id":"ETH/EUR","predicted_price":2300.5}"#),
+            model_version: "1.0.0".into(),
+            computed_at_ms: 1_000_000,
+            fresh_for: Duration::from_secs(60),
+        }
+    }
+
+    #[test]
+    fn entries_round_trip_with_the_prediction_bytes_untouched() {
+        let entry = entry();
+        assert_eq!(CachedPrediction::decode(&entry.encode()).unwrap(), entry);
+    }
+
+    #[test]
+    fn foreign_values_are_corrupt_not_panics() {
+        for bytes in [&b"garbage"[..], b"{}", b"\xff\xfe", br#"{"prediction":1}"#] {
+            assert!(CachedPrediction::decode(bytes).is_err());
+        }
+    }
+
+    #[test]
+    fn freshness_and_age_follow_the_clock() {
+        let entry = entry();
+        assert!(entry.is_fresh(1_000_000));
+        assert!(entry.is_fresh(1_059_999));
+        assert!(!entry.is_fresh(1_060_000));
+        assert_eq!(entry.age(1_002_999), Duration::from_millis(2_999));
+        assert_eq!(entry.age(999_000), Duration::ZERO);
+        assert_eq!(entry.fresh_left(1_050_000), Duration::from_secs(10));
+    }
+}

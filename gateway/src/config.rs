@@ -1,0 +1,91 @@
+//! Gateway settings: every one a flag and an environment variable.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Parser;
+use prediction_contract::ModelName;
+use prediction_contract::telemetry::LogFormat;
+
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "gateway",
+    version,
+    about = "HTTP gateway: answers predictions from Redis, asks NATS model workers on a miss."
+)]
+pub struct GatewayConfig {
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, env = "GATEWAY_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+
+    /// NATS server(s) to connect to, comma-separated.
+    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+
+    /// Redis holding the cached predictions.
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    pub redis_url: String,
+
+    /// How long a client waits for a model's answer before getting 504.
+    #[arg(long, env = "GATEWAY_REQUEST_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub request_timeout: Duration,
+
+    /// How long a prediction stays fresh when its model does not say.
+    #[arg(long, env = "GATEWAY_CACHE_TTL", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub cache_ttl: Duration,
+
+    /// The model `POST /predict` (the original API) is routed to.
+    #[arg(long, env = "GATEWAY_DEFAULT_MODEL", default_value = "price")]
+    pub default_model: ModelName,
+
+    /// Prefix of every Redis key, so deployments can share one Redis.
+    #[arg(long, env = "GATEWAY_KEY_PREFIX", default_value = "")]
+    pub key_prefix: String,
+
+    /// Largest request body accepted, in bytes. The default leaves room for headers
+    /// within NATS's default 1 MiB max_payload.
+    #[arg(long, env = "GATEWAY_MAX_BODY", default_value_t = 512 * 1024)]
+    pub max_body: usize,
+
+    /// How long a Redis command may take before the gateway answers without the cache.
+    #[arg(long, env = "GATEWAY_REDIS_TIMEOUT", default_value = "250ms", value_parser = humantime::parse_duration)]
+    pub redis_timeout: Duration,
+
+    /// Log format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_documentation() {
+        let config = GatewayConfig::try_parse_from(["gateway"]).unwrap();
+        assert_eq!(config.listen, "0.0.0.0:8080".parse().unwrap());
+        assert_eq!(config.request_timeout, Duration::from_secs(5));
+        assert_eq!(config.cache_ttl, Duration::from_secs(60));
+        assert_eq!(config.default_model.as_str(), "price");
+        assert_eq!(config.max_body, 524_288);
+    }
+
+    #[test]
+    fn durations_read_human_units() {
+        let config = GatewayConfig::try_parse_from([
+            "gateway",
+            "--request-timeout",
+            "500ms",
+            "--cache-ttl",
+            "2m",
+        ])
+        .unwrap();
+        assert_eq!(config.request_timeout, Duration::from_millis(500));
+        assert_eq!(config.cache_ttl, Duration::from_secs(120));
+    }
+
+    #[test]
+    fn an_invalid_default_model_is_refused() {
+        assert!(GatewayConfig::try_parse_from(["gateway", "--default-model", "a.*"]).is_err());
+    }
+}

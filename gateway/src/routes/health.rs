@@ -1,0 +1,45 @@
+//! Liveness and readiness.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use super::AppState;
+
+/// `GET /healthz` (and `/health`, the original API's): the process is up.
+pub async fn health() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "lowercase")]
+enum Dependency {
+    Up,
+    Down,
+}
+
+/// `GET /readyz`: whether the gateway can answer predictions. With one of NATS and
+/// Redis down it still can (from the cache, or from the workers) and says
+/// `degraded`; only with both down is it not ready.
+pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
+    let nats = if state.models.is_connected() {
+        Dependency::Up
+    } else {
+        Dependency::Down
+    };
+    let redis = match state.cache.ping().await {
+        Ok(()) => Dependency::Up,
+        Err(_) => Dependency::Down,
+    };
+    let (status, word) = match (&nats, &redis) {
+        (Dependency::Up, Dependency::Up) => (StatusCode::OK, "ok"),
+        (Dependency::Down, Dependency::Down) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+        _ => (StatusCode::OK, "degraded"),
+    };
+    (
+        status,
+        Json(json!({"status": word, "nats": nats, "redis": redis})),
+    )
+}

@@ -1,0 +1,113 @@
+//! Building and running the gateway.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use prediction_contract::telemetry::redact_url;
+use tokio::net::TcpListener;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tracing::{info, warn};
+
+use crate::cache::PredictionCache;
+use crate::config::GatewayConfig;
+use crate::model_client::ModelClient;
+use crate::request_log::log_request;
+use crate::routes::{AppState, Settings, router};
+
+/// How long startup waits for the first NATS connection before serving anyway
+/// (from the cache) and connecting in the background.
+const NATS_STARTUP_WAIT: Duration = Duration::from_secs(2);
+
+/// A gateway with its listener bound and its clients created, ready to run.
+#[derive(Debug)]
+pub struct Application {
+    listener: TcpListener,
+    router: Router,
+    local_addr: SocketAddr,
+}
+
+impl Application {
+    /// Binds the listener (port 0 picks a free one) and connects to NATS and Redis.
+    /// Neither being down stops the gateway from starting: it reconnects to both by
+    /// itself and `/readyz` says what is missing meanwhile.
+    pub async fn build(config: GatewayConfig) -> anyhow::Result<Self> {
+        let nats_url = redact_url(&config.nats_url);
+        let nats = async_nats::ConnectOptions::new()
+            .name("prediction-gateway")
+            .retry_on_initial_connect()
+            .event_callback(|event| async move { info!(%event, "NATS connection event") })
+            .connect(&config.nats_url)
+            .await
+            .with_context(|| format!("connecting to NATS at {nats_url}"))?;
+        if tokio::time::timeout(NATS_STARTUP_WAIT, nats.flush()).await.is_err() {
+            warn!(nats = %nats_url, "NATS not reachable yet; serving from the cache and retrying");
+        }
+
+        let redis_url = redact_url(&config.redis_url);
+        let cache = PredictionCache::new(&config.redis_url, config.redis_timeout)
+            .with_context(|| format!("configuring Redis at {redis_url}"))?;
+
+        let state = AppState {
+            cache,
+            models: ModelClient::new(nats, config.request_timeout),
+            settings: Arc::new(Settings {
+                cache_ttl: config.cache_ttl,
+                key_prefix: config.key_prefix.clone(),
+                default_model: config.default_model.clone(),
+                max_body: config.max_body,
+            }),
+        };
+        let router = router(state)
+            .layer(DefaultBodyLimit::max(config.max_body))
+            .layer(axum::middleware::from_fn(log_request))
+            .layer(PropagateRequestIdLayer::x_request_id())
+            .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid));
+
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("binding the HTTP listener to {}", config.listen))?;
+        let local_addr = listener.local_addr()?;
+        info!(
+            listen = %local_addr,
+            nats = %nats_url,
+            redis = %redis_url,
+            cache_ttl = ?config.cache_ttl,
+            request_timeout = ?config.request_timeout,
+            "gateway ready"
+        );
+        Ok(Self {
+            listener,
+            router,
+            local_addr,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn port(&self) -> u16 {
+        self.local_addr.port()
+    }
+
+    /// Serves until Ctrl-C or SIGTERM, then finishes the requests in flight.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        self.run(prediction_contract::shutdown::shutdown_signal())
+            .await
+    }
+
+    /// Serves until `shutdown` completes, then finishes the requests in flight.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(shutdown)
+            .await
+            .context("serving HTTP")?;
+        info!("gateway stopped");
+        Ok(())
+    }
+}

@@ -1,0 +1,48 @@
+//! Clients of the original Python API keep working.
+
+use serde_json::Value;
+
+use crate::helpers::{header, spawn_app};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_original_predict_route_answers_with_the_original_shape() {
+    let app = spawn_app(&[]).await;
+
+    let response = app.post("/predict", r#"{"product_id": "ETH/EUR"}"#).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(header(&response, "x-cache"), "MISS");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["product_id"], "ETH/EUR");
+    assert!(body["predicted_price"].as_f64().unwrap() > 0.0);
+    assert!(body["timestamp"].is_u64());
+    assert!(body["timestamp_sec"].is_u64());
+
+    let again = app.post("/predict", r#"{"product_id":"ETH/EUR"}"#).await;
+    assert_eq!(header(&again, "x-cache"), "HIT");
+    let same_via_v1 = app
+        .post("/v1/models/price/predict", r#"{"product_id":"ETH/EUR"}"#)
+        .await;
+    assert_eq!(header(&same_via_v1, "x-cache"), "HIT");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_default_model_is_configurable() {
+    let app = spawn_app(&["--default-model", "echo"]).await;
+
+    let response = app.post("/predict", r#"{"product_id":"ETH/EUR"}"#).await;
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["model"], "echo");
+    assert_eq!(app.echo.calls(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_routes_answer_ok() {
+    let app = spawn_app(&[]).await;
+    for path in ["/health", "/healthz"] {
+        let response = app.get(path).await;
+        assert_eq!(response.status(), 200);
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["status"], "ok");
+    }
+}

@@ -1,0 +1,234 @@
+//! Starts the whole system for a test: its own nats-server and redis-server, model
+//! workers and a gateway on port 0, all torn down when the [`TestApp`] is dropped.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use clap::Parser;
+use gateway::{Application, GatewayConfig};
+use prediction_contract::ModelName;
+use serde_json::{Value, json};
+use test_support::{NatsServer, RedisServer};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use worker::{Input, Model, ModelError, Worker, WorkerConfig};
+
+/// A model whose behaviour a test chooses, counting its calls.
+#[derive(Debug)]
+pub struct StubModel {
+    name: ModelName,
+    latency: Duration,
+    freshness_ttl: Option<Duration>,
+    fails: bool,
+    calls: AtomicUsize,
+}
+
+impl StubModel {
+    pub fn new(name: &str) -> Arc<Self> {
+        Self::build(name, Duration::ZERO, false)
+    }
+
+    pub fn slow(name: &str, latency: Duration) -> Arc<Self> {
+        Self::build(name, latency, false)
+    }
+
+    pub fn failing(name: &str) -> Arc<Self> {
+        Self::build(name, Duration::ZERO, true)
+    }
+
+    fn build(name: &str, latency: Duration, fails: bool) -> Arc<Self> {
+        Arc::new(Self {
+            name: ModelName::parse(name).unwrap(),
+            latency,
+            freshness_ttl: None,
+            fails,
+            calls: AtomicUsize::new(0),
+        })
+    }
+
+    pub fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+}
+
+#[async_trait]
+impl Model for StubModel {
+    fn name(&self) -> &ModelName {
+        &self.name
+    }
+
+    fn version(&self) -> &str {
+        "3.1.4"
+    }
+
+    fn freshness_ttl(&self) -> Option<Duration> {
+        self.freshness_ttl
+    }
+
+    async fn predict(&self, input: &Input) -> Result<Value, ModelError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        tokio::time::sleep(self.latency).await;
+        if self.fails {
+            return Err(ModelError::Failed("CUDA out of memory at 0xdeadbeef".into()));
+        }
+        if input.contains_key("reject") {
+            return Err(ModelError::InvalidInput("field `reject` is not allowed".into()));
+        }
+        Ok(json!({"model": self.name.as_str(), "input": input, "answer": 42}))
+    }
+}
+
+/// A worker running in the test's runtime.
+pub struct RunningWorker {
+    shutdown: Option<oneshot::Sender<()>>,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl RunningWorker {
+    /// Sends the shutdown signal and waits for the worker to finish.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        let _ = self.shutdown.take().unwrap().send(());
+        self.task.await.expect("worker task panicked")
+    }
+}
+
+pub async fn start_worker(nats_url: &str, models: Vec<Arc<dyn Model>>) -> RunningWorker {
+    let config = WorkerConfig::try_parse_from(["worker", "--nats-url", nats_url]).unwrap();
+    let worker = Worker::build_with_models(&config, models).await.unwrap();
+    let (shutdown, stopped) = oneshot::channel();
+    let task = tokio::spawn(worker.run(async {
+        let _ = stopped.await;
+    }));
+    RunningWorker {
+        shutdown: Some(shutdown),
+        task,
+    }
+}
+
+/// A running gateway, its servers and its workers.
+pub struct TestApp {
+    pub address: String,
+    pub http: reqwest::Client,
+    pub nats: NatsServer,
+    pub redis: RedisServer,
+    /// The stub model `echo` every default worker serves.
+    pub echo: Arc<StubModel>,
+    pub workers: Vec<RunningWorker>,
+    gateway_shutdown: Option<oneshot::Sender<()>>,
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(shutdown) = self.gateway_shutdown.take() {
+            let _ = shutdown.send(());
+        }
+    }
+}
+
+/// Starts servers, one worker serving the stub model `echo` and the built-in `price`
+/// model (no latency), and a gateway with `gateway_args` added to its defaults.
+pub async fn spawn_app(gateway_args: &[&str]) -> TestApp {
+    let nats = NatsServer::start();
+    let redis = RedisServer::start();
+    let echo = StubModel::new("echo");
+    let price = Arc::new(worker::price::PriceModel::new(Duration::ZERO));
+    let worker = start_worker(&nats.url(), vec![echo.clone(), price]).await;
+    let (address, gateway_shutdown) = start_gateway(&nats.url(), &redis.url(), gateway_args).await;
+    TestApp {
+        address,
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(20))
+            .build()
+            .unwrap(),
+        nats,
+        redis,
+        echo,
+        workers: vec![worker],
+        gateway_shutdown: Some(gateway_shutdown),
+    }
+}
+
+/// Starts a gateway on a free port; returns its base URL and its shutdown trigger.
+pub async fn start_gateway(
+    nats_url: &str,
+    redis_url: &str,
+    extra_args: &[&str],
+) -> (String, oneshot::Sender<()>) {
+    let key_prefix = format!("test-{}:", uuid_like());
+    let mut args = vec![
+        "gateway",
+        "--listen",
+        "127.0.0.1:0",
+        "--nats-url",
+        nats_url,
+        "--redis-url",
+        redis_url,
+        "--key-prefix",
+        &key_prefix,
+    ];
+    args.extend_from_slice(extra_args);
+    let config = GatewayConfig::try_parse_from(args).unwrap();
+    let app = Application::build(config).await.unwrap();
+    let address = format!("http://127.0.0.1:{}", app.port());
+    let (shutdown, stopped) = oneshot::channel::<()>();
+    tokio::spawn(app.run(async {
+        let _ = stopped.await;
+    }));
+    (address, shutdown)
+}
+
+fn uuid_like() -> String {
+    static COUNTER: AtomicUsize = AtomicUsize::new(0);
+    format!(
+        "{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.address)
+    }
+
+    pub async fn post(&self, path: &str, body: &str) -> reqwest::Response {
+        self.http
+            .post(self.url(path))
+            .header("content-type", "application/json")
+            .body(body.to_owned())
+            .send()
+            .await
+            .expect("the gateway answers")
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.http
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("the gateway answers")
+    }
+}
+
+/// The value of a response header, or "" when absent.
+pub fn header(response: &reqwest::Response, name: &str) -> String {
+    response
+        .headers()
+        .get(name)
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default()
+}
+
+/// Asserts an error response: its status and the `code` of its JSON body; returns
+/// the message.
+pub async fn assert_error(response: reqwest::Response, status: u16, code: &str) -> String {
+    assert_eq!(response.status().as_u16(), status, "status of {}", response.url());
+    let body: Value = response.json().await.expect("error bodies are JSON");
+    assert_eq!(body["error"]["code"], code, "{body}");
+    body["error"]["message"]
+        .as_str()
+        .expect("error bodies carry a message")
+        .to_owned()
+}

@@ -1,0 +1,388 @@
+//! The canonical form of a prediction input and the cache key derived from it.
+//!
+//! The cache rests on one rule: a prediction depends only on (model, model version,
+//! input). So two spellings of the same input must share one cache entry and two
+//! different inputs must never do. The canonical form follows RFC 8785 (JCS): object
+//! keys sorted by UTF-16 code units at every depth, no insignificant whitespace,
+//! strings escaped minimally, and one spelling per number.
+//!
+//! Numbers are where JCS alone is not enough: it spells a number through an f64, so
+//! `9007199254740993` and `9007199254740992` would collide. Here each number is
+//! normalised from its exact decimal text instead (serde_json's `arbitrary_precision`
+//! keeps it), so `1`, `1.0`, `10e-1` and `1E0` share a spelling while numbers an f64
+//! cannot tell apart keep distinct ones. For every number an f64 holds exactly the
+//! spelling is the one JCS gives.
+
+use std::cmp::Ordering;
+use std::fmt::Write as _;
+
+use serde_json::{Map, Number, Value};
+use sha2::{Digest, Sha256};
+
+use crate::ModelName;
+
+/// Bumped whenever the canonical form or the key layout changes, so that a new
+/// gateway never reads entries written under the old rules.
+pub const KEY_FORMAT_VERSION: &str = "v1";
+
+/// Exponents beyond this are refused: no model input needs them and they would let
+/// a tiny body expand into a huge canonical form.
+const MAX_DECIMAL_EXPONENT: i64 = 1_000;
+
+/// Why a request body is not a usable prediction input.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidInput {
+    #[error("the body is not valid JSON: {0}")]
+    Json(String),
+    #[error("the input must be a JSON object, found {0}")]
+    NotAnObject(&'static str),
+    #[error("the number {0} is out of the supported range (|exponent| <= {MAX_DECIMAL_EXPONENT})")]
+    NumberOutOfRange(String),
+}
+
+/// A prediction input in canonical form: a JSON object, serialised as described in
+/// the module docs. It is both what the gateway forwards to the worker and what the
+/// cache key hashes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CanonicalInput {
+    text: String,
+}
+
+impl CanonicalInput {
+    /// Parses a request body, which must be one JSON object.
+    pub fn from_json_slice(body: &[u8]) -> Result<Self, InvalidInput> {
+        let value: Value =
+            serde_json::from_slice(body).map_err(|err| InvalidInput::Json(err.to_string()))?;
+        Self::from_value(&value)
+    }
+
+    /// Canonicalises an already parsed value, which must be an object.
+    pub fn from_value(value: &Value) -> Result<Self, InvalidInput> {
+        let Value::Object(object) = value else {
+            return Err(InvalidInput::NotAnObject(json_kind(value)));
+        };
+        let mut text = String::with_capacity(64);
+        write_object(&mut text, object)?;
+        Ok(Self { text })
+    }
+
+    /// Builds the input of a `GET ...?key=value` request: an object of strings.
+    pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
+        let object: Map<String, Value> = pairs
+            .into_iter()
+            .map(|(key, value)| (key.to_owned(), Value::String(value.to_owned())))
+            .collect();
+        let mut text = String::with_capacity(64);
+        write_object(&mut text, &object).expect("an object of strings has no numbers to refuse");
+        Self { text }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// SHA-256 of the canonical text, in lower-case hex.
+    pub fn digest_hex(&self) -> String {
+        hex::encode(Sha256::digest(self.text.as_bytes()))
+    }
+}
+
+/// The Redis key of a prediction: `<prefix>prediction:<format version>:<model>:<sha256>`.
+///
+/// `prefix` lets several deployments (or tests) share one Redis without seeing each
+/// other's entries.
+pub fn cache_key(prefix: &str, model: &ModelName, input: &CanonicalInput) -> String {
+    format!(
+        "{prefix}prediction:{KEY_FORMAT_VERSION}:{model}:{}",
+        input.digest_hex()
+    )
+}
+
+/// The pattern matching every key of one model, for purges.
+pub fn cache_key_pattern(prefix: &str, model: &ModelName) -> String {
+    format!("{prefix}prediction:{KEY_FORMAT_VERSION}:{model}:*")
+}
+
+fn json_kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn write_value(out: &mut String, value: &Value) -> Result<(), InvalidInput> {
+    match value {
+        Value::Null => out.push_str("null"),
+        Value::Bool(true) => out.push_str("true"),
+        Value::Bool(false) => out.push_str("false"),
+        Value::Number(number) => write_number(out, number)?,
+        Value::String(string) => write_string(out, string),
+        Value::Array(items) => {
+            out.push('[');
+            for (index, item) in items.iter().enumerate() {
+                if index > 0 {
+                    out.push(',');
+                }
+                write_value(out, item)?;
+            }
+            out.push(']');
+        }
+        Value::Object(object) => write_object(out, object)?,
+    }
+    Ok(())
+}
+
+fn write_object(out: &mut String, object: &Map<String, Value>) -> Result<(), InvalidInput> {
+    let mut entries: Vec<(&String, &Value)> = object.iter().collect();
+    // JCS orders keys by UTF-16 code units, which differs from byte order only for
+    // characters outside the Basic Multilingual Plane.
+    entries.sort_by(|(a, _), (b, _)| utf16_order(a, b));
+    out.push('{');
+    for (index, (key, value)) in entries.into_iter().enumerate() {
+        if index > 0 {
+            out.push(',');
+        }
+        write_string(out, key);
+        out.push(':');
+        write_value(out, value)?;
+    }
+    out.push('}');
+    Ok(())
+}
+
+fn utf16_order(a: &str, b: &str) -> Ordering {
+    if a.is_ascii() && b.is_ascii() {
+        return a.cmp(b);
+    }
+    a.encode_utf16().cmp(b.encode_utf16())
+}
+
+fn write_string(out: &mut String, string: &str) {
+    // serde_json's escaping is exactly JCS's: `"` and `\` and control characters
+    // escaped (short forms where they exist, else lower-case \u00xx), the rest as is.
+    out.push_str(&serde_json::to_string(string).expect("a string always serialises"));
+}
+
+/// Writes a JSON number in its one canonical spelling, from its exact decimal text.
+fn write_number(out: &mut String, number: &Number) -> Result<(), InvalidInput> {
+    let text = number.as_str();
+    let decimal = Decimal::parse(text).ok_or_else(|| InvalidInput::NumberOutOfRange(text.into()))?;
+    decimal.write_canonical(out);
+    Ok(())
+}
+
+/// A finite decimal `±digits × 10^exponent` with no leading or trailing zero in
+/// `digits` (empty digits is zero).
+#[derive(Debug, PartialEq, Eq)]
+struct Decimal {
+    negative: bool,
+    digits: String,
+    exponent: i64,
+}
+
+impl Decimal {
+    /// Parses JSON number text (`-?int(.frac)?([eE][+-]?exp)?`), which serde_json has
+    /// already validated. Returns `None` for an exponent out of range.
+    fn parse(text: &str) -> Option<Self> {
+        let (negative, unsigned) = match text.strip_prefix('-') {
+            Some(rest) => (true, rest),
+            None => (false, text),
+        };
+        let (mantissa, exponent) = match unsigned.find(['e', 'E']) {
+            Some(at) => (&unsigned[..at], unsigned[at + 1..].parse::<i64>().ok()?),
+            None => (unsigned, 0),
+        };
+        if exponent.abs() > MAX_DECIMAL_EXPONENT {
+            return None;
+        }
+        let (integer, fraction) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+        let mut digits: String = integer.chars().chain(fraction.chars()).collect();
+        let mut exponent = exponent - fraction.len() as i64;
+        let trimmed_end = digits.trim_end_matches('0').len();
+        exponent += (digits.len() - trimmed_end) as i64;
+        digits.truncate(trimmed_end);
+        let digits = digits.trim_start_matches('0').to_owned();
+        if digits.is_empty() {
+            // JCS spells -0 as 0.
+            return Some(Self {
+                negative: false,
+                digits,
+                exponent: 0,
+            });
+        }
+        Some(Self {
+            negative,
+            digits,
+            exponent,
+        })
+    }
+
+    /// ECMAScript's Number::toString layout (which JCS uses), applied to the exact
+    /// digits: plain notation for 1e-7 <= |x| < 1e21, exponent notation otherwise.
+    fn write_canonical(&self, out: &mut String) {
+        if self.digits.is_empty() {
+            out.push('0');
+            return;
+        }
+        if self.negative {
+            out.push('-');
+        }
+        let k = self.digits.len() as i64;
+        // The decimal point sits `n` digits from the left of `digits`.
+        let n = k + self.exponent;
+        if k <= n && n <= 21 {
+            out.push_str(&self.digits);
+            out.extend(std::iter::repeat_n('0', (n - k) as usize));
+        } else if 0 < n && n <= 21 {
+            let (integer, fraction) = self.digits.split_at(n as usize);
+            let _ = write!(out, "{integer}.{fraction}");
+        } else if -6 < n && n <= 0 {
+            out.push_str("0.");
+            out.extend(std::iter::repeat_n('0', (-n) as usize));
+            out.push_str(&self.digits);
+        } else {
+            let (first, rest) = self.digits.split_at(1);
+            out.push_str(first);
+            if !rest.is_empty() {
+                out.push('.');
+                out.push_str(rest);
+            }
+            let shown = n - 1;
+            let _ = write!(out, "e{}{}", if shown >= 0 { "+" } else { "-" }, shown.abs());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn canonical(json: &str) -> String {
+        CanonicalInput::from_json_slice(json.as_bytes())
+            .unwrap()
+            .as_str()
+            .to_owned()
+    }
+
+    fn canonical_number(text: &str) -> String {
+        let wrapped = canonical(&format!("{{\"n\":{text}}}"));
+        wrapped
+            .strip_prefix("{\"n\":")
+            .and_then(|rest| rest.strip_suffix('}'))
+            .unwrap()
+            .to_owned()
+    }
+
+    #[test]
+    fn reordered_keys_and_whitespace_share_one_form() {
+        assert_eq!(canonical(r#"{"a":1,"b":2}"#), canonical("{ \"b\" : 2,\n \"a\": 1 }"));
+        assert_eq!(canonical(r#"{ "b":2, "a":1 }"#), r#"{"a":1,"b":2}"#);
+    }
+
+    #[test]
+    fn keys_are_sorted_at_every_depth() {
+        assert_eq!(
+            canonical(r#"{"z":{"y":[{"b":1,"a":2}],"x":null},"a":true}"#),
+            r#"{"a":true,"z":{"x":null,"y":[{"a":2,"b":1}]}}"#
+        );
+    }
+
+    #[test]
+    fn keys_sort_by_utf16_code_units_like_jcs() {
+        // U+1F600 is D83D DE00 in UTF-16, which sorts before U+FB01 (FB01) even
+        // though its UTF-8 bytes sort after.
+        assert_eq!(canonical(r#"{"ﬁ":1,"😀":2}"#), r#"{"😀":2,"ﬁ":1}"#);
+    }
+
+    #[test]
+    fn equal_numbers_share_one_spelling() {
+        for spelling in ["1", "1.0", "1.000", "10e-1", "1E0", "0.1e1", "1e+0"] {
+            assert_eq!(canonical_number(spelling), "1", "{spelling}");
+        }
+        assert_eq!(canonical_number("-0"), "0");
+        assert_eq!(canonical_number("-0.0e5"), "0");
+        assert_eq!(canonical_number("2300.50"), "2300.5");
+    }
+
+    #[test]
+    fn numbers_follow_the_jcs_layout() {
+        for (text, expected) in [
+            ("1e21", "1e+21"),
+            ("1e20", "100000000000000000000"),
+            ("123e-2", "1.23"),
+            ("1e-6", "0.000001"),
+            ("1e-7", "1e-7"),
+            ("-1.5e-9", "-1.5e-9"),
+            ("12345e30", "1.2345e+34"),
+            ("0.000123", "0.000123"),
+        ] {
+            assert_eq!(canonical_number(text), expected, "{text}");
+        }
+    }
+
+    #[test]
+    fn numbers_an_f64_cannot_tell_apart_keep_distinct_spellings() {
+        assert_ne!(
+            canonical_number("9007199254740993"),
+            canonical_number("9007199254740992")
+        );
+        assert_eq!(canonical_number("9007199254740993"), "9007199254740993");
+        assert_ne!(canonical_number("0.1"), canonical_number("0.10000000000000000001"));
+        assert_eq!(
+            canonical_number("123456789012345678901234567890"),
+            "1.2345678901234567890123456789e+29"
+        );
+    }
+
+    #[test]
+    fn huge_exponents_are_refused() {
+        let err = CanonicalInput::from_json_slice(br#"{"n":1e999999}"#).unwrap_err();
+        assert!(matches!(err, InvalidInput::NumberOutOfRange(_)), "{err:?}");
+        assert!(err.to_string().contains("out of the supported range"));
+    }
+
+    #[test]
+    fn strings_are_escaped_minimally() {
+        assert_eq!(
+            canonical("{\"s\":\"caf\\u00e9 \\u0001 \\\" \\/ \\n\"}"),
+            "{\"s\":\"café \\u0001 \\\" / \\n\"}"
+        );
+    }
+
+    #[test]
+    fn non_objects_and_bad_json_are_refused() {
+        assert_eq!(
+            CanonicalInput::from_json_slice(b"[1]"),
+            Err(InvalidInput::NotAnObject("an array"))
+        );
+        assert!(matches!(
+            CanonicalInput::from_json_slice(b"{\"a\":"),
+            Err(InvalidInput::Json(_))
+        ));
+    }
+
+    #[test]
+    fn query_pairs_become_an_object_of_strings() {
+        let input = CanonicalInput::from_pairs([("product_id", "ETH/EUR"), ("a", "1")]);
+        assert_eq!(input.as_str(), r#"{"a":"1","product_id":"ETH/EUR"}"#);
+    }
+
+    #[test]
+    fn cache_key_names_prefix_format_model_and_hash() {
+        let model = ModelName::parse("price").unwrap();
+        let a = CanonicalInput::from_json_slice(br#"{"a":1,"b":2}"#).unwrap();
+        let b = CanonicalInput::from_json_slice(br#"{ "b":2, "a":1 }"#).unwrap();
+        let c = CanonicalInput::from_json_slice(br#"{"a":1,"b":3}"#).unwrap();
+        let key = cache_key("t:", &model, &a);
+        assert_eq!(key, cache_key("t:", &model, &b));
+        assert_ne!(key, cache_key("t:", &model, &c));
+        assert!(key.starts_with("t:prediction:v1:price:"));
+        assert_eq!(key.len(), "t:prediction:v1:price:".len() + 64);
+        let other_model = ModelName::parse("price2").unwrap();
+        assert_ne!(key, cache_key("t:", &other_model, &a));
+    }
+}

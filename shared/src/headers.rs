@@ -1,0 +1,143 @@
+//! NATS headers of the prediction protocol.
+//!
+//! The payloads stay plain JSON (the input one way, the prediction the other) so a
+//! worker can be poked with `nats req predict.price '{"product_id":"ETH/EUR"}'`;
+//! everything else travels in headers.
+
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+
+/// Gateway → worker: the id of the HTTP request, so one id follows a request through
+/// both logs.
+pub const REQUEST_ID: &str = "Request-Id";
+/// Gateway → worker: when the caller stops waiting, in milliseconds since the Unix
+/// epoch. A worker does not start computing a request that is already past it.
+pub const DEADLINE_UNIX_MS: &str = "Deadline-Unix-Ms";
+/// Worker → gateway: the version of the model that computed the prediction.
+pub const MODEL_VERSION: &str = "Model-Version";
+/// Worker → gateway: how long the prediction stays fresh, in milliseconds. Absent
+/// means "use the gateway's default"; 0 means "do not cache".
+pub const FRESHNESS_TTL_MS: &str = "Freshness-Ttl-Ms";
+/// Worker → gateway: how long the model took, in milliseconds (fractional).
+pub const COMPUTE_TIME_MS: &str = "Compute-Time-Ms";
+/// Error replies carry the NATS Services error headers, so the `nats` CLI and any
+/// services client understand them and the worker's stats count them.
+pub use async_nats::service::{NATS_SERVICE_ERROR, NATS_SERVICE_ERROR_CODE};
+
+/// The status codes a worker uses in `Nats-Service-Error-Code`.
+pub mod error_codes {
+    /// The input is not one the model accepts.
+    pub const BAD_INPUT: u16 = 400;
+    /// The model failed while computing.
+    pub const MODEL_FAILED: u16 = 500;
+    /// The worker is saturated; another worker (or a retry) may succeed.
+    pub const BUSY: u16 = 503;
+    /// The caller's deadline passed before the worker got to the request.
+    pub const DEADLINE_EXCEEDED: u16 = 504;
+}
+
+/// What a successful reply says about its prediction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplyMetadata {
+    pub model_version: String,
+    /// The model's own freshness for this prediction, if it has one.
+    pub freshness_ttl: Option<Duration>,
+    pub compute_time: Option<Duration>,
+}
+
+impl ReplyMetadata {
+    pub fn to_headers(&self) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(MODEL_VERSION, self.model_version.as_str());
+        if let Some(ttl) = self.freshness_ttl {
+            headers.insert(FRESHNESS_TTL_MS, ttl.as_millis().to_string().as_str());
+        }
+        if let Some(compute_time) = self.compute_time {
+            let millis = format!("{:.3}", compute_time.as_secs_f64() * 1000.0);
+            headers.insert(COMPUTE_TIME_MS, millis.as_str());
+        }
+        headers
+    }
+
+    /// Reads the metadata of a reply, tolerating missing or malformed headers: a
+    /// worker written by someone else may send none of them.
+    pub fn from_headers(headers: Option<&HeaderMap>) -> Self {
+        let get = |name: &str| headers.and_then(|h| h.get(name)).map(|v| v.as_str());
+        Self {
+            model_version: get(MODEL_VERSION).unwrap_or("unknown").to_owned(),
+            freshness_ttl: get(FRESHNESS_TTL_MS)
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(Duration::from_millis),
+            compute_time: get(COMPUTE_TIME_MS)
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .filter(|ms| ms.is_finite() && *ms >= 0.0)
+                .map(|ms| Duration::from_secs_f64(ms / 1000.0)),
+        }
+    }
+}
+
+/// An error reply in the NATS Services convention.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceError {
+    pub code: u16,
+    pub message: String,
+}
+
+impl ServiceError {
+    /// The error a reply carries, if it is an error reply.
+    pub fn from_headers(headers: Option<&HeaderMap>) -> Option<Self> {
+        let headers = headers?;
+        let code = headers.get(NATS_SERVICE_ERROR_CODE)?;
+        Some(Self {
+            // A code we cannot read is still an error; treat it as a model failure.
+            code: code
+                .as_str()
+                .trim()
+                .parse()
+                .unwrap_or(error_codes::MODEL_FAILED),
+            message: headers
+                .get(NATS_SERVICE_ERROR)
+                .map(|v| v.as_str().to_owned())
+                .unwrap_or_default(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reply_metadata_round_trips_through_headers() {
+        let metadata = ReplyMetadata {
+            model_version: "1.2.0".into(),
+            freshness_ttl: Some(Duration::from_millis(30_000)),
+            compute_time: Some(Duration::from_micros(1_000_250)),
+        };
+        let back = ReplyMetadata::from_headers(Some(&metadata.to_headers()));
+        assert_eq!(back, metadata);
+    }
+
+    #[test]
+    fn missing_metadata_means_unknown_version_and_no_ttl() {
+        let back = ReplyMetadata::from_headers(None);
+        assert_eq!(back.model_version, "unknown");
+        assert_eq!(back.freshness_ttl, None);
+    }
+
+    #[test]
+    fn service_errors_are_read_from_the_standard_headers() {
+        let mut headers = HeaderMap::new();
+        headers.insert(NATS_SERVICE_ERROR, "missing field `product_id`");
+        headers.insert(NATS_SERVICE_ERROR_CODE, "400");
+        assert_eq!(
+            ServiceError::from_headers(Some(&headers)),
+            Some(ServiceError {
+                code: 400,
+                message: "missing field `product_id`".into()
+            })
+        );
+        assert_eq!(ServiceError::from_headers(Some(&HeaderMap::new())), None);
+    }
+}

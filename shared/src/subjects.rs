@@ -1,0 +1,30 @@
+//! NATS subject names and the queue group every worker joins.
+
+use crate::ModelName;
+
+/// Prediction requests for model `m` are published on `predict.m`.
+pub const PREDICT_SUBJECT_PREFIX: &str = "predict";
+
+/// The queue group of every prediction endpoint. It is the NATS Services API
+/// default, so a worker written with any NATS services library joins the same group
+/// and shares the load instead of receiving a copy of every request.
+pub const QUEUE_GROUP: &str = "q";
+
+/// The service name workers register under (`nats micro ls` shows it).
+pub const SERVICE_NAME: &str = "prediction-worker";
+
+/// The subject a model is served on: `predict.<model>`.
+pub fn predict_subject(model: &ModelName) -> String {
+    format!("{PREDICT_SUBJECT_PREFIX}.{model}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subject_is_prefix_dot_model() {
+        let model = ModelName::parse("price").unwrap();
+        assert_eq!(predict_subject(&model), "predict.price");
+    }
+}

@@ -1,0 +1,191 @@
+//! Real `nats-server` and `redis-server` processes for tests.
+//!
+//! Each server runs on a free loopback port of its own, so tests run in parallel,
+//! and is killed when its handle is dropped. A test can [`stop`](NatsServer::stop)
+//! and [`restart`](NatsServer::restart) one on the same port to inject an outage.
+
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+/// How long a server may take to accept connections.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A port nothing listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("binding an ephemeral port")
+        .port()
+}
+
+/// Finds `name` on PATH or in the sbin folders Debian installs servers into; an
+/// environment variable (`NATS_SERVER_BIN`, `REDIS_SERVER_BIN`) overrides both.
+fn binary(name: &str, env_override: &str) -> PathBuf {
+    if let Ok(path) = std::env::var(env_override) {
+        return PathBuf::from(path);
+    }
+    let path_dirs = std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
+        .unwrap_or_default();
+    path_dirs
+        .into_iter()
+        .chain(["/usr/sbin", "/usr/bin", "/usr/local/bin", "/usr/local/sbin"].map(PathBuf::from))
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
+        .unwrap_or_else(|| {
+            panic!("{name} is not installed; run `apt-get install -y nats-server redis-server` (or set {env_override})")
+        })
+}
+
+/// A server process bound to one port, restartable on that port.
+#[derive(Debug)]
+struct ServerProcess {
+    program: PathBuf,
+    args: Vec<String>,
+    port: u16,
+    child: Option<Child>,
+}
+
+impl ServerProcess {
+    /// Starts the server on a free port, retrying with another port if the chosen
+    /// one is taken by the time the server binds it.
+    fn start(program: PathBuf, args_for_port: impl Fn(u16) -> Vec<String>) -> Self {
+        let mut last_error = String::new();
+        for _ in 0..5 {
+            let port = free_port();
+            let mut server = Self {
+                program: program.clone(),
+                args: args_for_port(port),
+                port,
+                child: None,
+            };
+            match server.spawn_and_wait() {
+                Ok(()) => return server,
+                Err(err) => last_error = err,
+            }
+        }
+        panic!("could not start {}: {last_error}", program.display());
+    }
+
+    fn spawn_and_wait(&mut self) -> Result<(), String> {
+        let mut child = Command::new(&self.program)
+            .args(&self.args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|err| format!("spawning {}: {err}", self.program.display()))?;
+        let started = Instant::now();
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(format!("exited with {status} (port {} taken?)", self.port));
+            }
+            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                self.child = Some(child);
+                return Ok(());
+            }
+            if started.elapsed() > STARTUP_TIMEOUT {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("not listening on {} after {STARTUP_TIMEOUT:?}", self.port));
+            }
+            sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn restart(&mut self) {
+        self.stop();
+        // The port was ours a moment ago; the kernel may need a moment to free it.
+        let started = Instant::now();
+        while let Err(err) = self.spawn_and_wait() {
+            assert!(
+                started.elapsed() < STARTUP_TIMEOUT,
+                "restarting {}: {err}",
+                self.program.display()
+            );
+            sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A `nats-server` of the test's own.
+#[derive(Debug)]
+pub struct NatsServer(ServerProcess);
+
+impl NatsServer {
+    pub fn start() -> Self {
+        Self::start_with_args(&[])
+    }
+
+    /// Starts with extra command line arguments (auth, limits, ...).
+    pub fn start_with_args(extra: &[&str]) -> Self {
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        Self(ServerProcess::start(
+            binary("nats-server", "NATS_SERVER_BIN"),
+            move |port| {
+                let mut args = vec!["-a".into(), "127.0.0.1".into(), "-p".into(), port.to_string()];
+                args.extend(extra.iter().cloned());
+                args
+            },
+        ))
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.0.port)
+    }
+
+    pub fn stop(&mut self) {
+        self.0.stop();
+    }
+
+    pub fn restart(&mut self) {
+        self.0.restart();
+    }
+}
+
+/// A `redis-server` of the test's own, keeping nothing on disk.
+#[derive(Debug)]
+pub struct RedisServer(ServerProcess);
+
+impl RedisServer {
+    pub fn start() -> Self {
+        Self(ServerProcess::start(
+            binary("redis-server", "REDIS_SERVER_BIN"),
+            |port| {
+                [
+                    "--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "",
+                    "--appendonly", "no", "--protected-mode", "no",
+                ]
+                .map(String::from)
+                .to_vec()
+            },
+        ))
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.0.port)
+    }
+
+    pub fn stop(&mut self) {
+        self.0.stop();
+    }
+
+    pub fn restart(&mut self) {
+        self.0.restart();
+    }
+}

@@ -1,0 +1,67 @@
+//! Worker settings: every one a flag and an environment variable.
+
+use std::time::Duration;
+
+use clap::Parser;
+use prediction_contract::ModelName;
+use prediction_contract::telemetry::LogFormat;
+
+#[derive(Debug, Clone, Parser)]
+#[command(name = "worker", version, about = "Serves model predictions on NATS (predict.<model>).")]
+pub struct WorkerConfig {
+    /// NATS server(s) to connect to, comma-separated.
+    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+
+    /// Models to serve: repeat the flag or give a comma-separated list.
+    #[arg(
+        long = "model",
+        env = "WORKER_MODELS",
+        value_delimiter = ',',
+        default_value = "price"
+    )]
+    pub models: Vec<ModelName>,
+
+    /// Simulated compute time of the built-in `price` model.
+    #[arg(long, env = "WORKER_LATENCY_MS", default_value_t = 1000)]
+    pub latency_ms: u64,
+
+    /// How many predictions this worker computes at once.
+    #[arg(long, env = "WORKER_CONCURRENCY", default_value_t = 64)]
+    pub concurrency: usize,
+
+    /// Log format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+impl WorkerConfig {
+    pub fn latency(&self) -> Duration {
+        Duration::from_millis(self.latency_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn models_accept_repeated_flags_and_comma_lists() {
+        let config =
+            WorkerConfig::try_parse_from(["worker", "--model", "price,a", "--model", "b"]).unwrap();
+        let names: Vec<_> = config.models.iter().map(ModelName::as_str).collect();
+        assert_eq!(names, ["price", "a", "b"]);
+    }
+
+    #[test]
+    fn defaults_serve_price_with_a_one_second_model() {
+        let config = WorkerConfig::try_parse_from(["worker"]).unwrap();
+        assert_eq!(config.models, [ModelName::parse("price").unwrap()]);
+        assert_eq!(config.latency(), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn invalid_model_names_are_refused_at_startup() {
+        assert!(WorkerConfig::try_parse_from(["worker", "--model", "a.b"]).is_err());
+    }
+}

@@ -1,0 +1,22 @@
+//! A model worker: serves predictions for one or more models over NATS.
+//!
+//! Each model is an endpoint of a NATS service (`prediction-worker`) on subject
+//! `predict.<model>` in the shared queue group, so every worker started anywhere
+//! takes a share of the requests and shows up in `nats micro ls/info/stats`.
+//!
+//! Modules, in the order a request flows through them:
+//!
+//! - [`config`]: the command line and environment settings;
+//! - [`startup`]: connects to NATS, registers the service, runs the serving loop and
+//!   shuts it down without losing the requests it holds;
+//! - [`model`]: the [`Model`] trait a user implements to serve a model;
+//! - [`price`]: the built-in `price` model, a stand-in for the original ETH/EUR model.
+
+pub mod config;
+pub mod model;
+pub mod price;
+pub mod startup;
+
+pub use config::WorkerConfig;
+pub use model::{Input, Model, ModelError};
+pub use startup::Worker;

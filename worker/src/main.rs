@@ -1,0 +1,10 @@
+use clap::Parser;
+use prediction_contract::telemetry::init_tracing;
+use worker::{Worker, WorkerConfig};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = WorkerConfig::parse();
+    init_tracing(config.log_format);
+    Worker::build(&config).await?.run_until_stopped().await
+}

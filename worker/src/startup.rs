@@ -1,0 +1,267 @@
+//! Connecting, serving and stopping a worker.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, bail};
+use async_nats::service::{self, Service, ServiceExt, endpoint::Endpoint};
+use futures::StreamExt;
+use prediction_contract::headers::{self, error_codes};
+use prediction_contract::subjects::{PREDICT_SUBJECT_PREFIX, QUEUE_GROUP, SERVICE_NAME};
+use prediction_contract::telemetry::redact_url;
+use prediction_contract::ReplyMetadata;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tracing::{info, warn};
+
+use crate::config::WorkerConfig;
+use crate::model::{Input, Model, ModelError};
+use crate::price::{PRICE_MODEL_NAME, PriceModel};
+
+/// A connected worker, its service registered and its endpoints subscribed.
+pub struct Worker {
+    client: async_nats::Client,
+    service: Service,
+    endpoints: Vec<(Arc<dyn Model>, Endpoint)>,
+    /// Caps the predictions computed at once; requests beyond it wait in NATS's
+    /// subscription buffer.
+    concurrency: Arc<Semaphore>,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker")
+            .field("models", &self.model_names())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The built-in models named in the configuration.
+pub fn builtin_models(config: &WorkerConfig) -> anyhow::Result<Vec<Arc<dyn Model>>> {
+    config
+        .models
+        .iter()
+        .map(|name| match name.as_str() {
+            PRICE_MODEL_NAME => Ok(Arc::new(PriceModel::new(config.latency())) as Arc<dyn Model>),
+            other => bail!("unknown model {other:?}; the built-in models are: {PRICE_MODEL_NAME}"),
+        })
+        .collect()
+}
+
+impl Worker {
+    /// Connects to NATS and serves the built-in models the configuration names.
+    pub async fn build(config: &WorkerConfig) -> anyhow::Result<Self> {
+        let models = builtin_models(config)?;
+        Self::build_with_models(config, models).await
+    }
+
+    /// Connects to NATS and serves the given models: the entry point for serving
+    /// models of your own.
+    pub async fn build_with_models(
+        config: &WorkerConfig,
+        models: Vec<Arc<dyn Model>>,
+    ) -> anyhow::Result<Self> {
+        if models.is_empty() {
+            bail!("no model to serve");
+        }
+        if config.concurrency == 0 {
+            bail!("--concurrency must be at least 1");
+        }
+        let nats_url = redact_url(&config.nats_url);
+        let client = async_nats::ConnectOptions::new()
+            .name(SERVICE_NAME)
+            .event_callback(|event| async move { info!(%event, "NATS connection event") })
+            .connect(&config.nats_url)
+            .await
+            .with_context(|| format!("connecting to NATS at {nats_url}"))?;
+
+        let metadata = models
+            .iter()
+            .map(|model| (model.name().to_string(), model.version().to_owned()))
+            .collect();
+        let service = client
+            .service_builder()
+            .description("Serves model predictions on predict.<model>")
+            .metadata(metadata)
+            .queue_group(QUEUE_GROUP)
+            .start(SERVICE_NAME, env!("CARGO_PKG_VERSION"))
+            .await
+            .map_err(|err| anyhow::anyhow!(err))
+            .context("registering the NATS service")?;
+
+        let group = service.group(PREDICT_SUBJECT_PREFIX);
+        let mut endpoints = Vec::with_capacity(models.len());
+        for model in models {
+            let endpoint = group
+                .endpoint_builder()
+                .name(model.name())
+                .metadata([("model_version".to_owned(), model.version().to_owned())].into())
+                .add(model.name())
+                .await
+                .map_err(|err| anyhow::anyhow!(err))
+                .with_context(|| format!("subscribing to predictions of {}", model.name()))?;
+            endpoints.push((model, endpoint));
+        }
+        // Make sure the subscriptions reached the server before we report ready.
+        client.flush().await.context("flushing subscriptions to NATS")?;
+        let worker = Self {
+            client,
+            service,
+            endpoints,
+            concurrency: Arc::new(Semaphore::new(config.concurrency)),
+        };
+        info!(
+            nats = %nats_url,
+            models = ?worker.model_names(),
+            concurrency = config.concurrency,
+            "worker ready"
+        );
+        Ok(worker)
+    }
+
+    pub fn model_names(&self) -> Vec<&str> {
+        self.endpoints
+            .iter()
+            .map(|(model, _)| model.name().as_str())
+            .collect()
+    }
+
+    /// Serves until Ctrl-C or SIGTERM.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        self.run(prediction_contract::shutdown::shutdown_signal())
+            .await
+    }
+
+    /// Serves until `shutdown` completes, then stops taking requests, finishes every
+    /// request already received, sends their replies and drains the connection.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let Self {
+            client,
+            service,
+            endpoints,
+            concurrency,
+        } = self;
+        let mut requests = futures::stream::select_all(endpoints.into_iter().map(
+            |(model, endpoint)| endpoint.map(move |request| (Arc::clone(&model), request)),
+        ));
+        let mut in_flight = JoinSet::new();
+        let mut service = Some(service);
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                () = &mut shutdown, if service.is_some() => {
+                    // Unsubscribes every endpoint; the request streams end once the
+                    // messages already delivered to us have been handed out.
+                    if let Some(service) = service.take() {
+                        let _ = service.stop().await;
+                    }
+                    info!(in_flight = in_flight.len(), "stopped taking requests; finishing those received");
+                }
+                next = requests.next() => {
+                    let Some((model, request)) = next else { break };
+                    let permit = Arc::clone(&concurrency)
+                        .acquire_owned()
+                        .await
+                        .expect("the semaphore is never closed");
+                    in_flight.spawn(async move {
+                        answer(model.as_ref(), request).await;
+                        drop(permit);
+                    });
+                }
+                Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
+            }
+        }
+        while in_flight.join_next().await.is_some() {}
+        client.flush().await.context("flushing replies to NATS")?;
+        client.drain().await.context("draining the NATS connection")?;
+        info!("worker stopped");
+        Ok(())
+    }
+}
+
+/// Computes and sends the reply to one request. Never fails: every problem becomes
+/// an error reply (or, if even that cannot be sent, a log line).
+async fn answer(model: &dyn Model, request: service::Request) {
+    let started = Instant::now();
+    let message_headers = request.message.headers.as_ref();
+    let request_id = message_headers
+        .and_then(|h| h.get(headers::REQUEST_ID))
+        .map_or("-", |v| v.as_str())
+        .to_owned();
+    let result = if deadline_passed(message_headers) {
+        Err((
+            error_codes::DEADLINE_EXCEEDED,
+            "the caller's deadline passed before the worker started".to_owned(),
+        ))
+    } else {
+        match parse_input(&request.message.payload) {
+            Ok(input) => model
+                .predict(&input)
+                .await
+                .map_err(|err| (err.code(), err.to_string())),
+            Err(err) => Err((err.code(), err.to_string())),
+        }
+    };
+    let compute_time = started.elapsed();
+    let metadata = ReplyMetadata {
+        model_version: model.version().to_owned(),
+        freshness_ttl: model.freshness_ttl(),
+        compute_time: Some(compute_time),
+    };
+    let outcome = match &result {
+        Ok(_) => "ok".to_owned(),
+        Err((code, _)) => code.to_string(),
+    };
+    let reply = match result {
+        Ok(prediction) => match serde_json::to_vec(&prediction) {
+            Ok(payload) => Ok(payload.into()),
+            Err(err) => Err(service::error::Error {
+                status: format!("the prediction could not be serialised: {err}"),
+                code: error_codes::MODEL_FAILED.into(),
+            }),
+        },
+        Err((code, message)) => Err(service::error::Error {
+            status: message,
+            code: code.into(),
+        }),
+    };
+    if let Err(err) = request
+        .respond_with_headers(reply, metadata.to_headers())
+        .await
+    {
+        warn!(model = %model.name(), request_id, error = %err, "could not send the reply");
+    }
+    info!(
+        model = %model.name(),
+        request_id,
+        outcome,
+        compute_ms = compute_time.as_secs_f64() * 1000.0,
+        "prediction request"
+    );
+}
+
+fn parse_input(payload: &[u8]) -> Result<Input, ModelError> {
+    match serde_json::from_slice(payload) {
+        Ok(serde_json::Value::Object(input)) => Ok(input),
+        Ok(_) => Err(ModelError::InvalidInput(
+            "the input must be a JSON object, e.g. {\"product_id\": \"ETH/EUR\"}".into(),
+        )),
+        Err(err) => Err(ModelError::InvalidInput(format!(
+            "the input is not valid JSON: {err}"
+        ))),
+    }
+}
+
+fn deadline_passed(message_headers: Option<&async_nats::HeaderMap>) -> bool {
+    let Some(deadline_ms) = message_headers
+        .and_then(|h| h.get(headers::DEADLINE_UNIX_MS))
+        .and_then(|v| v.as_str().parse::<u64>().ok())
+    else {
+        return false;
+    };
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO);
+    now.as_millis() >= u128::from(deadline_ms)
+}
