@@ -1,9 +1,9 @@
 //! Every way a gateway request can fail, each with one HTTP status and a JSON body
 //! `{"error":{"code","message"}}`.
 
+use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use prediction_contract::{ErrorBody, InvalidInput, InvalidModelName};
 
 use crate::model_client::ModelCallError;
@@ -73,7 +73,8 @@ impl IntoResponse for ApiError {
         if status.is_server_error() {
             tracing::error!(error = %self, cause = ?std::error::Error::source(&self), code, "request failed");
         }
-        let mut response = (status, Json(ErrorBody::new(code, self.public_message()))).into_response();
+        let mut response =
+            (status, Json(ErrorBody::new(code, self.public_message()))).into_response();
         if status == StatusCode::SERVICE_UNAVAILABLE {
             // Workers come and go; a short wait is worth a retry.
             response

@@ -25,7 +25,7 @@ pub struct ModelReply {
 pub enum ModelCallError {
     #[error("the gateway is not connected to NATS")]
     NotConnected,
-    #[error("no worker serves model {0:?}")]
+    #[error("no worker serves model \"{0}\"")]
     NoWorker(ModelName),
     #[error("no worker answered within {0:?}")]
     TimedOut(Duration),

@@ -44,7 +44,10 @@ impl Application {
             .connect(&config.nats_url)
             .await
             .with_context(|| format!("connecting to NATS at {nats_url}"))?;
-        if tokio::time::timeout(NATS_STARTUP_WAIT, nats.flush()).await.is_err() {
+        if tokio::time::timeout(NATS_STARTUP_WAIT, nats.flush())
+            .await
+            .is_err()
+        {
             warn!(nats = %nats_url, "NATS not reachable yet; serving from the cache and retrying");
         }
 
@@ -102,7 +105,10 @@ impl Application {
     }
 
     /// Serves until `shutdown` completes, then finishes the requests in flight.
-    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
         axum::serve(self.listener, self.router)
             .with_graceful_shutdown(shutdown)
             .await

@@ -170,7 +170,8 @@ fn write_string(out: &mut String, string: &str) {
 /// Writes a JSON number in its one canonical spelling, from its exact decimal text.
 fn write_number(out: &mut String, number: &Number) -> Result<(), InvalidInput> {
     let text = number.as_str();
-    let decimal = Decimal::parse(text).ok_or_else(|| InvalidInput::NumberOutOfRange(text.into()))?;
+    let decimal =
+        Decimal::parse(text).ok_or_else(|| InvalidInput::NumberOutOfRange(text.into()))?;
     decimal.write_canonical(out);
     Ok(())
 }
@@ -252,7 +253,12 @@ impl Decimal {
                 out.push_str(rest);
             }
             let shown = n - 1;
-            let _ = write!(out, "e{}{}", if shown >= 0 { "+" } else { "-" }, shown.abs());
+            let _ = write!(
+                out,
+                "e{}{}",
+                if shown >= 0 { "+" } else { "-" },
+                shown.abs()
+            );
         }
     }
 }
@@ -279,7 +285,10 @@ mod tests {
 
     #[test]
     fn reordered_keys_and_whitespace_share_one_form() {
-        assert_eq!(canonical(r#"{"a":1,"b":2}"#), canonical("{ \"b\" : 2,\n \"a\": 1 }"));
+        assert_eq!(
+            canonical(r#"{"a":1,"b":2}"#),
+            canonical("{ \"b\" : 2,\n \"a\": 1 }")
+        );
         assert_eq!(canonical(r#"{ "b":2, "a":1 }"#), r#"{"a":1,"b":2}"#);
     }
 
@@ -331,7 +340,10 @@ mod tests {
             canonical_number("9007199254740992")
         );
         assert_eq!(canonical_number("9007199254740993"), "9007199254740993");
-        assert_ne!(canonical_number("0.1"), canonical_number("0.10000000000000000001"));
+        assert_ne!(
+            canonical_number("0.1"),
+            canonical_number("0.10000000000000000001")
+        );
         assert_eq!(
             canonical_number("123456789012345678901234567890"),
             "1.2345678901234567890123456789e+29"

@@ -40,7 +40,10 @@ impl ModelName {
         if !is_alnum(first) {
             return Err(InvalidModelName::BadCharacter(first));
         }
-        if let Some(bad) = name.chars().find(|&c| !(is_alnum(c) || c == '-' || c == '_')) {
+        if let Some(bad) = name
+            .chars()
+            .find(|&c| !(is_alnum(c) || c == '-' || c == '_'))
+        {
             return Err(InvalidModelName::BadCharacter(bad));
         }
         Ok(Self(name.to_owned()))
@@ -77,7 +80,14 @@ mod tests {
 
     #[test]
     fn accepts_names_matching_the_pattern() {
-        for name in ["price", "a", "0", "price-mlp", "price_gbt_2", &"a".repeat(64)] {
+        for name in [
+            "price",
+            "a",
+            "0",
+            "price-mlp",
+            "price_gbt_2",
+            &"a".repeat(64),
+        ] {
             assert_eq!(ModelName::parse(name).unwrap().as_str(), name);
         }
     }

@@ -89,7 +89,10 @@ impl ServerProcess {
             if started.elapsed() > STARTUP_TIMEOUT {
                 let _ = child.kill();
                 let _ = child.wait();
-                return Err(format!("not listening on {} after {STARTUP_TIMEOUT:?}", self.port));
+                return Err(format!(
+                    "not listening on {} after {STARTUP_TIMEOUT:?}",
+                    self.port
+                ));
             }
             sleep(Duration::from_millis(20));
         }
@@ -138,7 +141,12 @@ impl NatsServer {
         Self(ServerProcess::start(
             binary("nats-server", "NATS_SERVER_BIN"),
             move |port| {
-                let mut args = vec!["-a".into(), "127.0.0.1".into(), "-p".into(), port.to_string()];
+                let mut args = vec![
+                    "-a".into(),
+                    "127.0.0.1".into(),
+                    "-p".into(),
+                    port.to_string(),
+                ];
                 args.extend(extra.iter().cloned());
                 args
             },
@@ -168,8 +176,16 @@ impl RedisServer {
             binary("redis-server", "REDIS_SERVER_BIN"),
             |port| {
                 [
-                    "--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "",
-                    "--appendonly", "no", "--protected-mode", "no",
+                    "--port",
+                    &port.to_string(),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--protected-mode",
+                    "no",
                 ]
                 .map(String::from)
                 .to_vec()

@@ -7,7 +7,11 @@ use prediction_contract::ModelName;
 use prediction_contract::telemetry::LogFormat;
 
 #[derive(Debug, Clone, Parser)]
-#[command(name = "worker", version, about = "Serves model predictions on NATS (predict.<model>).")]
+#[command(
+    name = "worker",
+    version,
+    about = "Serves model predictions on NATS (predict.<model>)."
+)]
 pub struct WorkerConfig {
     /// NATS server(s) to connect to, comma-separated.
     #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
@@ -29,6 +33,16 @@ pub struct WorkerConfig {
     /// How many predictions this worker computes at once.
     #[arg(long, env = "WORKER_CONCURRENCY", default_value_t = 64)]
     pub concurrency: usize,
+
+    /// Write this worker's NATS service id to this file once it serves, so a
+    /// container health check can ping exactly this worker.
+    #[arg(long, env = "WORKER_ID_FILE")]
+    pub id_file: Option<std::path::PathBuf>,
+
+    /// Instead of serving: ping the worker whose id is in `--id-file` through NATS
+    /// and exit 0 if it answers (for container health checks).
+    #[arg(long, requires = "id_file")]
+    pub health_check: bool,
 
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]

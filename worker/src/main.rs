@@ -6,5 +6,8 @@ use worker::{Worker, WorkerConfig};
 async fn main() -> anyhow::Result<()> {
     let config = WorkerConfig::parse();
     init_tracing(config.log_format);
+    if config.health_check {
+        return worker::startup::health_check(&config).await;
+    }
     Worker::build(&config).await?.run_until_stopped().await
 }

@@ -68,9 +68,9 @@ pub fn stand_in_price(product_id: &str, bucket_start_sec: u64) -> f64 {
     };
     // A base price per product between 50 and 5050, moved by up to ±2% per bucket.
     let base = 50.0 + (hash(&[product_id.as_bytes()]) % 500_000) as f64 / 100.0;
-    let drift =
-        (hash(&[product_id.as_bytes(), &bucket_start_sec.to_be_bytes()]) % 4001) as f64 / 100_000.0
-            - 0.02;
+    let drift = (hash(&[product_id.as_bytes(), &bucket_start_sec.to_be_bytes()]) % 4001) as f64
+        / 100_000.0
+        - 0.02;
     (base * (1.0 + drift) * 100.0).round() / 100.0
 }
 
@@ -120,7 +120,12 @@ mod tests {
         keys.sort_unstable();
         assert_eq!(
             keys,
-            ["predicted_price", "product_id", "timestamp", "timestamp_sec"]
+            [
+                "predicted_price",
+                "product_id",
+                "timestamp",
+                "timestamp_sec"
+            ]
         );
         assert_eq!(object["product_id"], "ETH/EUR");
         assert!(object["predicted_price"].as_f64().unwrap() > 0.0);
@@ -131,8 +136,14 @@ mod tests {
 
     #[test]
     fn price_is_deterministic_per_product_and_bucket() {
-        assert_eq!(stand_in_price("ETH/EUR", 600), stand_in_price("ETH/EUR", 600));
-        assert_ne!(stand_in_price("ETH/EUR", 600), stand_in_price("BTC/EUR", 600));
+        assert_eq!(
+            stand_in_price("ETH/EUR", 600),
+            stand_in_price("ETH/EUR", 600)
+        );
+        assert_ne!(
+            stand_in_price("ETH/EUR", 600),
+            stand_in_price("BTC/EUR", 600)
+        );
         let base = stand_in_price("ETH/EUR", 0);
         let later = stand_in_price("ETH/EUR", 6000);
         assert!((later / base - 1.0).abs() < 0.05);

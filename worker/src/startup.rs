@@ -7,10 +7,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, bail};
 use async_nats::service::{self, Service, ServiceExt, endpoint::Endpoint};
 use futures::StreamExt;
+use prediction_contract::ReplyMetadata;
 use prediction_contract::headers::{self, error_codes};
 use prediction_contract::subjects::{PREDICT_SUBJECT_PREFIX, QUEUE_GROUP, SERVICE_NAME};
 use prediction_contract::telemetry::redact_url;
-use prediction_contract::ReplyMetadata;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tracing::{info, warn};
@@ -104,7 +104,15 @@ impl Worker {
             endpoints.push((model, endpoint));
         }
         // Make sure the subscriptions reached the server before we report ready.
-        client.flush().await.context("flushing subscriptions to NATS")?;
+        client
+            .flush()
+            .await
+            .context("flushing subscriptions to NATS")?;
+        if let Some(path) = &config.id_file {
+            let id = service.info().await.id;
+            std::fs::write(path, &id)
+                .with_context(|| format!("writing the worker id to {}", path.display()))?;
+        }
         let worker = Self {
             client,
             service,
@@ -142,9 +150,10 @@ impl Worker {
             endpoints,
             concurrency,
         } = self;
-        let mut requests = futures::stream::select_all(endpoints.into_iter().map(
-            |(model, endpoint)| endpoint.map(move |request| (Arc::clone(&model), request)),
-        ));
+        let mut requests =
+            futures::stream::select_all(endpoints.into_iter().map(|(model, endpoint)| {
+                endpoint.map(move |request| (Arc::clone(&model), request))
+            }));
         let mut in_flight = JoinSet::new();
         let mut service = Some(service);
         tokio::pin!(shutdown);
@@ -174,10 +183,35 @@ impl Worker {
         }
         while in_flight.join_next().await.is_some() {}
         client.flush().await.context("flushing replies to NATS")?;
-        client.drain().await.context("draining the NATS connection")?;
+        client
+            .drain()
+            .await
+            .context("draining the NATS connection")?;
         info!("worker stopped");
         Ok(())
     }
+}
+
+/// Pings the worker whose service id is in `--id-file` over NATS: it answers only
+/// while it is connected and serving.
+pub async fn health_check(config: &WorkerConfig) -> anyhow::Result<()> {
+    let path = config
+        .id_file
+        .as_ref()
+        .context("--health-check needs --id-file")?;
+    let id = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the worker id from {}", path.display()))?;
+    let client = async_nats::ConnectOptions::new()
+        .connection_timeout(Duration::from_secs(2))
+        .request_timeout(Some(Duration::from_secs(2)))
+        .connect(&config.nats_url)
+        .await
+        .with_context(|| format!("connecting to NATS at {}", redact_url(&config.nats_url)))?;
+    client
+        .request(format!("$SRV.PING.{SERVICE_NAME}.{}", id.trim()), "".into())
+        .await
+        .with_context(|| format!("worker {} did not answer a ping", id.trim()))?;
+    Ok(())
 }
 
 /// Computes and sends the reply to one request. Never fails: every problem becomes

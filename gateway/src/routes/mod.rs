@@ -41,7 +41,10 @@ pub fn router(state: AppState) -> Router {
             "/v1/models/{model}/predict",
             get(predict::predict_from_query).post(predict::predict_from_body),
         )
-        .route("/predict", axum::routing::post(predict::predict_default_model))
+        .route(
+            "/predict",
+            axum::routing::post(predict::predict_default_model),
+        )
         .route("/health", get(health::health))
         .route("/healthz", get(health::health))
         .route("/readyz", get(health::ready))

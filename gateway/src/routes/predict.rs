@@ -225,7 +225,10 @@ fn prediction_response(
     };
     let mut response = (StatusCode::OK, entry.prediction.clone()).into_response();
     let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     headers.insert(X_CACHE, HeaderValue::from_static(outcome.as_str()));
     headers.insert(header::AGE, HeaderValue::from(age_secs));
     headers.insert(header::CACHE_CONTROL, header_value(cache_control));
@@ -255,7 +258,13 @@ mod tests {
 
     #[test]
     fn repeated_query_parameters_are_refused() {
-        let pairs = vec![("a".to_owned(), "1".to_owned()), ("a".to_owned(), "2".to_owned())];
-        assert!(matches!(input_from_query(&pairs), Err(ApiError::InvalidQuery(_))));
+        let pairs = vec![
+            ("a".to_owned(), "1".to_owned()),
+            ("a".to_owned(), "2".to_owned()),
+        ];
+        assert!(matches!(
+            input_from_query(&pairs),
+            Err(ApiError::InvalidQuery(_))
+        ));
     }
 }

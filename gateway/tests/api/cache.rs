@@ -34,7 +34,10 @@ async fn the_same_input_written_differently_shares_one_entry() {
     let app = spawn_app(&[]).await;
 
     let first = app
-        .post("/v1/models/echo/predict", r#"{"a":1,"b":{"c":2.50,"d":[1,2]}}"#)
+        .post(
+            "/v1/models/echo/predict",
+            r#"{"a":1,"b":{"c":2.50,"d":[1,2]}}"#,
+        )
         .await;
     assert_eq!(header(&first, "x-cache"), "MISS");
     let reordered = app
@@ -45,7 +48,10 @@ async fn the_same_input_written_differently_shares_one_entry() {
         .await;
     assert_eq!(header(&reordered, "x-cache"), "HIT");
     let different = app
-        .post("/v1/models/echo/predict", r#"{"a":1,"b":{"c":2.51,"d":[1,2]}}"#)
+        .post(
+            "/v1/models/echo/predict",
+            r#"{"a":1,"b":{"c":2.51,"d":[1,2]}}"#,
+        )
         .await;
     assert_eq!(header(&different, "x-cache"), "MISS");
     assert_eq!(app.echo.calls(), 2);

@@ -23,10 +23,14 @@ async fn malformed_json_and_non_objects_are_bad_requests() {
         "invalid_input",
     )
     .await;
-    assert!(message.contains("must be a JSON object, found an array"), "{message}");
+    assert!(
+        message.contains("must be a JSON object, found an array"),
+        "{message}"
+    );
     assert_error(app.post("/predict", "").await, 400, "invalid_json").await;
     assert_error(
-        app.post("/v1/models/echo/predict", r#"{"n": 1e99999}"#).await,
+        app.post("/v1/models/echo/predict", r#"{"n": 1e99999}"#)
+            .await,
         400,
         "invalid_input",
     )
@@ -67,7 +71,12 @@ async fn hostile_model_names_are_refused_and_nothing_is_published() {
 async fn a_body_over_the_limit_is_refused_with_413() {
     let app = spawn_app(&["--max-body", "1024"]).await;
     let body = format!(r#"{{"blob":"{}"}}"#, "x".repeat(2_000));
-    let message = assert_error(app.post("/v1/models/echo/predict", &body).await, 413, "body_too_large").await;
+    let message = assert_error(
+        app.post("/v1/models/echo/predict", &body).await,
+        413,
+        "body_too_large",
+    )
+    .await;
     assert!(message.contains("1024"), "{message}");
     assert_eq!(app.echo.calls(), 0);
 }
@@ -77,7 +86,8 @@ async fn input_the_worker_rejects_is_unprocessable_with_the_workers_message() {
     let app = spawn_app(&[]).await;
 
     let message = assert_error(
-        app.post("/v1/models/echo/predict", r#"{"reject": true}"#).await,
+        app.post("/v1/models/echo/predict", r#"{"reject": true}"#)
+            .await,
         422,
         "input_rejected",
     )
@@ -114,7 +124,12 @@ async fn a_worker_slower_than_the_timeout_gives_504() {
     app.workers
         .push(start_worker(&app.nats.url(), vec![slow.clone()]).await);
 
-    assert_error(app.post("/v1/models/slow/predict", "{}").await, 504, "timeout").await;
+    assert_error(
+        app.post("/v1/models/slow/predict", "{}").await,
+        504,
+        "timeout",
+    )
+    .await;
     assert_eq!(slow.calls(), 1);
 }
 
@@ -125,10 +140,23 @@ async fn a_model_failure_is_500_without_internal_details() {
     app.workers
         .push(start_worker(&app.nats.url(), vec![broken.clone()]).await);
 
-    let message = assert_error(app.post("/v1/models/broken/predict", "{}").await, 500, "model_failed").await;
-    assert!(!message.contains("CUDA"), "internal detail leaked: {message}");
+    let message = assert_error(
+        app.post("/v1/models/broken/predict", "{}").await,
+        500,
+        "model_failed",
+    )
+    .await;
+    assert!(
+        !message.contains("CUDA"),
+        "internal detail leaked: {message}"
+    );
     // Failures are not cached: the next request tries the model again.
-    assert_error(app.post("/v1/models/broken/predict", "{}").await, 500, "model_failed").await;
+    assert_error(
+        app.post("/v1/models/broken/predict", "{}").await,
+        500,
+        "model_failed",
+    )
+    .await;
     assert_eq!(broken.calls(), 2);
 }
 

@@ -71,10 +71,14 @@ impl Model for StubModel {
         self.calls.fetch_add(1, Ordering::SeqCst);
         tokio::time::sleep(self.latency).await;
         if self.fails {
-            return Err(ModelError::Failed("CUDA out of memory at 0xdeadbeef".into()));
+            return Err(ModelError::Failed(
+                "CUDA out of memory at 0xdeadbeef".into(),
+            ));
         }
         if input.contains_key("reject") {
-            return Err(ModelError::InvalidInput("field `reject` is not allowed".into()));
+            return Err(ModelError::InvalidInput(
+                "field `reject` is not allowed".into(),
+            ));
         }
         Ok(json!({"model": self.name.as_str(), "input": input, "answer": 42}))
     }
@@ -224,7 +228,12 @@ pub fn header(response: &reqwest::Response, name: &str) -> String {
 /// Asserts an error response: its status and the `code` of its JSON body; returns
 /// the message.
 pub async fn assert_error(response: reqwest::Response, status: u16, code: &str) -> String {
-    assert_eq!(response.status().as_u16(), status, "status of {}", response.url());
+    assert_eq!(
+        response.status().as_u16(),
+        status,
+        "status of {}",
+        response.url()
+    );
     let body: Value = response.json().await.expect("error bodies are JSON");
     assert_eq!(body["error"]["code"], code, "{body}");
     body["error"]["message"]

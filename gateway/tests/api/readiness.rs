@@ -32,17 +32,26 @@ async fn readiness_reports_each_dependency_and_degrades_before_failing() {
 
     let (status, body) = readiness(&app).await;
     assert_eq!(status, 200);
-    assert_eq!(body, serde_json::json!({"status": "ok", "nats": "up", "redis": "up"}));
+    assert_eq!(
+        body,
+        serde_json::json!({"status": "ok", "nats": "up", "redis": "up"})
+    );
 
     app.redis.stop();
     let (status, body) = wait_for_readiness(&app, "degraded").await;
     assert_eq!(status, 200);
-    assert_eq!(body, serde_json::json!({"status": "degraded", "nats": "up", "redis": "down"}));
+    assert_eq!(
+        body,
+        serde_json::json!({"status": "degraded", "nats": "up", "redis": "down"})
+    );
 
     app.nats.stop();
     let (status, body) = wait_for_readiness(&app, "unavailable").await;
     assert_eq!(status, 503);
-    assert_eq!(body, serde_json::json!({"status": "unavailable", "nats": "down", "redis": "down"}));
+    assert_eq!(
+        body,
+        serde_json::json!({"status": "unavailable", "nats": "down", "redis": "down"})
+    );
 
     app.redis.restart();
     app.nats.restart();

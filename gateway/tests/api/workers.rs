@@ -24,7 +24,12 @@ async fn requests_spread_over_two_workers() {
         assert_eq!(response.status(), 200);
     }
     assert_eq!(first.calls() + second.calls(), 40);
-    assert!(first.calls() > 0 && second.calls() > 0, "{} / {}", first.calls(), second.calls());
+    assert!(
+        first.calls() > 0 && second.calls() > 0,
+        "{} / {}",
+        first.calls(),
+        second.calls()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -32,7 +37,10 @@ async fn the_worker_receives_the_canonical_input_request_id_and_deadline() {
     let app = spawn_app(&["--request-timeout", "5s"]).await;
     // A hand-written responder stands in for a worker, to see exactly what it gets.
     let spy = async_nats::connect(app.nats.url()).await.unwrap();
-    let mut requests = spy.queue_subscribe("predict.spy", "q".into()).await.unwrap();
+    let mut requests = spy
+        .queue_subscribe("predict.spy", "q".into())
+        .await
+        .unwrap();
     spy.flush().await.unwrap();
     let responder = tokio::spawn(async move {
         let request = requests.next().await.unwrap();
@@ -65,12 +73,20 @@ async fn the_worker_receives_the_canonical_input_request_id_and_deadline() {
     assert_eq!(&request.payload[..], br#"{"a":1,"b":2}"#);
     let headers = request.headers.unwrap();
     assert_eq!(headers.get("Request-Id").unwrap().as_str(), "req-123");
-    let deadline: u64 = headers.get("Deadline-Unix-Ms").unwrap().as_str().parse().unwrap();
+    let deadline: u64 = headers
+        .get("Deadline-Unix-Ms")
+        .unwrap()
+        .as_str()
+        .parse()
+        .unwrap();
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as u64;
-    assert!(deadline > now && deadline <= now + 5_000, "deadline {deadline}, now {now}");
+    assert!(
+        deadline > now && deadline <= now + 5_000,
+        "deadline {deadline}, now {now}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,0 +1,28 @@
+# One entry point for everything: `make help` lists the targets.
+.PHONY: help run test requests build lint fmt compose-check bench
+
+help: ## list the targets
+	@awk -F':.*## ' '/^[a-z-]+:.*## / {printf "  make %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+run: ## build and run the whole system locally (NATS, Redis, 1 gateway on :8080, 2 workers)
+	scripts/run-local.sh
+
+test: ## the whole test suite (starts its own nats-server and redis-server)
+	cargo test --workspace --locked
+	scripts/check-compose.sh
+
+requests: ## the original demo: 100 timed requests against a running gateway
+	scripts/requests.sh
+
+build: ## release binaries in target/release
+	cargo build --release --locked --bin gateway --bin worker
+
+lint: ## formatting and clippy, as CI would want them
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets --locked -- -D warnings
+
+fmt: ## format the code
+	cargo fmt --all
+
+compose-check: ## validate docker-compose.yml and the Dockerfile offline
+	scripts/check-compose.sh
