@@ -34,6 +34,35 @@ pub struct GatewayConfig {
     #[arg(long, env = "GATEWAY_CACHE_TTL", default_value = "60s", value_parser = humantime::parse_duration)]
     pub cache_ttl: Duration,
 
+    /// The longest freshness a model may set for its predictions.
+    #[arg(long, env = "GATEWAY_MAX_TTL", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub max_ttl: Duration,
+
+    /// How long after its freshness a prediction is still served (`X-Cache: STALE`)
+    /// while one refresh runs, or when the model fails. 0 turns it off.
+    #[arg(long, env = "GATEWAY_STALE_TTL", default_value = "0s", value_parser = humantime::parse_duration)]
+    pub stale_ttl: Duration,
+
+    /// How long a hot prediction may be served from this gateway's memory without
+    /// asking Redis; bounds how long a purge takes to reach every gateway.
+    #[arg(long, env = "GATEWAY_LOCAL_TTL", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub local_ttl: Duration,
+
+    /// Predictions kept in this gateway's memory. 0 turns the in-process tier off.
+    #[arg(long, env = "GATEWAY_LOCAL_CAPACITY", default_value_t = 10_000)]
+    pub local_capacity: u64,
+
+    /// Expiry of the lock one gateway holds while computing a prediction for all;
+    /// it is extended while the computation runs, so this bounds only how long a
+    /// crashed gateway blocks the key.
+    #[arg(long, env = "GATEWAY_LOCK_TTL", default_value = "3s", value_parser = humantime::parse_duration)]
+    pub lock_ttl: Duration,
+
+    /// Token the purge routes require (`Authorization: Bearer <token>`). Unset:
+    /// purges are open.
+    #[arg(long, env = "GATEWAY_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+
     /// The model `POST /predict` (the original API) is routed to.
     #[arg(long, env = "GATEWAY_DEFAULT_MODEL", default_value = "price")]
     pub default_model: ModelName,

@@ -1,12 +1,66 @@
 //! Every way a gateway request can fail, each with one HTTP status and a JSON body
 //! `{"error":{"code","message"}}`.
 
+use std::sync::Arc;
+
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use prediction_contract::{ErrorBody, InvalidInput, InvalidModelName};
+use serde::{Deserialize, Serialize};
 
 use crate::model_client::ModelCallError;
+
+/// A failed model call as clients see it. One call's failure is handed to every
+/// request that waited for it, in this gateway or (over NATS) in another, so it
+/// holds only what may be shown to a client; the cause is logged where it happened.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{message}")]
+pub struct PublicFailure {
+    pub status: u16,
+    pub code: String,
+    pub message: String,
+}
+
+impl PublicFailure {
+    pub fn new(status: StatusCode, code: &str, message: impl Into<String>) -> Self {
+        Self {
+            status: status.as_u16(),
+            code: code.to_owned(),
+            message: message.into(),
+        }
+    }
+
+    /// Whether the failure lies with the model side (and a stale answer is better
+    /// than none), rather than with the input.
+    pub fn is_server_side(&self) -> bool {
+        self.status >= 500
+    }
+}
+
+impl From<&ModelCallError> for PublicFailure {
+    fn from(err: &ModelCallError) -> Self {
+        use ModelCallError as M;
+        let (status, code) = match err {
+            M::InputRejected(_) => (StatusCode::UNPROCESSABLE_ENTITY, "input_rejected"),
+            M::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
+            M::NoWorker(_) => (StatusCode::SERVICE_UNAVAILABLE, "no_worker"),
+            M::NotConnected => (StatusCode::SERVICE_UNAVAILABLE, "nats_unavailable"),
+            M::Busy(_) => (StatusCode::SERVICE_UNAVAILABLE, "worker_busy"),
+            M::TimedOut(_) => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
+            M::Failed { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "model_failed"),
+            M::InvalidReply(_) | M::Nats(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        };
+        let message = match err {
+            M::Failed { .. } => "the model failed to compute this prediction".to_owned(),
+            M::InvalidReply(_) | M::Nats(_) => {
+                "internal error; see the gateway logs for this request id".to_owned()
+            }
+            other => other.to_string(),
+        };
+        Self::new(status, code, message)
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -21,7 +75,13 @@ pub enum ApiError {
     #[error("the request body could not be read")]
     BodyUnreadable,
     #[error("{0}")]
-    ModelCall(#[from] ModelCallError),
+    Upstream(Arc<PublicFailure>),
+    #[error("no fresh prediction is cached for this input (Cache-Control: only-if-cached)")]
+    NotCached,
+    #[error("the cache is unavailable: {0}")]
+    CacheUnavailable(String),
+    #[error("{0}")]
+    Unauthorized(&'static str),
     #[error("no route for {0}")]
     NotFound(String),
     #[error("method not allowed")]
@@ -29,8 +89,7 @@ pub enum ApiError {
 }
 
 impl ApiError {
-    fn status_and_code(&self) -> (StatusCode, &'static str) {
-        use ModelCallError as M;
+    fn status_and_code(&self) -> (StatusCode, &str) {
         match self {
             Self::InvalidModelName(_) => (StatusCode::BAD_REQUEST, "invalid_model_name"),
             Self::InvalidInput(InvalidInput::Json(_)) => (StatusCode::BAD_REQUEST, "invalid_json"),
@@ -38,48 +97,40 @@ impl ApiError {
             Self::InvalidQuery(_) => (StatusCode::BAD_REQUEST, "invalid_query"),
             Self::BodyTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
             Self::BodyUnreadable => (StatusCode::BAD_REQUEST, "body_unreadable"),
+            Self::Upstream(failure) => (
+                StatusCode::from_u16(failure.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                failure.code.as_str(),
+            ),
+            Self::NotCached => (StatusCode::GATEWAY_TIMEOUT, "not_cached"),
+            Self::CacheUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "cache_unavailable"),
+            Self::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
-            Self::ModelCall(call) => match call {
-                M::InputRejected(_) => (StatusCode::UNPROCESSABLE_ENTITY, "input_rejected"),
-                M::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
-                M::NoWorker(_) => (StatusCode::SERVICE_UNAVAILABLE, "no_worker"),
-                M::NotConnected => (StatusCode::SERVICE_UNAVAILABLE, "nats_unavailable"),
-                M::Busy(_) => (StatusCode::SERVICE_UNAVAILABLE, "worker_busy"),
-                M::TimedOut(_) => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
-                M::Failed { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "model_failed"),
-                M::InvalidReply(_) | M::Nats(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
-            },
         }
     }
+}
 
-    /// What the client is told. Internal causes stay in the logs.
-    fn public_message(&self) -> String {
-        match self {
-            Self::ModelCall(ModelCallError::Failed { .. }) => {
-                "the model failed to compute this prediction".to_owned()
-            }
-            Self::ModelCall(ModelCallError::InvalidReply(_) | ModelCallError::Nats(_)) => {
-                "internal error; see the gateway logs for this request id".to_owned()
-            }
-            other => other.to_string(),
-        }
+impl From<ModelCallError> for ApiError {
+    fn from(err: ModelCallError) -> Self {
+        Self::Upstream(Arc::new(PublicFailure::from(&err)))
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
-        if status.is_server_error() {
-            tracing::error!(error = %self, cause = ?std::error::Error::source(&self), code, "request failed");
-        }
         let mut response =
-            (status, Json(ErrorBody::new(code, self.public_message()))).into_response();
+            (status, Json(ErrorBody::new(code, self.to_string()))).into_response();
+        let headers = response.headers_mut();
         if status == StatusCode::SERVICE_UNAVAILABLE {
             // Workers come and go; a short wait is worth a retry.
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if status == StatusCode::UNAUTHORIZED {
+            headers.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(r#"Bearer realm="prediction-gateway""#),
+            );
         }
         response
     }

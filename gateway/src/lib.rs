@@ -5,18 +5,27 @@
 //!
 //! - [`config`]: the command line and environment settings;
 //! - [`startup`]: builds the [`Application`] (listener, router, clients) and runs it;
-//! - [`routes`]: the HTTP handlers: predictions, health and readiness;
-//! - [`cache`]: the [`PredictionCache`](cache::PredictionCache) in Redis and the
-//!   encoding of its entries;
+//! - [`routes`]: the HTTP handlers: predictions, purges, health, readiness, metrics;
+//! - [`freshness`]: the client's `Cache-Control` directives;
+//! - [`prediction`]: the read-through cache with coalescing, stale-while-revalidate
+//!   and stale-if-error, built on
+//! - [`cache`]: the in-process tier, Redis, and the cross-gateway compute lock,
+//! - [`coalesce`]: identical requests in flight sharing one computation, and
 //! - [`model_client`]: the NATS request to a model's workers;
+//! - [`purge`]: purges broadcast to every gateway;
 //! - [`error`]: [`ApiError`](error::ApiError), every failure mapped to one status
 //!   and a JSON body;
-//! - [`request_log`]: one log line per request.
+//! - [`request_log`] and [`metrics`]: one log line per request, Prometheus metrics.
 
 pub mod cache;
+pub mod coalesce;
 pub mod config;
 pub mod error;
+pub mod freshness;
+pub mod metrics;
 pub mod model_client;
+pub mod prediction;
+pub mod purge;
 pub mod request_log;
 pub mod routes;
 pub mod startup;

@@ -47,25 +47,30 @@ pub enum ModelCallError {
 #[derive(Debug, Clone)]
 pub struct ModelClient {
     nats: async_nats::Client,
-    /// How long one request may wait for its reply.
-    timeout: Duration,
 }
 
 impl ModelClient {
-    pub fn new(nats: async_nats::Client, timeout: Duration) -> Self {
-        Self { nats, timeout }
+    pub fn new(nats: async_nats::Client) -> Self {
+        Self { nats }
+    }
+
+    pub fn nats(&self) -> &async_nats::Client {
+        &self.nats
     }
 
     pub fn is_connected(&self) -> bool {
         self.nats.connection_state() == State::Connected
     }
 
-    /// Asks one worker of `model` for the prediction of `input`.
+    /// Asks one worker of `model` for the prediction of `input`, waiting at most
+    /// `timeout`; the worker is told the deadline so it can skip a request no one
+    /// waits for any more.
     pub async fn predict(
         &self,
         model: &ModelName,
         input: &CanonicalInput,
         request_id: &str,
+        timeout: Duration,
     ) -> Result<ModelReply, ModelCallError> {
         // While disconnected async-nats would buffer the request until the timeout;
         // failing at once lets the client retry elsewhere.
@@ -74,12 +79,12 @@ impl ModelClient {
         }
         let mut request_headers = HeaderMap::new();
         request_headers.insert(headers::REQUEST_ID, request_id);
-        let deadline_ms = unix_now_ms() + u64::try_from(self.timeout.as_millis()).unwrap_or(0);
+        let deadline_ms = unix_now_ms() + u64::try_from(timeout.as_millis()).unwrap_or(0);
         request_headers.insert(headers::DEADLINE_UNIX_MS, deadline_ms.to_string().as_str());
         let request = async_nats::Request::new()
             .payload(Bytes::copy_from_slice(input.as_str().as_bytes()))
             .headers(request_headers)
-            .timeout(Some(self.timeout));
+            .timeout(Some(timeout));
 
         let reply = self
             .nats
@@ -87,7 +92,7 @@ impl ModelClient {
             .await
             .map_err(|err| match err.kind() {
                 RequestErrorKind::NoResponders => ModelCallError::NoWorker(model.clone()),
-                RequestErrorKind::TimedOut => ModelCallError::TimedOut(self.timeout),
+                RequestErrorKind::TimedOut => ModelCallError::TimedOut(timeout),
                 RequestErrorKind::MaxPayloadExceeded => ModelCallError::TooLarge,
                 _ => ModelCallError::Nats(err),
             })?;
@@ -96,7 +101,7 @@ impl ModelClient {
             return Err(match error.code {
                 error_codes::BAD_INPUT => ModelCallError::InputRejected(error.message),
                 error_codes::BUSY => ModelCallError::Busy(error.message),
-                error_codes::DEADLINE_EXCEEDED => ModelCallError::TimedOut(self.timeout),
+                error_codes::DEADLINE_EXCEEDED => ModelCallError::TimedOut(timeout),
                 code => ModelCallError::Failed {
                     code,
                     message: error.message,

@@ -3,14 +3,16 @@
 
 use std::time::Instant;
 
-use axum::extract::Request;
+use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
 use tracing::info;
 
+use crate::metrics::Metrics;
 use crate::routes::PredictionOutcome;
 
-pub async fn log_request(request: Request, next: Next) -> Response {
+/// Logs the request and, for predictions, counts it by model and cache outcome.
+pub async fn log_request(State(metrics): State<Metrics>, request: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
@@ -22,13 +24,25 @@ pub async fn log_request(request: Request, next: Next) -> Response {
         .to_owned();
     let response = next.run(request).await;
     let outcome = response.extensions().get::<PredictionOutcome>();
+    let elapsed = started.elapsed();
+    if let Some(outcome) = outcome {
+        let label = outcome.cache.map_or("error", |cache| cache.label());
+        metrics
+            .requests
+            .with_label_values(&[outcome.model.as_str(), label])
+            .inc();
+        metrics
+            .request_duration
+            .with_label_values(&[label])
+            .observe(elapsed.as_secs_f64());
+    }
     info!(
         %method,
         path,
         status = response.status().as_u16(),
-        latency_ms = started.elapsed().as_secs_f64() * 1000.0,
+        latency_ms = elapsed.as_secs_f64() * 1000.0,
         model = outcome.map(|o| o.model.as_str()),
-        cache = outcome.and_then(|o| o.cache).map(|c| c.as_str()),
+        cache = outcome.and_then(|o| o.cache).map(|c| c.x_cache()),
         request_id,
         "request"
     );

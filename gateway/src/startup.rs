@@ -13,9 +13,12 @@ use tokio::net::TcpListener;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tracing::{info, warn};
 
-use crate::cache::PredictionCache;
+use crate::cache::{CacheSettings, ComputeLock, PredictionCache};
 use crate::config::GatewayConfig;
+use crate::metrics::Metrics;
 use crate::model_client::ModelClient;
+use crate::prediction::{Predictor, PredictorSettings};
+use crate::purge;
 use crate::request_log::log_request;
 use crate::routes::{AppState, Settings, router};
 
@@ -52,22 +55,50 @@ impl Application {
         }
 
         let redis_url = redact_url(&config.redis_url);
-        let cache = PredictionCache::new(&config.redis_url, config.redis_timeout)
-            .with_context(|| format!("configuring Redis at {redis_url}"))?;
+        let metrics = Metrics::new();
+        let cache = PredictionCache::new(
+            &CacheSettings {
+                redis_url: config.redis_url.clone(),
+                redis_timeout: config.redis_timeout,
+                stale_ttl: config.stale_ttl,
+                local_capacity: config.local_capacity,
+                local_ttl: config.local_ttl,
+                key_prefix: config.key_prefix.clone(),
+            },
+            metrics.clone(),
+        )
+        .with_context(|| format!("configuring Redis at {redis_url}"))?;
+        let models = ModelClient::new(nats.clone());
+        let predictor = Predictor::new(
+            cache.clone(),
+            ComputeLock::new(cache.redis(), config.lock_ttl),
+            models.clone(),
+            metrics.clone(),
+            PredictorSettings {
+                key_prefix: config.key_prefix.clone(),
+                cache_ttl: config.cache_ttl,
+                max_ttl: config.max_ttl,
+                request_timeout: config.request_timeout,
+            },
+        );
+        purge::listen(&nats, cache.clone(), config.key_prefix.clone())
+            .await
+            .context("subscribing to purge broadcasts")?;
 
         let state = AppState {
+            predictor,
             cache,
-            models: ModelClient::new(nats, config.request_timeout),
+            models,
+            metrics: metrics.clone(),
             settings: Arc::new(Settings {
-                cache_ttl: config.cache_ttl,
-                key_prefix: config.key_prefix.clone(),
                 default_model: config.default_model.clone(),
                 max_body: config.max_body,
+                admin_token: config.admin_token.clone(),
             }),
         };
         let router = router(state)
             .layer(DefaultBodyLimit::max(config.max_body))
-            .layer(axum::middleware::from_fn(log_request))
+            .layer(axum::middleware::from_fn_with_state(metrics, log_request))
             .layer(PropagateRequestIdLayer::x_request_id())
             .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid));
 

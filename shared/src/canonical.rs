@@ -87,20 +87,55 @@ impl CanonicalInput {
     }
 }
 
-/// The Redis key of a prediction: `<prefix>prediction:<format version>:<model>:<sha256>`.
+/// The Redis keys of one (model, input) pair, all under the deployment's prefix.
 ///
 /// `prefix` lets several deployments (or tests) share one Redis without seeing each
 /// other's entries.
-pub fn cache_key(prefix: &str, model: &ModelName, input: &CanonicalInput) -> String {
-    format!(
-        "{prefix}prediction:{KEY_FORMAT_VERSION}:{model}:{}",
-        input.digest_hex()
-    )
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheKey {
+    /// `<prefix>prediction:<format version>:<model>:<sha256 of the canonical input>`
+    entry: String,
+    prefix_len: usize,
 }
 
-/// The pattern matching every key of one model, for purges.
+const ENTRY_NAMESPACE: &str = "prediction:";
+const LOCK_NAMESPACE: &str = "prediction-lock:";
+
+impl CacheKey {
+    pub fn new(prefix: &str, model: &ModelName, input: &CanonicalInput) -> Self {
+        Self {
+            entry: format!(
+                "{prefix}{ENTRY_NAMESPACE}{KEY_FORMAT_VERSION}:{model}:{}",
+                input.digest_hex()
+            ),
+            prefix_len: prefix.len(),
+        }
+    }
+
+    /// The key the prediction is stored under.
+    pub fn as_str(&self) -> &str {
+        &self.entry
+    }
+
+    /// The key of the lock that lets one gateway compute this prediction while the
+    /// others wait. Outside the entries' namespace, so purging a model's entries
+    /// leaves locks of computations in flight alone.
+    pub fn lock_key(&self) -> String {
+        let (prefix, rest) = self.entry.split_at(self.prefix_len);
+        let rest = &rest[ENTRY_NAMESPACE.len()..];
+        format!("{prefix}{LOCK_NAMESPACE}{rest}")
+    }
+
+    /// A NATS subject token naming this key: the SHA-256 of the whole key, so it is
+    /// unique per prefix and safe in a subject whatever the prefix holds.
+    pub fn subject_token(&self) -> String {
+        hex::encode(Sha256::digest(self.entry.as_bytes()))
+    }
+}
+
+/// The pattern matching every entry of one model, for purges.
 pub fn cache_key_pattern(prefix: &str, model: &ModelName) -> String {
-    format!("{prefix}prediction:{KEY_FORMAT_VERSION}:{model}:*")
+    format!("{prefix}{ENTRY_NAMESPACE}{KEY_FORMAT_VERSION}:{model}:*")
 }
 
 fn json_kind(value: &Value) -> &'static str {
@@ -389,12 +424,36 @@ mod tests {
         let a = CanonicalInput::from_json_slice(br#"{"a":1,"b":2}"#).unwrap();
         let b = CanonicalInput::from_json_slice(br#"{ "b":2, "a":1 }"#).unwrap();
         let c = CanonicalInput::from_json_slice(br#"{"a":1,"b":3}"#).unwrap();
-        let key = cache_key("t:", &model, &a);
-        assert_eq!(key, cache_key("t:", &model, &b));
-        assert_ne!(key, cache_key("t:", &model, &c));
-        assert!(key.starts_with("t:prediction:v1:price:"));
-        assert_eq!(key.len(), "t:prediction:v1:price:".len() + 64);
+        let key = CacheKey::new("t:", &model, &a);
+        assert_eq!(key, CacheKey::new("t:", &model, &b));
+        assert_ne!(key, CacheKey::new("t:", &model, &c));
+        assert!(key.as_str().starts_with("t:prediction:v1:price:"));
+        assert_eq!(key.as_str().len(), "t:prediction:v1:price:".len() + 64);
         let other_model = ModelName::parse("price2").unwrap();
-        assert_ne!(key, cache_key("t:", &other_model, &a));
+        assert_ne!(key, CacheKey::new("t:", &other_model, &a));
+        assert_ne!(key, CacheKey::new("u:", &model, &a));
+    }
+
+    #[test]
+    fn lock_keys_stay_under_the_prefix_but_outside_the_purge_pattern() {
+        let model = ModelName::parse("price").unwrap();
+        let input = CanonicalInput::from_json_slice(br#"{"a":1}"#).unwrap();
+        let key = CacheKey::new("t:", &model, &input);
+        let lock = key.lock_key();
+        assert!(lock.starts_with("t:prediction-lock:v1:price:"));
+        assert!(lock.ends_with(&input.digest_hex()));
+        let pattern = cache_key_pattern("t:", &model);
+        assert!(key.as_str().starts_with(pattern.trim_end_matches('*')));
+        assert!(!lock.starts_with(pattern.trim_end_matches('*')));
+    }
+
+    #[test]
+    fn subject_tokens_differ_per_prefix_and_are_hex() {
+        let model = ModelName::parse("price").unwrap();
+        let input = CanonicalInput::from_json_slice(br#"{"a":1}"#).unwrap();
+        let a = CacheKey::new("a:", &model, &input).subject_token();
+        let b = CacheKey::new("b:", &model, &input).subject_token();
+        assert_ne!(a, b);
+        assert!(a.len() == 64 && a.bytes().all(|c| c.is_ascii_hexdigit()));
     }
 }

@@ -1,38 +1,44 @@
 //! HTTP routes and the state they share.
 
+mod admin;
 mod health;
 mod predict;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Router;
-use axum::routing::get;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::{delete, get, post};
 use prediction_contract::ModelName;
 
 use crate::cache::PredictionCache;
 use crate::error::ApiError;
+use crate::metrics::Metrics;
 use crate::model_client::ModelClient;
+use crate::prediction::Predictor;
 
-pub use predict::{CacheOutcome, PredictionOutcome};
+pub use predict::PredictionOutcome;
 
 /// What every handler needs. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct AppState {
+    pub predictor: Arc<Predictor>,
     pub cache: PredictionCache,
     pub models: ModelClient,
+    pub metrics: Metrics,
     pub settings: Arc<Settings>,
 }
 
 /// The parts of the configuration handlers read.
 #[derive(Debug)]
 pub struct Settings {
-    /// Freshness of a prediction whose model does not set one.
-    pub cache_ttl: Duration,
-    pub key_prefix: String,
     /// Where `POST /predict`, the original API, goes.
     pub default_model: ModelName,
     pub max_body: usize,
+    /// Required by the purge routes when set.
+    pub admin_token: Option<String>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -41,14 +47,22 @@ pub fn router(state: AppState) -> Router {
             "/v1/models/{model}/predict",
             get(predict::predict_from_query).post(predict::predict_from_body),
         )
-        .route(
-            "/predict",
-            axum::routing::post(predict::predict_default_model),
-        )
+        .route("/predict", post(predict::predict_default_model))
+        .route("/v1/models/{model}/cache", delete(admin::purge_model))
+        .route("/v1/models/{model}/cache/purge", post(admin::purge_input))
         .route("/health", get(health::health))
         .route("/healthz", get(health::health))
         .route("/readyz", get(health::ready))
+        .route("/metrics", get(metrics))
         .fallback(|uri: axum::http::Uri| async move { ApiError::NotFound(uri.path().to_owned()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .with_state(state)
+}
+
+/// `GET /metrics`: Prometheus text format.
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
 }

@@ -7,41 +7,21 @@ use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use prediction_contract::{CanonicalInput, ModelName, cache_key};
-use tracing::warn;
+use prediction_contract::{CanonicalInput, ModelName};
 
 use super::AppState;
-use crate::cache::{CacheError, CachedPrediction, unix_now_ms};
+use crate::cache::unix_now_ms;
 use crate::error::ApiError;
+use crate::freshness::RequestDirectives;
+use crate::prediction::{Answer, CacheOutcome};
 
 pub const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
 pub const X_MODEL_VERSION: HeaderName = HeaderName::from_static("x-model-version");
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
 
-/// Where an answer came from, as told in `X-Cache`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CacheOutcome {
-    /// Served from a fresh cache entry.
-    Hit,
-    /// Computed by a worker and stored.
-    Miss,
-    /// Computed by a worker without the cache, which was unreachable.
-    Bypass,
-}
-
-impl CacheOutcome {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Hit => "HIT",
-            Self::Miss => "MISS",
-            Self::Bypass => "BYPASS",
-        }
-    }
-}
-
-/// Attached to each prediction response so the request log can name the model and
-/// the cache outcome.
+/// Attached to each prediction response so the request log and the metrics can
+/// name the model and the cache outcome (`None` for an error).
 #[derive(Debug, Clone)]
 pub struct PredictionOutcome {
     pub model: ModelName,
@@ -93,12 +73,12 @@ pub async fn predict_from_query(
     serve(&state, model, input, &headers).await
 }
 
-fn parse_model(path: Result<Path<String>, PathRejection>) -> Result<ModelName, ApiError> {
+pub(super) fn parse_model(path: Result<Path<String>, PathRejection>) -> Result<ModelName, ApiError> {
     let Path(name) = path.map_err(|rejection| ApiError::InvalidQuery(rejection.body_text()))?;
     Ok(ModelName::parse(&name)?)
 }
 
-fn read_json_body(
+pub(super) fn read_json_body(
     body: Result<Bytes, BytesRejection>,
     limit: usize,
 ) -> Result<CanonicalInput, ApiError> {
@@ -136,11 +116,18 @@ async fn serve(
         .get(&X_REQUEST_ID)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("-");
-    let (cache, mut response) = match input {
-        Ok(input) => match answer(state, &model, &input, request_id).await {
-            Ok((outcome, response)) => (Some(outcome), response),
-            Err(err) => (None, err.into_response()),
-        },
+    let directives = RequestDirectives::from_headers(headers);
+    let answer = match input {
+        Ok(input) => {
+            state
+                .predictor
+                .predict(&model, input, &directives, request_id)
+                .await
+        }
+        Err(err) => Err(err),
+    };
+    let (cache, mut response) = match answer {
+        Ok(answer) => (Some(answer.outcome), prediction_response(&answer)),
         Err(err) => (None, err.into_response()),
     };
     response
@@ -149,73 +136,28 @@ async fn serve(
     response
 }
 
-/// The read-through cache: a fresh entry if there is one, else the workers' answer,
-/// stored for the next request.
-async fn answer(
-    state: &AppState,
-    model: &ModelName,
-    input: &CanonicalInput,
-    request_id: &str,
-) -> Result<(CacheOutcome, Response), ApiError> {
-    let key = cache_key(&state.settings.key_prefix, model, input);
-    let mut cache_reachable = true;
-    match state.cache.lookup(&key).await {
-        Ok(Some(entry)) => {
-            let now = unix_now_ms();
-            if entry.is_fresh(now) {
-                return Ok((
-                    CacheOutcome::Hit,
-                    prediction_response(&entry, now, CacheOutcome::Hit, false),
-                ));
+fn prediction_response(answer: &Answer) -> Response {
+    let entry = &answer.entry;
+    let now = unix_now_ms();
+    let age_secs = entry.age(now).as_secs();
+    let stale_secs = entry.staleness(now).as_secs();
+    // RFC 9211: `hit` when served from the cache (a negative ttl: served stale),
+    // `fwd` with the reason when the model was asked.
+    let cache_status = match answer.outcome {
+        CacheOutcome::Hit => format!("gateway; hit; ttl={}", entry.fresh_left(now).as_secs()),
+        CacheOutcome::Stale => format!("gateway; hit; ttl=-{stale_secs}"),
+        CacheOutcome::StaleIfError => {
+            format!("gateway; fwd=miss; ttl=-{stale_secs}; detail=stale-if-error")
+        }
+        CacheOutcome::Miss { stored, forced } => {
+            let reason = if forced { "request" } else { "miss" };
+            if stored {
+                format!("gateway; fwd={reason}; stored")
+            } else {
+                format!("gateway; fwd={reason}")
             }
         }
-        Ok(None) => {}
-        Err(CacheError::Corrupt(err)) => {
-            warn!(%model, key, error = %err, "unreadable cache entry; recomputing and overwriting it");
-        }
-        Err(err) => {
-            warn!(%model, error = %err, cause = ?std::error::Error::source(&err), "Redis unavailable; answering without the cache");
-            cache_reachable = false;
-        }
-    }
-
-    let reply = state.models.predict(model, input, request_id).await?;
-    let entry = CachedPrediction {
-        prediction: reply.prediction,
-        model_version: reply.metadata.model_version,
-        computed_at_ms: unix_now_ms(),
-        fresh_for: reply
-            .metadata
-            .freshness_ttl
-            .unwrap_or(state.settings.cache_ttl),
-    };
-    let outcome = if cache_reachable {
-        CacheOutcome::Miss
-    } else {
-        CacheOutcome::Bypass
-    };
-    let mut stored = false;
-    if cache_reachable && !entry.fresh_for.is_zero() {
-        match state.cache.store(&key, &entry).await {
-            Ok(()) => stored = true,
-            Err(err) => warn!(%model, error = %err, "could not store the prediction"),
-        }
-    }
-    let now = entry.computed_at_ms;
-    Ok((outcome, prediction_response(&entry, now, outcome, stored)))
-}
-
-fn prediction_response(
-    entry: &CachedPrediction,
-    now_ms: u64,
-    outcome: CacheOutcome,
-    stored: bool,
-) -> Response {
-    let age_secs = entry.age(now_ms).as_secs();
-    let cache_status = match outcome {
-        CacheOutcome::Hit => format!("gateway; hit; ttl={}", entry.fresh_left(now_ms).as_secs()),
-        CacheOutcome::Miss if stored => "gateway; fwd=miss; stored".to_owned(),
-        CacheOutcome::Miss => "gateway; fwd=miss".to_owned(),
+        CacheOutcome::Coalesced => "gateway; fwd=miss; collapsed".to_owned(),
         CacheOutcome::Bypass => "gateway; fwd=bypass; detail=cache-unavailable".to_owned(),
     };
     let cache_control = if entry.fresh_for.is_zero() {
@@ -225,11 +167,8 @@ fn prediction_response(
     };
     let mut response = (StatusCode::OK, entry.prediction.clone()).into_response();
     let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    headers.insert(X_CACHE, HeaderValue::from_static(outcome.as_str()));
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(X_CACHE, HeaderValue::from_static(answer.outcome.x_cache()));
     headers.insert(header::AGE, HeaderValue::from(age_secs));
     headers.insert(header::CACHE_CONTROL, header_value(cache_control));
     headers.insert(CACHE_STATUS, header_value(cache_status));

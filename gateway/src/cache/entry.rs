@@ -1,14 +1,12 @@
-//! The prediction cache in Redis.
+//! A cache entry and its stored form.
 //!
-//! One entry per (model, canonical input) under the key from
-//! [`prediction_contract::cache_key`]. An entry records when it was computed and how
-//! long it stays fresh, so the gateway can tell the client its `Age` and never serve
-//! a prediction past its freshness even if Redis keeps it a little longer.
+//! An entry records when it was computed and how long it stays fresh, so the
+//! gateway can tell the client its `Age` and never serve a prediction past its
+//! freshness (or past its stale period) whatever the store still holds.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
@@ -76,6 +74,17 @@ impl CachedPrediction {
     pub fn fresh_left(&self, now_ms: u64) -> Duration {
         self.fresh_for.saturating_sub(self.age(now_ms))
     }
+
+    /// How long past its freshness it is, as of `now_ms` (zero while fresh).
+    pub fn staleness(&self, now_ms: u64) -> Duration {
+        self.age(now_ms).saturating_sub(self.fresh_for)
+    }
+
+    /// Whether it may still be served as stale, `stale_for` being the stale period
+    /// after its freshness.
+    pub fn is_within_stale_period(&self, now_ms: u64, stale_for: Duration) -> bool {
+        !self.is_fresh(now_ms) && self.staleness(now_ms) < stale_for
+    }
 }
 
 /// Milliseconds since the Unix epoch.
@@ -83,77 +92,6 @@ pub fn unix_now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
-/// What can go wrong talking to Redis. The gateway answers without the cache then.
-#[derive(Debug, thiserror::Error)]
-pub enum CacheError {
-    #[error("Redis command failed")]
-    Redis(#[from] redis::RedisError),
-    #[error(transparent)]
-    Corrupt(#[from] CorruptEntry),
-}
-
-/// Predictions stored in Redis.
-#[derive(Clone)]
-pub struct PredictionCache {
-    /// Reconnects by itself; created lazily so the gateway starts (and answers
-    /// from the workers) while Redis is down.
-    redis: ConnectionManager,
-}
-
-impl std::fmt::Debug for PredictionCache {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PredictionCache").finish_non_exhaustive()
-    }
-}
-
-impl PredictionCache {
-    /// Prepares a connection to `redis_url` without opening it. Every command is
-    /// bounded by `timeout`, so a slow Redis costs a request at most that long.
-    pub fn new(redis_url: &str, timeout: Duration) -> Result<Self, redis::RedisError> {
-        let client = redis::Client::open(redis_url)?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(100));
-        let redis = ConnectionManager::new_lazy_with_config(client, config)?;
-        Ok(Self { redis })
-    }
-
-    /// The entry under `key`, if there is one.
-    pub async fn lookup(&self, key: &str) -> Result<Option<CachedPrediction>, CacheError> {
-        let mut redis = self.redis.clone();
-        let bytes: Option<Vec<u8>> = redis::cmd("GET").arg(key).query_async(&mut redis).await?;
-        match bytes {
-            None => Ok(None),
-            Some(bytes) => Ok(Some(CachedPrediction::decode(&bytes)?)),
-        }
-    }
-
-    /// Stores `entry` under `key`; Redis drops it when its freshness ends.
-    pub async fn store(&self, key: &str, entry: &CachedPrediction) -> Result<(), CacheError> {
-        let expire_ms = u64::try_from(entry.fresh_for.as_millis())
-            .unwrap_or(u64::MAX)
-            .max(1);
-        let mut redis = self.redis.clone();
-        redis::cmd("SET")
-            .arg(key)
-            .arg(entry.encode())
-            .arg("PX")
-            .arg(expire_ms)
-            .query_async::<()>(&mut redis)
-            .await?;
-        Ok(())
-    }
-
-    /// Whether Redis answers right now.
-    pub async fn ping(&self) -> Result<(), CacheError> {
-        let mut redis = self.redis.clone();
-        redis::cmd("PING").query_async::<()>(&mut redis).await?;
-        Ok(())
-    }
 }
 
 #[cfg(test)]
@@ -191,5 +129,17 @@ mod tests {
         assert_eq!(entry.age(1_002_999), Duration::from_millis(2_999));
         assert_eq!(entry.age(999_000), Duration::ZERO);
         assert_eq!(entry.fresh_left(1_050_000), Duration::from_secs(10));
+    }
+
+    #[test]
+    fn the_stale_period_follows_the_fresh_one() {
+        let entry = entry();
+        let stale_for = Duration::from_secs(30);
+        assert!(!entry.is_within_stale_period(1_059_999, stale_for), "still fresh");
+        assert!(entry.is_within_stale_period(1_060_000, stale_for));
+        assert!(entry.is_within_stale_period(1_089_999, stale_for));
+        assert!(!entry.is_within_stale_period(1_090_000, stale_for));
+        assert_eq!(entry.staleness(1_065_000), Duration::from_secs(5));
+        assert!(!entry.is_within_stale_period(1_060_000, Duration::ZERO));
     }
 }

@@ -1,0 +1,150 @@
+//! The compute lock: one gateway computes a prediction while the others wait.
+//!
+//! `SET <lock key> <token> NX PX <ttl>` takes the lock; only the holder of the
+//! random token may extend or release it (both by a Lua compare-and-act), so a
+//! gateway whose lock expired can never release another's. The holder extends the
+//! lock every third of its TTL while its model call runs, however many attempts it
+//! takes; a holder that dies stops extending and the lock expires within one TTL.
+
+use std::time::Duration;
+
+use prediction_contract::CacheKey;
+use redis::aio::ConnectionManager;
+use tokio::task::JoinHandle;
+use tracing::warn;
+
+const RELEASE: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0";
+
+const EXTEND: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0";
+
+/// Takes compute locks in Redis.
+#[derive(Clone)]
+pub struct ComputeLock {
+    redis: ConnectionManager,
+    ttl: Duration,
+}
+
+impl std::fmt::Debug for ComputeLock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ComputeLock").field("ttl", &self.ttl).finish()
+    }
+}
+
+/// The result of trying to take a lock.
+#[derive(Debug)]
+pub enum LockAttempt {
+    Acquired(LockGuard),
+    /// Another gateway holds it; it expires in this long unless extended.
+    HeldElsewhere { expires_in: Duration },
+}
+
+impl ComputeLock {
+    pub fn new(redis: ConnectionManager, ttl: Duration) -> Self {
+        Self { redis, ttl }
+    }
+
+    pub async fn try_acquire(&self, key: &CacheKey) -> Result<LockAttempt, redis::RedisError> {
+        let lock_key = key.lock_key();
+        let token = uuid::Uuid::new_v4().to_string();
+        let ttl_ms = self.ttl_ms();
+        let mut redis = self.redis.clone();
+        let acquired: Option<String> = redis::cmd("SET")
+            .arg(&lock_key)
+            .arg(&token)
+            .arg("NX")
+            .arg("PX")
+            .arg(ttl_ms)
+            .query_async(&mut redis)
+            .await?;
+        if acquired.is_some() {
+            let renewal = tokio::spawn(keep_extended(
+                self.redis.clone(),
+                lock_key.clone(),
+                token.clone(),
+                self.ttl,
+            ));
+            return Ok(LockAttempt::Acquired(LockGuard {
+                redis: self.redis.clone(),
+                lock_key,
+                token,
+                renewal,
+            }));
+        }
+        let pttl: i64 = redis::cmd("PTTL")
+            .arg(&lock_key)
+            .query_async(&mut redis)
+            .await?;
+        // -2: it expired between the two commands; -1 cannot happen (we always set
+        // an expiry) but would mean "forever": treat both as "try again now".
+        let expires_in = u64::try_from(pttl).map_or(Duration::ZERO, Duration::from_millis);
+        Ok(LockAttempt::HeldElsewhere { expires_in })
+    }
+
+    fn ttl_ms(&self) -> u64 {
+        u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX).max(1)
+    }
+}
+
+async fn keep_extended(mut redis: ConnectionManager, lock_key: String, token: String, ttl: Duration) {
+    let script = redis::Script::new(EXTEND);
+    let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+    let mut every = tokio::time::interval(ttl / 3);
+    every.tick().await; // the first tick is immediate
+    loop {
+        every.tick().await;
+        match script
+            .key(&lock_key)
+            .arg(&token)
+            .arg(ttl_ms)
+            .invoke_async::<i64>(&mut redis)
+            .await
+        {
+            Ok(1) => {}
+            Ok(_) => {
+                warn!(lock_key, "compute lock lost before the model call ended");
+                return;
+            }
+            // A passing Redis error: the next tick tries again while the lock lives.
+            Err(err) => warn!(lock_key, error = %err, "could not extend the compute lock"),
+        }
+    }
+}
+
+/// A held lock. Release it with [`release`](LockGuard::release); if dropped
+/// instead, it stops being extended and expires by itself.
+#[derive(Debug)]
+pub struct LockGuard {
+    redis: ConnectionManager,
+    lock_key: String,
+    token: String,
+    renewal: JoinHandle<()>,
+}
+
+impl LockGuard {
+    pub async fn release(mut self) {
+        self.renewal.abort();
+        let script = redis::Script::new(RELEASE);
+        if let Err(err) = script
+            .key(&self.lock_key)
+            .arg(&self.token)
+            .invoke_async::<i64>(&mut self.redis)
+            .await
+        {
+            warn!(lock_key = self.lock_key, error = %err, "could not release the compute lock; it will expire");
+        }
+    }
+}
+
+impl Drop for LockGuard {
+    fn drop(&mut self) {
+        self.renewal.abort();
+    }
+}

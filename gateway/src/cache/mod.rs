@@ -1,0 +1,295 @@
+//! The prediction cache: a small in-process tier in front of Redis.
+//!
+//! Redis is shared by every gateway and holds each entry for its freshness plus the
+//! stale period. The in-process tier keeps hot entries for at most `--local-ttl`, so
+//! a purge or a newer value reaches every gateway within that bound even if the purge
+//! broadcast is lost. When Redis fails, a breaker skips it for a moment so that
+//! requests do not each wait out a Redis timeout.
+
+mod entry;
+mod lock;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use prediction_contract::{CacheKey, ModelName, cache_key_pattern};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tracing::warn;
+
+pub use entry::{CachedPrediction, CorruptEntry, unix_now_ms};
+pub use lock::{ComputeLock, LockAttempt, LockGuard};
+
+use crate::metrics::Metrics;
+
+/// After a Redis failure, how long the gateway answers without Redis before trying
+/// it again.
+const REDIS_RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// What a lookup found.
+#[derive(Debug, Clone)]
+pub enum Lookup {
+    Found(Arc<CachedPrediction>),
+    Missing,
+    /// Redis could not be asked; the caller should answer without the cache.
+    Unavailable,
+}
+
+/// Settings of the cache tiers.
+#[derive(Debug, Clone)]
+pub struct CacheSettings {
+    pub redis_url: String,
+    pub redis_timeout: Duration,
+    /// How long entries are kept after their freshness, to be served stale.
+    pub stale_ttl: Duration,
+    /// Entries of the in-process tier; 0 turns it off.
+    pub local_capacity: u64,
+    pub local_ttl: Duration,
+    pub key_prefix: String,
+}
+
+/// Predictions in Redis, fronted by an in-process tier. Cheap to clone.
+#[derive(Clone)]
+pub struct PredictionCache {
+    /// Reconnects by itself; created lazily so the gateway starts (and answers
+    /// from the workers) while Redis is down.
+    redis: ConnectionManager,
+    local: Option<moka::future::Cache<String, Arc<CachedPrediction>>>,
+    breaker: Arc<RedisBreaker>,
+    stale_ttl: Duration,
+    key_prefix: Arc<str>,
+    metrics: Metrics,
+}
+
+impl std::fmt::Debug for PredictionCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PredictionCache")
+            .field("local_tier", &self.local.is_some())
+            .field("stale_ttl", &self.stale_ttl)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PredictionCache {
+    /// Prepares the tiers without opening a Redis connection.
+    pub fn new(settings: &CacheSettings, metrics: Metrics) -> Result<Self, redis::RedisError> {
+        let client = redis::Client::open(settings.redis_url.as_str())?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(settings.redis_timeout))
+            .set_response_timeout(Some(settings.redis_timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(100));
+        let redis = ConnectionManager::new_lazy_with_config(client, config)?;
+        let local = (settings.local_capacity > 0 && !settings.local_ttl.is_zero()).then(|| {
+            moka::future::Cache::builder()
+                .max_capacity(settings.local_capacity)
+                .time_to_live(settings.local_ttl)
+                .support_invalidation_closures()
+                .build()
+        });
+        Ok(Self {
+            redis,
+            local,
+            breaker: Arc::new(RedisBreaker::default()),
+            stale_ttl: settings.stale_ttl,
+            key_prefix: settings.key_prefix.as_str().into(),
+            metrics,
+        })
+    }
+
+    /// The Redis connection, for the compute lock.
+    pub fn redis(&self) -> ConnectionManager {
+        self.redis.clone()
+    }
+
+    pub fn stale_ttl(&self) -> Duration {
+        self.stale_ttl
+    }
+
+    /// Whether Redis is being skipped after a recent failure.
+    pub fn redis_skipped(&self) -> bool {
+        self.breaker.is_open(unix_now_ms())
+    }
+
+    /// Records a Redis failure seen outside this type (by the lock).
+    pub fn note_redis_failure(&self, err: &redis::RedisError) {
+        self.metrics.redis_errors.inc();
+        if !self.breaker.is_open(unix_now_ms()) {
+            warn!(error = %err, retry_after = ?REDIS_RETRY_AFTER, "Redis failed; answering without it for a moment");
+        }
+        self.breaker.trip(unix_now_ms());
+    }
+
+    /// The entry under `key`: from the in-process tier while fresh there, else
+    /// from Redis (fresh, stale or expired: the caller judges).
+    pub async fn lookup(&self, key: &CacheKey) -> Lookup {
+        let now = unix_now_ms();
+        if let Some(local) = &self.local
+            && let Some(entry) = local.get(key.as_str()).await
+            && entry.is_fresh(now)
+        {
+            return Lookup::Found(entry);
+        }
+        if self.breaker.is_open(now) {
+            return Lookup::Unavailable;
+        }
+        let mut redis = self.redis.clone();
+        let bytes: Option<Vec<u8>> = match redis::cmd("GET")
+            .arg(key.as_str())
+            .query_async(&mut redis)
+            .await
+        {
+            Ok(bytes) => bytes,
+            Err(err) => {
+                self.note_redis_failure(&err);
+                return Lookup::Unavailable;
+            }
+        };
+        let Some(bytes) = bytes else {
+            return Lookup::Missing;
+        };
+        match CachedPrediction::decode(&bytes) {
+            Ok(entry) => {
+                let entry = Arc::new(entry);
+                if let Some(local) = &self.local
+                    && entry.is_fresh(unix_now_ms())
+                {
+                    local.insert(key.as_str().to_owned(), Arc::clone(&entry)).await;
+                }
+                Lookup::Found(entry)
+            }
+            Err(err) => {
+                warn!(key = key.as_str(), error = %err, "unreadable cache entry; treating it as a miss");
+                Lookup::Missing
+            }
+        }
+    }
+
+    /// Stores `entry` under `key` in both tiers; Redis drops it at the end of its
+    /// stale period. Returns whether Redis took it.
+    pub async fn store(&self, key: &CacheKey, entry: &Arc<CachedPrediction>) -> bool {
+        if let Some(local) = &self.local {
+            local.insert(key.as_str().to_owned(), Arc::clone(entry)).await;
+        }
+        if self.breaker.is_open(unix_now_ms()) {
+            return false;
+        }
+        let keep_for = entry.fresh_for + self.stale_ttl;
+        let expire_ms = u64::try_from(keep_for.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        let mut redis = self.redis.clone();
+        match redis::cmd("SET")
+            .arg(key.as_str())
+            .arg(entry.encode())
+            .arg("PX")
+            .arg(expire_ms)
+            .query_async::<()>(&mut redis)
+            .await
+        {
+            Ok(()) => true,
+            Err(err) => {
+                self.note_redis_failure(&err);
+                false
+            }
+        }
+    }
+
+    /// Deletes every entry of `model` from Redis and from this gateway's tier;
+    /// returns how many Redis held.
+    pub async fn purge_model(&self, model: &ModelName) -> Result<u64, redis::RedisError> {
+        self.forget_model_locally(model);
+        let pattern = cache_key_pattern(&self.key_prefix, model);
+        let mut redis = self.redis.clone();
+        let mut cursor: u64 = 0;
+        let mut purged = 0;
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut redis)
+                .await?;
+            if !keys.is_empty() {
+                purged += redis::cmd("UNLINK")
+                    .arg(&keys)
+                    .query_async::<u64>(&mut redis)
+                    .await?;
+            }
+            if next == 0 {
+                return Ok(purged);
+            }
+            cursor = next;
+        }
+    }
+
+    /// Deletes one entry from Redis and from this gateway's tier; returns whether
+    /// Redis held it.
+    pub async fn purge_key(&self, key: &CacheKey) -> Result<bool, redis::RedisError> {
+        self.forget_key_locally(key.as_str()).await;
+        let mut redis = self.redis.clone();
+        let removed: u64 = redis::cmd("UNLINK")
+            .arg(key.as_str())
+            .query_async(&mut redis)
+            .await?;
+        Ok(removed > 0)
+    }
+
+    /// Drops one entry from the in-process tier only (another gateway purged it).
+    pub async fn forget_key_locally(&self, key: &str) {
+        if let Some(local) = &self.local {
+            local.invalidate(key).await;
+        }
+    }
+
+    /// Drops every entry of `model` from the in-process tier only.
+    pub fn forget_model_locally(&self, model: &ModelName) {
+        if let Some(local) = &self.local {
+            let pattern = cache_key_pattern(&self.key_prefix, model);
+            let prefix = pattern.trim_end_matches('*').to_owned();
+            // Fails only if closures were not enabled at build time, which they are.
+            let _ = local.invalidate_entries_if(move |key, _| key.starts_with(&prefix));
+        }
+    }
+
+    /// Whether Redis answers right now (ignoring the breaker).
+    pub async fn ping(&self) -> Result<(), redis::RedisError> {
+        let mut redis = self.redis.clone();
+        redis::cmd("PING").query_async::<()>(&mut redis).await
+    }
+}
+
+/// Skips Redis for [`REDIS_RETRY_AFTER`] after a failure. The first request after
+/// that tries Redis again and either closes the breaker or trips it anew.
+#[derive(Debug, Default)]
+struct RedisBreaker {
+    open_until_ms: AtomicU64,
+}
+
+impl RedisBreaker {
+    fn is_open(&self, now_ms: u64) -> bool {
+        now_ms < self.open_until_ms.load(Ordering::Relaxed)
+    }
+
+    fn trip(&self, now_ms: u64) {
+        let until = now_ms + u64::try_from(REDIS_RETRY_AFTER.as_millis()).unwrap_or(1_000);
+        self.open_until_ms.store(until, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_breaker_opens_on_failure_and_closes_after_the_retry_delay() {
+        let breaker = RedisBreaker::default();
+        assert!(!breaker.is_open(10_000));
+        breaker.trip(10_000);
+        assert!(breaker.is_open(10_000));
+        assert!(breaker.is_open(10_999));
+        assert!(!breaker.is_open(11_000));
+    }
+}

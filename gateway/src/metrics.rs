@@ -1,0 +1,117 @@
+//! Prometheus metrics, served at `GET /metrics`.
+//!
+//! Each [`Application`](crate::Application) has a registry of its own, so several
+//! gateways in one process (as in the tests) count separately.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+
+/// Latency buckets from 100 µs (a hit) to 30 s (a slow model).
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0,
+];
+
+/// The gateway's metrics. Cheap to clone (every field is a shared handle).
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// Prediction requests by model and outcome: hit, stale, miss, coalesced,
+    /// bypass, error.
+    pub requests: IntCounterVec,
+    /// Whole-request latency of prediction requests, by outcome.
+    pub request_duration: HistogramVec,
+    /// Model calls by model and result (ok, or the error code).
+    pub model_calls: IntCounterVec,
+    /// Latency of model calls (the NATS request), by model.
+    pub model_call_duration: HistogramVec,
+    pub redis_errors: IntCounter,
+    /// Keys with a model call in flight that other requests can join.
+    pub coalesced_keys_in_flight: IntGauge,
+    /// Stale entries served because the model call failed.
+    pub stale_if_error: IntCounter,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new("gateway_prediction_requests_total", "Prediction requests by model and cache outcome."),
+            &["model", "outcome"],
+        )
+        .expect("valid metric");
+        let request_duration = HistogramVec::new(
+            HistogramOpts::new("gateway_request_duration_seconds", "Latency of prediction requests, by cache outcome.")
+                .buckets(LATENCY_BUCKETS.to_vec()),
+            &["outcome"],
+        )
+        .expect("valid metric");
+        let model_calls = IntCounterVec::new(
+            Opts::new("gateway_model_calls_total", "Model calls sent to workers, by model and result."),
+            &["model", "result"],
+        )
+        .expect("valid metric");
+        let model_call_duration = HistogramVec::new(
+            HistogramOpts::new("gateway_model_call_duration_seconds", "Latency of model calls over NATS, by model.")
+                .buckets(LATENCY_BUCKETS.to_vec()),
+            &["model"],
+        )
+        .expect("valid metric");
+        let redis_errors = IntCounter::new("gateway_redis_errors_total", "Failed Redis commands.")
+            .expect("valid metric");
+        let coalesced_keys_in_flight = IntGauge::new(
+            "gateway_coalesced_keys_in_flight",
+            "Keys with a model call in flight that identical requests join.",
+        )
+        .expect("valid metric");
+        let stale_if_error = IntCounter::new(
+            "gateway_stale_if_error_total",
+            "Stale predictions served because the model call failed.",
+        )
+        .expect("valid metric");
+        for collector in [
+            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(request_duration.clone()),
+            Box::new(model_calls.clone()),
+            Box::new(model_call_duration.clone()),
+            Box::new(redis_errors.clone()),
+            Box::new(coalesced_keys_in_flight.clone()),
+            Box::new(stale_if_error.clone()),
+        ] {
+            registry.register(collector).expect("metric names are unique");
+        }
+        Self {
+            registry,
+            requests,
+            request_duration,
+            model_calls,
+            model_call_duration,
+            redis_errors,
+            coalesced_keys_in_flight,
+            stale_if_error,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buffer = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buffer)
+            .expect("encoding to a Vec cannot fail");
+        String::from_utf8(buffer).expect("the text format is UTF-8")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

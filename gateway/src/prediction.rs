@@ -1,0 +1,504 @@
+//! The read-through cache in front of the model workers, with every protection a
+//! good HTTP cache has: coalescing within and across gateways, stale-while-
+//! revalidate, stale-if-error, and the client's own freshness directives.
+//!
+//! A request goes: cache lookup → (fresh: HIT) → (stale period: STALE now and one
+//! background refresh) → join the computation in flight for the same key in this
+//! gateway, or start one; a computation takes the key's Redis lock, or waits for
+//! the gateway that holds it to announce its outcome over NATS.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::HeaderMap;
+use axum::http::StatusCode;
+use futures::StreamExt;
+use prediction_contract::subjects::cache_ready_subject;
+use prediction_contract::{CacheKey, CanonicalInput, ModelName};
+use tracing::{debug, error, info, warn};
+
+use crate::cache::{CachedPrediction, LockAttempt, Lookup, PredictionCache, unix_now_ms};
+use crate::cache::ComputeLock;
+use crate::coalesce::{InFlight, Role};
+use crate::error::{ApiError, PublicFailure};
+use crate::freshness::RequestDirectives;
+use crate::metrics::Metrics;
+use crate::model_client::ModelClient;
+
+/// How much longer than a lock's remaining time a waiter waits for the holder's
+/// announcement before trying to take over the lock.
+const LOCK_EXPIRY_GRACE: Duration = Duration::from_millis(50);
+/// Header of a ready announcement: `ok` (payload: the cache entry) or `error`
+/// (payload: the [`PublicFailure`] as JSON).
+const OUTCOME_HEADER: &str = "Outcome";
+
+/// Where an answer came from; told in `X-Cache` and `Cache-Status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheOutcome {
+    /// A fresh entry.
+    Hit,
+    /// An entry in its stale period, served while one refresh runs.
+    Stale,
+    /// A stale entry served because the model call failed.
+    StaleIfError,
+    /// Computed for this request; `stored` says whether the cache took it, and
+    /// `forced` whether the client's directives asked for a new computation.
+    Miss { stored: bool, forced: bool },
+    /// Joined a computation that another request started, here or elsewhere.
+    Coalesced,
+    /// Computed without the cache, which could not be reached.
+    Bypass,
+}
+
+impl CacheOutcome {
+    /// The `X-Cache` value.
+    pub fn x_cache(self) -> &'static str {
+        match self {
+            Self::Hit => "HIT",
+            Self::Stale | Self::StaleIfError => "STALE",
+            Self::Miss { .. } | Self::Coalesced => "MISS",
+            Self::Bypass => "BYPASS",
+        }
+    }
+
+    /// The metrics label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Hit => "hit",
+            Self::Stale | Self::StaleIfError => "stale",
+            Self::Miss { .. } => "miss",
+            Self::Coalesced => "coalesced",
+            Self::Bypass => "bypass",
+        }
+    }
+}
+
+/// A prediction to send back, and how it was obtained.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub entry: Arc<CachedPrediction>,
+    pub outcome: CacheOutcome,
+}
+
+/// The result of one computation, shared by everyone who waited for it.
+type CallOutcome = Result<Resolved, Arc<PublicFailure>>;
+
+#[derive(Debug, Clone)]
+struct Resolved {
+    entry: Arc<CachedPrediction>,
+    source: Source,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    /// This gateway asked the model.
+    Model { stored: bool, store_wanted: bool },
+    /// Another gateway asked the model and announced the result.
+    OtherGateway,
+    /// The entry was stored by someone else by the time this computation started.
+    Cache,
+}
+
+/// Settings the predictor needs.
+#[derive(Debug, Clone)]
+pub struct PredictorSettings {
+    pub key_prefix: String,
+    /// Freshness of a prediction whose model sets none.
+    pub cache_ttl: Duration,
+    /// The longest freshness a model may set.
+    pub max_ttl: Duration,
+    pub request_timeout: Duration,
+}
+
+/// Answers predictions through the cache. Shared by every request.
+#[derive(Debug)]
+pub struct Predictor {
+    cache: PredictionCache,
+    lock: ComputeLock,
+    models: ModelClient,
+    in_flight: Arc<InFlight<CallOutcome>>,
+    metrics: Metrics,
+    settings: PredictorSettings,
+}
+
+/// How waiting for another gateway's computation ended.
+enum Waited {
+    Done(CallOutcome),
+    /// The holder's lock expired without an announcement: it died, or the
+    /// announcement was lost. Try to take over.
+    LockExpired,
+    /// Waiting is impossible (NATS is down): compute without the lock.
+    CannotWait,
+}
+
+impl Predictor {
+    pub fn new(
+        cache: PredictionCache,
+        lock: ComputeLock,
+        models: ModelClient,
+        metrics: Metrics,
+        settings: PredictorSettings,
+    ) -> Arc<Self> {
+        let in_flight = InFlight::new(
+            || {
+                Err(Arc::new(PublicFailure::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "internal error; see the gateway logs",
+                )))
+            },
+            metrics.coalesced_keys_in_flight.clone(),
+        );
+        Arc::new(Self {
+            cache,
+            lock,
+            models,
+            in_flight,
+            metrics,
+            settings,
+        })
+    }
+
+    pub fn key_prefix(&self) -> &str {
+        &self.settings.key_prefix
+    }
+
+    /// The prediction of `model` for `input`, from the cache when the client's
+    /// directives allow it, else from one computation shared by every identical
+    /// request.
+    pub async fn predict(
+        self: &Arc<Self>,
+        model: &ModelName,
+        input: CanonicalInput,
+        directives: &RequestDirectives,
+        request_id: &str,
+    ) -> Result<Answer, ApiError> {
+        let arrived = Instant::now();
+        let key = CacheKey::new(&self.settings.key_prefix, model, &input);
+        let mut stale_fallback = None;
+        let mut wants_new = directives.skips_lookup();
+        if !directives.skips_lookup() {
+            match self.cache.lookup(&key).await {
+                Lookup::Found(entry) => {
+                    let now = unix_now_ms();
+                    let age_accepted = directives.accepts_age(entry.age(now));
+                    if entry.is_fresh(now) {
+                        if age_accepted {
+                            return Ok(Answer {
+                                entry,
+                                outcome: CacheOutcome::Hit,
+                            });
+                        }
+                        wants_new = true;
+                    } else if entry.is_within_stale_period(now, self.cache.stale_ttl()) {
+                        if age_accepted && !directives.only_if_cached {
+                            self.refresh_in_background(key, model.clone(), input, request_id);
+                            return Ok(Answer {
+                                entry,
+                                outcome: CacheOutcome::Stale,
+                            });
+                        }
+                        stale_fallback = Some(entry);
+                    }
+                }
+                Lookup::Missing | Lookup::Unavailable => {}
+            }
+        }
+        if directives.only_if_cached {
+            return Err(ApiError::NotCached);
+        }
+
+        let not_before = wants_new.then_some(arrived);
+        let store = !directives.no_store;
+        let key_name = key.as_str().to_owned();
+        let (outcome, role) = self
+            .in_flight
+            .compute_or_join(&key_name, not_before, {
+                let this = Arc::clone(self);
+                let model = model.clone();
+                let request_id = request_id.to_owned();
+                move || async move {
+                    this.compute(key, model, input, request_id, store, !wants_new)
+                        .await
+                }
+            })
+            .await;
+        match outcome {
+            Ok(resolved) => Ok(Answer {
+                outcome: match (role, resolved.source) {
+                    (Role::Follower, _) | (Role::Leader, Source::OtherGateway) => {
+                        CacheOutcome::Coalesced
+                    }
+                    (Role::Leader, Source::Cache) => CacheOutcome::Hit,
+                    (Role::Leader, Source::Model { stored, store_wanted }) => {
+                        if store_wanted && !stored && !resolved.entry.fresh_for.is_zero() {
+                            CacheOutcome::Bypass
+                        } else {
+                            CacheOutcome::Miss {
+                                stored,
+                                forced: wants_new,
+                            }
+                        }
+                    }
+                },
+                entry: resolved.entry,
+            }),
+            Err(failure) => match stale_fallback {
+                Some(entry) if failure.is_server_side() => {
+                    self.metrics.stale_if_error.inc();
+                    warn!(%model, error = %failure, "model call failed; serving the stale prediction");
+                    Ok(Answer {
+                        entry,
+                        outcome: CacheOutcome::StaleIfError,
+                    })
+                }
+                _ => Err(ApiError::Upstream(failure)),
+            },
+        }
+    }
+
+    /// Starts one refresh of a stale entry, unless one is already running.
+    fn refresh_in_background(
+        self: &Arc<Self>,
+        key: CacheKey,
+        model: ModelName,
+        input: CanonicalInput,
+        request_id: &str,
+    ) {
+        if self.in_flight.is_in_flight(key.as_str()) {
+            return;
+        }
+        let this = Arc::clone(self);
+        let request_id = request_id.to_owned();
+        tokio::spawn(async move {
+            let inner = Arc::clone(&this);
+            let name = key.as_str().to_owned();
+            let (outcome, _) = this
+                .in_flight
+                .compute_or_join(&name, None, move || async move {
+                    inner.compute(key, model, input, request_id, true, true).await
+                })
+                .await;
+            if let Err(failure) = outcome {
+                debug!(error = %failure, "background refresh failed; the stale entry stays");
+            }
+        });
+    }
+
+    /// One computation of `key`: takes the cross-gateway lock (or waits for the
+    /// gateway holding it), asks the model, stores and announces the result.
+    /// `recheck` lets it return an entry that became fresh in the meantime.
+    async fn compute(
+        self: Arc<Self>,
+        key: CacheKey,
+        model: ModelName,
+        input: CanonicalInput,
+        request_id: String,
+        store: bool,
+        recheck: bool,
+    ) -> CallOutcome {
+        let deadline = Instant::now() + self.settings.request_timeout;
+        let mut announcements = None;
+        loop {
+            let mut guard = None;
+            if !self.cache.redis_skipped() {
+                match self.lock.try_acquire(&key).await {
+                    Ok(LockAttempt::Acquired(acquired)) => guard = Some(acquired),
+                    Ok(LockAttempt::HeldElsewhere { expires_in }) => {
+                        match self
+                            .wait_for_other_gateway(&key, &mut announcements, expires_in, deadline, recheck)
+                            .await
+                        {
+                            Waited::Done(outcome) => return outcome,
+                            Waited::LockExpired => continue,
+                            Waited::CannotWait => {}
+                        }
+                    }
+                    Err(err) => self.cache.note_redis_failure(&err),
+                }
+            }
+            if recheck
+                && let Lookup::Found(entry) = self.cache.lookup(&key).await
+                && entry.is_fresh(unix_now_ms())
+            {
+                if let Some(guard) = guard {
+                    guard.release().await;
+                }
+                return Ok(Resolved {
+                    entry,
+                    source: Source::Cache,
+                });
+            }
+
+            let outcome = match self.call_model(&model, &input, &request_id, deadline).await {
+                Ok(entry) => {
+                    let stored = store
+                        && !entry.fresh_for.is_zero()
+                        && self.cache.store(&key, &entry).await;
+                    Ok(Resolved {
+                        entry,
+                        source: Source::Model {
+                            stored,
+                            store_wanted: store,
+                        },
+                    })
+                }
+                Err(failure) => Err(failure),
+            };
+            if let Some(guard) = guard {
+                self.announce(&key, &outcome).await;
+                guard.release().await;
+            }
+            return outcome;
+        }
+    }
+
+    async fn call_model(
+        &self,
+        model: &ModelName,
+        input: &CanonicalInput,
+        request_id: &str,
+        deadline: Instant,
+    ) -> Result<Arc<CachedPrediction>, Arc<PublicFailure>> {
+        let timeout = deadline.saturating_duration_since(Instant::now());
+        let started = Instant::now();
+        let result = self.models.predict(model, input, request_id, timeout).await;
+        self.metrics
+            .model_call_duration
+            .with_label_values(&[model.as_str()])
+            .observe(started.elapsed().as_secs_f64());
+        match result {
+            Ok(reply) => {
+                self.metrics
+                    .model_calls
+                    .with_label_values(&[model.as_str(), "ok"])
+                    .inc();
+                let fresh_for = reply
+                    .metadata
+                    .freshness_ttl
+                    .unwrap_or(self.settings.cache_ttl)
+                    .min(self.settings.max_ttl);
+                Ok(Arc::new(CachedPrediction {
+                    prediction: reply.prediction,
+                    model_version: reply.metadata.model_version,
+                    computed_at_ms: unix_now_ms(),
+                    fresh_for,
+                }))
+            }
+            Err(err) => {
+                let failure = PublicFailure::from(&err);
+                self.metrics
+                    .model_calls
+                    .with_label_values(&[model.as_str(), failure.code.as_str()])
+                    .inc();
+                if failure.is_server_side() {
+                    error!(%model, request_id, error = %err, cause = ?std::error::Error::source(&err), "model call failed");
+                } else {
+                    info!(%model, request_id, error = %err, "model rejected the input");
+                }
+                Err(Arc::new(failure))
+            }
+        }
+    }
+
+    /// Waits for the gateway holding `key`'s lock to announce its outcome.
+    async fn wait_for_other_gateway(
+        &self,
+        key: &CacheKey,
+        announcements: &mut Option<async_nats::Subscriber>,
+        expires_in: Duration,
+        deadline: Instant,
+        recheck: bool,
+    ) -> Waited {
+        if announcements.is_none() {
+            if !self.models.is_connected() {
+                return Waited::CannotWait;
+            }
+            let nats = self.models.nats();
+            match nats.subscribe(cache_ready_subject(key)).await {
+                Ok(subscriber) => *announcements = Some(subscriber),
+                Err(err) => {
+                    warn!(error = %err, "cannot wait for another gateway's model call");
+                    return Waited::CannotWait;
+                }
+            }
+            // The subscription must be in place before the re-check, or an
+            // announcement made in between would be missed.
+            let _ = nats.flush().await;
+            if recheck
+                && let Lookup::Found(entry) = self.cache.lookup(key).await
+                && entry.is_fresh(unix_now_ms())
+            {
+                return Waited::Done(Ok(Resolved {
+                    entry,
+                    source: Source::OtherGateway,
+                }));
+            }
+        }
+        let Some(subscriber) = announcements.as_mut() else {
+            return Waited::CannotWait;
+        };
+        let left = deadline.saturating_duration_since(Instant::now());
+        let wait = (expires_in + LOCK_EXPIRY_GRACE).min(left);
+        match tokio::time::timeout(wait, subscriber.next()).await {
+            Ok(Some(message)) => match decode_announcement(&message) {
+                Some(outcome) => Waited::Done(outcome),
+                None => Waited::LockExpired,
+            },
+            Ok(None) => Waited::CannotWait,
+            Err(_) if Instant::now() >= deadline => Waited::Done(Err(Arc::new(
+                PublicFailure::new(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "timeout",
+                    format!(
+                        "no worker answered within {:?}",
+                        self.settings.request_timeout
+                    ),
+                ),
+            ))),
+            Err(_) => Waited::LockExpired,
+        }
+    }
+
+    /// Tells gateways waiting on `key` how its computation ended.
+    async fn announce(&self, key: &CacheKey, outcome: &CallOutcome) {
+        let mut headers = HeaderMap::new();
+        let payload = match outcome {
+            Ok(resolved) => {
+                headers.insert(OUTCOME_HEADER, "ok");
+                resolved.entry.encode()
+            }
+            Err(failure) => {
+                headers.insert(OUTCOME_HEADER, "error");
+                serde_json::to_vec(failure.as_ref()).expect("a failure always serialises")
+            }
+        };
+        if let Err(err) = self
+            .models
+            .nats()
+            .publish_with_headers(cache_ready_subject(key), headers, payload.into())
+            .await
+        {
+            // Waiters fall back to the lock's expiry.
+            debug!(error = %err, "could not announce a finished model call");
+        }
+    }
+}
+
+fn decode_announcement(message: &async_nats::Message) -> Option<CallOutcome> {
+    let outcome = message.headers.as_ref()?.get(OUTCOME_HEADER)?.as_str();
+    match outcome {
+        "ok" => CachedPrediction::decode(&message.payload)
+            .ok()
+            .map(|entry| {
+                Ok(Resolved {
+                    entry: Arc::new(entry),
+                    source: Source::OtherGateway,
+                })
+            }),
+        "error" => serde_json::from_slice::<PublicFailure>(&message.payload)
+            .ok()
+            .map(|failure| Err(Arc::new(failure))),
+        _ => None,
+    }
+}
