@@ -149,7 +149,10 @@ mod tests {
         let results = futures::future::join_all(callers).await;
         assert_eq!(runs.load(Ordering::SeqCst), 1);
         assert!(results.iter().all(|(value, _)| *value == 7));
-        let leaders = results.iter().filter(|(_, role)| *role == Role::Leader).count();
+        let leaders = results
+            .iter()
+            .filter(|(_, role)| *role == Role::Leader)
+            .count();
         assert_eq!(leaders, 1);
         assert!(!in_flight.is_in_flight("k"), "finished calls are forgotten");
     }

@@ -119,8 +119,7 @@ impl From<ModelCallError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
-        let mut response =
-            (status, Json(ErrorBody::new(code, self.to_string()))).into_response();
+        let mut response = (status, Json(ErrorBody::new(code, self.to_string()))).into_response();
         let headers = response.headers_mut();
         if status == StatusCode::SERVICE_UNAVAILABLE {
             // Workers come and go; a short wait is worth a retry.

@@ -58,7 +58,10 @@ mod tests {
 
     #[test]
     fn no_header_asks_nothing() {
-        assert_eq!(RequestDirectives::from_headers(&HeaderMap::new()), RequestDirectives::default());
+        assert_eq!(
+            RequestDirectives::from_headers(&HeaderMap::new()),
+            RequestDirectives::default()
+        );
     }
 
     #[test]
@@ -66,7 +69,10 @@ mod tests {
         assert!(directives("no-cache").no_cache);
         assert!(directives("no-store").no_store);
         assert!(directives("only-if-cached").only_if_cached);
-        assert_eq!(directives("max-age=120").max_age, Some(Duration::from_secs(120)));
+        assert_eq!(
+            directives("max-age=120").max_age,
+            Some(Duration::from_secs(120))
+        );
         let combined = directives("no-store, max-age=0");
         assert!(combined.no_store && combined.skips_lookup());
         assert_eq!(combined.max_age, Some(Duration::ZERO));

@@ -30,8 +30,9 @@ pub struct Metrics {
     pub redis_errors: IntCounter,
     /// Keys with a model call in flight that other requests can join.
     pub coalesced_keys_in_flight: IntGauge,
-    /// Stale entries served because the model call failed.
-    pub stale_if_error: IntCounter,
+    /// Background refreshes of stale entries that failed (the stale entry was
+    /// served instead of the error).
+    pub stale_refresh_failures: IntCounter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -44,24 +45,36 @@ impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
         let requests = IntCounterVec::new(
-            Opts::new("gateway_prediction_requests_total", "Prediction requests by model and cache outcome."),
+            Opts::new(
+                "gateway_prediction_requests_total",
+                "Prediction requests by model and cache outcome.",
+            ),
             &["model", "outcome"],
         )
         .expect("valid metric");
         let request_duration = HistogramVec::new(
-            HistogramOpts::new("gateway_request_duration_seconds", "Latency of prediction requests, by cache outcome.")
-                .buckets(LATENCY_BUCKETS.to_vec()),
+            HistogramOpts::new(
+                "gateway_request_duration_seconds",
+                "Latency of prediction requests, by cache outcome.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
             &["outcome"],
         )
         .expect("valid metric");
         let model_calls = IntCounterVec::new(
-            Opts::new("gateway_model_calls_total", "Model calls sent to workers, by model and result."),
+            Opts::new(
+                "gateway_model_calls_total",
+                "Model calls sent to workers, by model and result.",
+            ),
             &["model", "result"],
         )
         .expect("valid metric");
         let model_call_duration = HistogramVec::new(
-            HistogramOpts::new("gateway_model_call_duration_seconds", "Latency of model calls over NATS, by model.")
-                .buckets(LATENCY_BUCKETS.to_vec()),
+            HistogramOpts::new(
+                "gateway_model_call_duration_seconds",
+                "Latency of model calls over NATS, by model.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
             &["model"],
         )
         .expect("valid metric");
@@ -72,9 +85,9 @@ impl Metrics {
             "Keys with a model call in flight that identical requests join.",
         )
         .expect("valid metric");
-        let stale_if_error = IntCounter::new(
-            "gateway_stale_if_error_total",
-            "Stale predictions served because the model call failed.",
+        let stale_refresh_failures = IntCounter::new(
+            "gateway_stale_refresh_failures_total",
+            "Failed refreshes of stale predictions (the stale prediction was served instead).",
         )
         .expect("valid metric");
         for collector in [
@@ -84,9 +97,11 @@ impl Metrics {
             Box::new(model_call_duration.clone()),
             Box::new(redis_errors.clone()),
             Box::new(coalesced_keys_in_flight.clone()),
-            Box::new(stale_if_error.clone()),
+            Box::new(stale_refresh_failures.clone()),
         ] {
-            registry.register(collector).expect("metric names are unique");
+            registry
+                .register(collector)
+                .expect("metric names are unique");
         }
         Self {
             registry,
@@ -96,7 +111,7 @@ impl Metrics {
             model_call_duration,
             redis_errors,
             coalesced_keys_in_flight,
-            stale_if_error,
+            stale_refresh_failures,
         }
     }
 

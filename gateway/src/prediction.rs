@@ -6,6 +6,11 @@
 //! background refresh) → join the computation in flight for the same key in this
 //! gateway, or start one; a computation takes the key's Redis lock, or waits for
 //! the gateway that holds it to announce its outcome over NATS.
+//!
+//! Stale-if-error follows from the same path: while an entry is in its stale
+//! period every request gets it at once, so a refresh that fails (the model
+//! errs, no worker answers) never reaches a client; the next request in the stale
+//! period simply tries another refresh.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,8 +22,8 @@ use prediction_contract::subjects::cache_ready_subject;
 use prediction_contract::{CacheKey, CanonicalInput, ModelName};
 use tracing::{debug, error, info, warn};
 
-use crate::cache::{CachedPrediction, LockAttempt, Lookup, PredictionCache, unix_now_ms};
 use crate::cache::ComputeLock;
+use crate::cache::{CachedPrediction, LockAttempt, Lookup, PredictionCache, unix_now_ms};
 use crate::coalesce::{InFlight, Role};
 use crate::error::{ApiError, PublicFailure};
 use crate::freshness::RequestDirectives;
@@ -37,10 +42,9 @@ const OUTCOME_HEADER: &str = "Outcome";
 pub enum CacheOutcome {
     /// A fresh entry.
     Hit,
-    /// An entry in its stale period, served while one refresh runs.
+    /// An entry in its stale period, served while one refresh runs (or after
+    /// refreshes failed).
     Stale,
-    /// A stale entry served because the model call failed.
-    StaleIfError,
     /// Computed for this request; `stored` says whether the cache took it, and
     /// `forced` whether the client's directives asked for a new computation.
     Miss { stored: bool, forced: bool },
@@ -55,7 +59,7 @@ impl CacheOutcome {
     pub fn x_cache(self) -> &'static str {
         match self {
             Self::Hit => "HIT",
-            Self::Stale | Self::StaleIfError => "STALE",
+            Self::Stale => "STALE",
             Self::Miss { .. } | Self::Coalesced => "MISS",
             Self::Bypass => "BYPASS",
         }
@@ -65,7 +69,7 @@ impl CacheOutcome {
     pub fn label(self) -> &'static str {
         match self {
             Self::Hit => "hit",
-            Self::Stale | Self::StaleIfError => "stale",
+            Self::Stale => "stale",
             Self::Miss { .. } => "miss",
             Self::Coalesced => "coalesced",
             Self::Bypass => "bypass",
@@ -175,7 +179,6 @@ impl Predictor {
     ) -> Result<Answer, ApiError> {
         let arrived = Instant::now();
         let key = CacheKey::new(&self.settings.key_prefix, model, &input);
-        let mut stale_fallback = None;
         let mut wants_new = directives.skips_lookup();
         if !directives.skips_lookup() {
             match self.cache.lookup(&key).await {
@@ -190,15 +193,15 @@ impl Predictor {
                             });
                         }
                         wants_new = true;
-                    } else if entry.is_within_stale_period(now, self.cache.stale_ttl()) {
-                        if age_accepted && !directives.only_if_cached {
-                            self.refresh_in_background(key, model.clone(), input, request_id);
-                            return Ok(Answer {
-                                entry,
-                                outcome: CacheOutcome::Stale,
-                            });
-                        }
-                        stale_fallback = Some(entry);
+                    } else if age_accepted
+                        && !directives.only_if_cached
+                        && entry.is_within_stale_period(now, self.cache.stale_ttl())
+                    {
+                        self.refresh_in_background(key, model.clone(), input, request_id);
+                        return Ok(Answer {
+                            entry,
+                            outcome: CacheOutcome::Stale,
+                        });
                     }
                 }
                 Lookup::Missing | Lookup::Unavailable => {}
@@ -230,7 +233,13 @@ impl Predictor {
                         CacheOutcome::Coalesced
                     }
                     (Role::Leader, Source::Cache) => CacheOutcome::Hit,
-                    (Role::Leader, Source::Model { stored, store_wanted }) => {
+                    (
+                        Role::Leader,
+                        Source::Model {
+                            stored,
+                            store_wanted,
+                        },
+                    ) => {
                         if store_wanted && !stored && !resolved.entry.fresh_for.is_zero() {
                             CacheOutcome::Bypass
                         } else {
@@ -243,17 +252,7 @@ impl Predictor {
                 },
                 entry: resolved.entry,
             }),
-            Err(failure) => match stale_fallback {
-                Some(entry) if failure.is_server_side() => {
-                    self.metrics.stale_if_error.inc();
-                    warn!(%model, error = %failure, "model call failed; serving the stale prediction");
-                    Ok(Answer {
-                        entry,
-                        outcome: CacheOutcome::StaleIfError,
-                    })
-                }
-                _ => Err(ApiError::Upstream(failure)),
-            },
+            Err(failure) => Err(ApiError::Upstream(failure)),
         }
     }
 
@@ -276,11 +275,14 @@ impl Predictor {
             let (outcome, _) = this
                 .in_flight
                 .compute_or_join(&name, None, move || async move {
-                    inner.compute(key, model, input, request_id, true, true).await
+                    inner
+                        .compute(key, model, input, request_id, true, true)
+                        .await
                 })
                 .await;
             if let Err(failure) = outcome {
-                debug!(error = %failure, "background refresh failed; the stale entry stays");
+                this.metrics.stale_refresh_failures.inc();
+                warn!(error = %failure, "refresh of a stale prediction failed; it is served until its stale period ends");
             }
         });
     }
@@ -306,7 +308,13 @@ impl Predictor {
                     Ok(LockAttempt::Acquired(acquired)) => guard = Some(acquired),
                     Ok(LockAttempt::HeldElsewhere { expires_in }) => {
                         match self
-                            .wait_for_other_gateway(&key, &mut announcements, expires_in, deadline, recheck)
+                            .wait_for_other_gateway(
+                                &key,
+                                &mut announcements,
+                                expires_in,
+                                deadline,
+                                recheck,
+                            )
                             .await
                         {
                             Waited::Done(outcome) => return outcome,
@@ -332,9 +340,8 @@ impl Predictor {
 
             let outcome = match self.call_model(&model, &input, &request_id, deadline).await {
                 Ok(entry) => {
-                    let stored = store
-                        && !entry.fresh_for.is_zero()
-                        && self.cache.store(&key, &entry).await;
+                    let stored =
+                        store && !entry.fresh_for.is_zero() && self.cache.store(&key, &entry).await;
                     Ok(Resolved {
                         entry,
                         source: Source::Model {
@@ -446,16 +453,16 @@ impl Predictor {
                 None => Waited::LockExpired,
             },
             Ok(None) => Waited::CannotWait,
-            Err(_) if Instant::now() >= deadline => Waited::Done(Err(Arc::new(
-                PublicFailure::new(
+            Err(_) if Instant::now() >= deadline => {
+                Waited::Done(Err(Arc::new(PublicFailure::new(
                     StatusCode::GATEWAY_TIMEOUT,
                     "timeout",
                     format!(
                         "no worker answered within {:?}",
                         self.settings.request_timeout
                     ),
-                ),
-            ))),
+                ))))
+            }
             Err(_) => Waited::LockExpired,
         }
     }

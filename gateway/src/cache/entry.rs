@@ -135,7 +135,10 @@ mod tests {
     fn the_stale_period_follows_the_fresh_one() {
         let entry = entry();
         let stale_for = Duration::from_secs(30);
-        assert!(!entry.is_within_stale_period(1_059_999, stale_for), "still fresh");
+        assert!(
+            !entry.is_within_stale_period(1_059_999, stale_for),
+            "still fresh"
+        );
         assert!(entry.is_within_stale_period(1_060_000, stale_for));
         assert!(entry.is_within_stale_period(1_089_999, stale_for));
         assert!(!entry.is_within_stale_period(1_090_000, stale_for));

@@ -34,7 +34,9 @@ pub struct ComputeLock {
 
 impl std::fmt::Debug for ComputeLock {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ComputeLock").field("ttl", &self.ttl).finish()
+        f.debug_struct("ComputeLock")
+            .field("ttl", &self.ttl)
+            .finish()
     }
 }
 
@@ -43,7 +45,9 @@ impl std::fmt::Debug for ComputeLock {
 pub enum LockAttempt {
     Acquired(LockGuard),
     /// Another gateway holds it; it expires in this long unless extended.
-    HeldElsewhere { expires_in: Duration },
+    HeldElsewhere {
+        expires_in: Duration,
+    },
 }
 
 impl ComputeLock {
@@ -89,11 +93,18 @@ impl ComputeLock {
     }
 
     fn ttl_ms(&self) -> u64 {
-        u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX).max(1)
+        u64::try_from(self.ttl.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1)
     }
 }
 
-async fn keep_extended(mut redis: ConnectionManager, lock_key: String, token: String, ttl: Duration) {
+async fn keep_extended(
+    mut redis: ConnectionManager,
+    lock_key: String,
+    token: String,
+    ttl: Duration,
+) {
     let script = redis::Script::new(EXTEND);
     let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
     let mut every = tokio::time::interval(ttl / 3);

@@ -154,7 +154,9 @@ impl PredictionCache {
                 if let Some(local) = &self.local
                     && entry.is_fresh(unix_now_ms())
                 {
-                    local.insert(key.as_str().to_owned(), Arc::clone(&entry)).await;
+                    local
+                        .insert(key.as_str().to_owned(), Arc::clone(&entry))
+                        .await;
                 }
                 Lookup::Found(entry)
             }
@@ -169,7 +171,9 @@ impl PredictionCache {
     /// stale period. Returns whether Redis took it.
     pub async fn store(&self, key: &CacheKey, entry: &Arc<CachedPrediction>) -> bool {
         if let Some(local) = &self.local {
-            local.insert(key.as_str().to_owned(), Arc::clone(entry)).await;
+            local
+                .insert(key.as_str().to_owned(), Arc::clone(entry))
+                .await;
         }
         if self.breaker.is_open(unix_now_ms()) {
             return false;

@@ -67,7 +67,9 @@ pub async fn purge_input(
         },
     )
     .await;
-    Ok(Json(json!({"model": model.as_str(), "purged": u64::from(purged)})))
+    Ok(Json(
+        json!({"model": model.as_str(), "purged": u64::from(purged)}),
+    ))
 }
 
 /// Checks `Authorization: Bearer <admin token>` when an admin token is configured,

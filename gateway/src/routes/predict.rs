@@ -73,7 +73,9 @@ pub async fn predict_from_query(
     serve(&state, model, input, &headers).await
 }
 
-pub(super) fn parse_model(path: Result<Path<String>, PathRejection>) -> Result<ModelName, ApiError> {
+pub(super) fn parse_model(
+    path: Result<Path<String>, PathRejection>,
+) -> Result<ModelName, ApiError> {
     let Path(name) = path.map_err(|rejection| ApiError::InvalidQuery(rejection.body_text()))?;
     Ok(ModelName::parse(&name)?)
 }
@@ -146,9 +148,6 @@ fn prediction_response(answer: &Answer) -> Response {
     let cache_status = match answer.outcome {
         CacheOutcome::Hit => format!("gateway; hit; ttl={}", entry.fresh_left(now).as_secs()),
         CacheOutcome::Stale => format!("gateway; hit; ttl=-{stale_secs}"),
-        CacheOutcome::StaleIfError => {
-            format!("gateway; fwd=miss; ttl=-{stale_secs}; detail=stale-if-error")
-        }
         CacheOutcome::Miss { stored, forced } => {
             let reason = if forced { "request" } else { "miss" };
             if stored {
@@ -167,7 +166,10 @@ fn prediction_response(answer: &Answer) -> Response {
     };
     let mut response = (StatusCode::OK, entry.prediction.clone()).into_response();
     let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     headers.insert(X_CACHE, HeaderValue::from_static(answer.outcome.x_cache()));
     headers.insert(header::AGE, HeaderValue::from(age_secs));
     headers.insert(header::CACHE_CONTROL, header_value(cache_control));

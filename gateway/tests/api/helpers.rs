@@ -2,7 +2,7 @@
 //! workers and a gateway on port 0, all torn down when the [`TestApp`] is dropped.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -21,7 +21,7 @@ pub struct StubModel {
     name: ModelName,
     latency: Duration,
     freshness_ttl: Option<Duration>,
-    fails: bool,
+    fails: AtomicBool,
     calls: AtomicUsize,
 }
 
@@ -38,18 +38,34 @@ impl StubModel {
         Self::build(name, Duration::ZERO, true)
     }
 
-    fn build(name: &str, latency: Duration, fails: bool) -> Arc<Self> {
+    /// A model that declares its own freshness.
+    pub fn with_ttl(name: &str, ttl: Duration) -> Arc<Self> {
         Arc::new(Self {
+            freshness_ttl: Some(ttl),
+            ..Self::unwrapped(name, Duration::ZERO, false)
+        })
+    }
+
+    fn build(name: &str, latency: Duration, fails: bool) -> Arc<Self> {
+        Arc::new(Self::unwrapped(name, latency, fails))
+    }
+
+    fn unwrapped(name: &str, latency: Duration, fails: bool) -> Self {
+        Self {
             name: ModelName::parse(name).unwrap(),
             latency,
             freshness_ttl: None,
-            fails,
+            fails: AtomicBool::new(fails),
             calls: AtomicUsize::new(0),
-        })
+        }
     }
 
     pub fn calls(&self) -> usize {
         self.calls.load(Ordering::SeqCst)
+    }
+
+    pub fn set_failing(&self, fails: bool) {
+        self.fails.store(fails, Ordering::SeqCst);
     }
 }
 
@@ -68,9 +84,9 @@ impl Model for StubModel {
     }
 
     async fn predict(&self, input: &Input) -> Result<Value, ModelError> {
-        self.calls.fetch_add(1, Ordering::SeqCst);
+        let call = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
         tokio::time::sleep(self.latency).await;
-        if self.fails {
+        if self.fails.load(Ordering::SeqCst) {
             return Err(ModelError::Failed(
                 "CUDA out of memory at 0xdeadbeef".into(),
             ));
@@ -80,7 +96,8 @@ impl Model for StubModel {
                 "field `reject` is not allowed".into(),
             ));
         }
-        Ok(json!({"model": self.name.as_str(), "input": input, "answer": 42}))
+        // `call` tells a recomputed answer from a cached one.
+        Ok(json!({"model": self.name.as_str(), "input": input, "call": call}))
     }
 }
 
@@ -120,6 +137,8 @@ pub struct TestApp {
     /// The stub model `echo` every default worker serves.
     pub echo: Arc<StubModel>,
     pub workers: Vec<RunningWorker>,
+    /// Shared by every gateway of this app, as in one deployment.
+    pub key_prefix: String,
     gateway_shutdown: Option<oneshot::Sender<()>>,
 }
 
@@ -131,6 +150,18 @@ impl Drop for TestApp {
     }
 }
 
+/// A further gateway of the same deployment; stopped when dropped.
+pub struct OtherGateway {
+    pub address: String,
+    _shutdown: oneshot::Sender<()>,
+}
+
+impl OtherGateway {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.address)
+    }
+}
+
 /// Starts servers, one worker serving the stub model `echo` and the built-in `price`
 /// model (no latency), and a gateway with `gateway_args` added to its defaults.
 pub async fn spawn_app(gateway_args: &[&str]) -> TestApp {
@@ -139,7 +170,9 @@ pub async fn spawn_app(gateway_args: &[&str]) -> TestApp {
     let echo = StubModel::new("echo");
     let price = Arc::new(worker::price::PriceModel::new(Duration::ZERO));
     let worker = start_worker(&nats.url(), vec![echo.clone(), price]).await;
-    let (address, gateway_shutdown) = start_gateway(&nats.url(), &redis.url(), gateway_args).await;
+    let key_prefix = format!("test-{}:", unique_suffix());
+    let (address, gateway_shutdown) =
+        start_gateway(&nats.url(), &redis.url(), &key_prefix, gateway_args).await;
     TestApp {
         address,
         http: reqwest::Client::builder()
@@ -150,6 +183,7 @@ pub async fn spawn_app(gateway_args: &[&str]) -> TestApp {
         redis,
         echo,
         workers: vec![worker],
+        key_prefix,
         gateway_shutdown: Some(gateway_shutdown),
     }
 }
@@ -158,9 +192,9 @@ pub async fn spawn_app(gateway_args: &[&str]) -> TestApp {
 pub async fn start_gateway(
     nats_url: &str,
     redis_url: &str,
+    key_prefix: &str,
     extra_args: &[&str],
 ) -> (String, oneshot::Sender<()>) {
-    let key_prefix = format!("test-{}:", uuid_like());
     let mut args = vec![
         "gateway",
         "--listen",
@@ -170,7 +204,7 @@ pub async fn start_gateway(
         "--redis-url",
         redis_url,
         "--key-prefix",
-        &key_prefix,
+        key_prefix,
     ];
     args.extend_from_slice(extra_args);
     let config = GatewayConfig::try_parse_from(args).unwrap();
@@ -183,7 +217,7 @@ pub async fn start_gateway(
     (address, shutdown)
 }
 
-fn uuid_like() -> String {
+fn unique_suffix() -> String {
     static COUNTER: AtomicUsize = AtomicUsize::new(0);
     format!(
         "{}-{}",
@@ -195,6 +229,42 @@ fn uuid_like() -> String {
 impl TestApp {
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.address)
+    }
+
+    /// Starts another gateway sharing this one's NATS, Redis and key prefix.
+    pub async fn start_another_gateway(&self, args: &[&str]) -> OtherGateway {
+        let (address, shutdown) =
+            start_gateway(&self.nats.url(), &self.redis.url(), &self.key_prefix, args).await;
+        OtherGateway {
+            address,
+            _shutdown: shutdown,
+        }
+    }
+
+    /// A Redis connection to the test's server, to look at or tamper with entries.
+    pub async fn redis_connection(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.redis.url())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap()
+    }
+
+    pub async fn post_with(
+        &self,
+        path: &str,
+        body: &str,
+        headers: &[(&str, &str)],
+    ) -> reqwest::Response {
+        let mut request = self
+            .http
+            .post(self.url(path))
+            .header("content-type", "application/json")
+            .body(body.to_owned());
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        request.send().await.expect("the gateway answers")
     }
 
     pub async fn post(&self, path: &str, body: &str) -> reqwest::Response {

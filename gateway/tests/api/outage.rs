@@ -1,0 +1,66 @@
+//! Redis failing under load costs no request.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use crate::helpers::{header, spawn_app};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_killed_under_load_fails_no_request_and_caching_resumes_after_restart() {
+    let mut app = spawn_app(&[]).await;
+    let running = Arc::new(AtomicBool::new(true));
+    let load = (0..4).map(|client| {
+        let http = app.http.clone();
+        let url = app.url("/v1/models/echo/predict");
+        let running = Arc::clone(&running);
+        tokio::spawn(async move {
+            let mut outcomes = Vec::new();
+            let mut i = 0;
+            while running.load(Ordering::SeqCst) {
+                let body = format!(r#"{{"client":{client},"i":{}}}"#, i % 5);
+                let response = http.post(&url).body(body).send().await.unwrap();
+                outcomes.push((response.status().as_u16(), header(&response, "x-cache")));
+                i += 1;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            outcomes
+        })
+    });
+    let load: Vec<_> = load.collect();
+
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    app.redis.stop();
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    app.redis.restart();
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    running.store(false, Ordering::SeqCst);
+
+    let mut outcomes = Vec::new();
+    for task in load {
+        outcomes.extend(task.await.unwrap());
+    }
+    assert!(
+        outcomes.len() > 50,
+        "the load ran ({} requests)",
+        outcomes.len()
+    );
+    assert!(
+        outcomes.iter().all(|(status, _)| *status == 200),
+        "failed requests: {:?}",
+        outcomes
+            .iter()
+            .filter(|(s, _)| *s != 200)
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        outcomes.iter().any(|(_, cache)| cache == "BYPASS"),
+        "the outage was noticed"
+    );
+
+    // Caching is back without restarting the gateway.
+    let first = app.post("/v1/models/echo/predict", r#"{"after":1}"#).await;
+    assert_eq!(header(&first, "x-cache"), "MISS");
+    let second = app.post("/v1/models/echo/predict", r#"{"after":1}"#).await;
+    assert_eq!(header(&second, "x-cache"), "HIT");
+}

@@ -1,0 +1,113 @@
+//! Purges reach every gateway at once, in-process tiers included.
+
+use serde_json::Value;
+
+use crate::helpers::{assert_error, header, spawn_app};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_purge_is_seen_by_another_gateway_at_once() {
+    let app = spawn_app(&[]).await;
+    let other = app.start_another_gateway(&[]).await;
+    let path = "/v1/models/echo/predict";
+
+    app.post(path, r#"{"p":1}"#).await;
+    app.post(path, r#"{"p":2}"#).await;
+    // The other gateway now holds {"p":1} in its in-process tier.
+    for _ in 0..2 {
+        let hit = app
+            .http
+            .post(other.url(path))
+            .body(r#"{"p":1}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(header(&hit, "x-cache"), "HIT");
+    }
+
+    let purge = app
+        .http
+        .delete(app.url("/v1/models/echo/cache"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(purge.status(), 200);
+    let body: Value = purge.json().await.unwrap();
+    assert_eq!(body, serde_json::json!({"model": "echo", "purged": 2}));
+
+    let after = app
+        .http
+        .post(other.url(path))
+        .body(r#"{"p":1}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(header(&after, "x-cache"), "MISS");
+    assert_eq!(app.echo.calls(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_input_can_be_purged_alone() {
+    let app = spawn_app(&[]).await;
+    let other = app.start_another_gateway(&[]).await;
+    let path = "/v1/models/echo/predict";
+    app.post(path, r#"{"k":1}"#).await;
+    app.post(path, r#"{"k":2}"#).await;
+    app.http
+        .post(other.url(path))
+        .body(r#"{"k":1}"#)
+        .send()
+        .await
+        .unwrap();
+
+    let purge = app
+        .post("/v1/models/echo/cache/purge", r#"{ "k": 1.0 }"#)
+        .await;
+    let body: Value = purge.json().await.unwrap();
+    assert_eq!(body["purged"], 1);
+
+    let purged = app
+        .http
+        .post(other.url(path))
+        .body(r#"{"k":1}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(header(&purged, "x-cache"), "MISS");
+    let kept = app
+        .http
+        .post(other.url(path))
+        .body(r#"{"k":2}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(header(&kept, "x-cache"), "HIT");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_an_admin_token_purges_need_it() {
+    let app = spawn_app(&["--admin-token", "s3cret"]).await;
+    let url = app.url("/v1/models/echo/cache");
+
+    let missing = app.http.delete(&url).send().await.unwrap();
+    assert_eq!(
+        header(&missing, "www-authenticate"),
+        r#"Bearer realm="prediction-gateway""#
+    );
+    assert_error(missing, 401, "unauthorized").await;
+    let wrong = app
+        .http
+        .delete(&url)
+        .bearer_auth("guess")
+        .send()
+        .await
+        .unwrap();
+    assert_error(wrong, 401, "unauthorized").await;
+    let right = app
+        .http
+        .delete(&url)
+        .bearer_auth("s3cret")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(right.status(), 200);
+}

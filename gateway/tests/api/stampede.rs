@@ -1,0 +1,163 @@
+//! Identical concurrent misses make one model call, within and across gateways.
+
+use std::time::Duration;
+
+use prediction_contract::{CacheKey, CanonicalInput, ModelName};
+
+use crate::helpers::{StubModel, assert_error, header, spawn_app, start_worker};
+
+/// Sends `count` identical requests at once, alternating between two gateways.
+async fn burst(
+    http: &reqwest::Client,
+    urls: [String; 2],
+    body: &'static str,
+    count: usize,
+) -> Vec<reqwest::Response> {
+    let requests = (0..count).map(|i| {
+        http.post(urls[i % 2].clone())
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    });
+    futures::future::join_all(requests)
+        .await
+        .into_iter()
+        .map(|response| response.expect("the gateway answers"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_identical_cold_requests_across_two_gateways_make_one_model_call() {
+    let mut app = spawn_app(&[]).await;
+    let herd = StubModel::slow("herd", Duration::from_millis(500));
+    app.workers
+        .push(start_worker(&app.nats.url(), vec![herd.clone()]).await);
+    let other = app.start_another_gateway(&[]).await;
+
+    let path = "/v1/models/herd/predict";
+    let responses = burst(
+        &app.http,
+        [app.url(path), other.url(path)],
+        r#"{"product_id":"ETH/EUR"}"#,
+        200,
+    )
+    .await;
+
+    assert_eq!(herd.calls(), 1, "the model ran once for 200 requests");
+    let mut stored = 0;
+    let mut bodies = Vec::new();
+    for response in responses {
+        assert_eq!(response.status(), 200);
+        let cache_status = header(&response, "cache-status");
+        match header(&response, "x-cache").as_str() {
+            "MISS" if cache_status == "gateway; fwd=miss; stored" => stored += 1,
+            "MISS" => assert_eq!(cache_status, "gateway; fwd=miss; collapsed"),
+            "HIT" => {}
+            other => panic!("unexpected X-Cache {other}"),
+        }
+        bodies.push(response.text().await.unwrap());
+    }
+    assert_eq!(
+        stored, 1,
+        "exactly one request computed and stored the prediction"
+    );
+    assert!(
+        bodies.windows(2).all(|pair| pair[0] == pair[1]),
+        "every response has the same body"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_the_one_call_fails_every_waiter_gets_the_error_and_the_next_request_retries() {
+    let mut app = spawn_app(&[]).await;
+    let flaky = StubModel::slow("flaky", Duration::from_millis(400));
+    flaky.set_failing(true);
+    app.workers
+        .push(start_worker(&app.nats.url(), vec![flaky.clone()]).await);
+    let other = app.start_another_gateway(&[]).await;
+
+    let path = "/v1/models/flaky/predict";
+    for response in burst(
+        &app.http,
+        [app.url(path), other.url(path)],
+        r#"{"x":1}"#,
+        50,
+    )
+    .await
+    {
+        assert_error(response, 500, "model_failed").await;
+    }
+    assert_eq!(flaky.calls(), 1);
+
+    flaky.set_failing(false);
+    let retry = app.post(path, r#"{"x":1}"#).await;
+    assert_eq!(retry.status(), 200);
+    assert_eq!(header(&retry, "x-cache"), "MISS");
+    assert_eq!(flaky.calls(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_left_by_a_dead_gateway_blocks_the_key_only_until_it_expires() {
+    let app = spawn_app(&[]).await;
+    // What a gateway that crashed mid-computation leaves behind: its lock, with
+    // the expiry it had when it last extended it.
+    let key = CacheKey::new(
+        &app.key_prefix,
+        &ModelName::parse("echo").unwrap(),
+        &CanonicalInput::from_json_slice(br#"{"orphan":1}"#).unwrap(),
+    );
+    let mut redis = app.redis_connection().await;
+    redis::cmd("SET")
+        .arg(key.lock_key())
+        .arg("token-of-a-dead-gateway")
+        .arg("PX")
+        .arg(1_500)
+        .query_async::<()>(&mut redis)
+        .await
+        .unwrap();
+
+    let request = tokio::spawn({
+        let http = app.http.clone();
+        let url = app.url("/v1/models/echo/predict");
+        async move { http.post(url).body(r#"{"orphan":1}"#).send().await.unwrap() }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        app.echo.calls(),
+        0,
+        "the gateway waits while the lock lives"
+    );
+
+    let response = request.await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(header(&response, "x-cache"), "MISS");
+    assert_eq!(
+        app.echo.calls(),
+        1,
+        "after the lock expired the gateway computed it"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_holder_keeps_its_lock_through_a_model_call_longer_than_the_lock_ttl() {
+    let mut app = spawn_app(&["--lock-ttl", "300ms"]).await;
+    let long = StubModel::slow("long", Duration::from_millis(1_200));
+    app.workers
+        .push(start_worker(&app.nats.url(), vec![long.clone()]).await);
+    let other = app.start_another_gateway(&["--lock-ttl", "300ms"]).await;
+
+    let path = "/v1/models/long/predict";
+    let responses = burst(
+        &app.http,
+        [app.url(path), other.url(path)],
+        r#"{"y":2}"#,
+        20,
+    )
+    .await;
+    assert!(responses.iter().all(|r| r.status() == 200));
+    assert_eq!(
+        long.calls(),
+        1,
+        "the lock was extended, so the other gateway kept waiting"
+    );
+}
