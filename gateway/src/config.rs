@@ -30,6 +30,22 @@ pub struct GatewayConfig {
     #[arg(long, env = "GATEWAY_REQUEST_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     pub request_timeout: Duration,
 
+    /// After this long without an answer the request is sent once more (a worker may
+    /// have died holding it); the first answer wins. Default: half the request
+    /// timeout. Keep it above the model's slowest normal latency.
+    #[arg(long, env = "GATEWAY_ATTEMPT_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub attempt_timeout: Option<Duration>,
+
+    /// Model calls this gateway makes at once; past it requests get 503 with
+    /// Retry-After instead of queueing.
+    #[arg(long, env = "GATEWAY_MAX_INFLIGHT", default_value_t = 1024)]
+    pub max_inflight: usize,
+
+    /// How long the list of served models (from the workers' service info) is
+    /// reused before the workers are asked again.
+    #[arg(long, env = "GATEWAY_DISCOVERY_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub discovery_interval: Duration,
+
     /// How long a prediction stays fresh when its model does not say.
     #[arg(long, env = "GATEWAY_CACHE_TTL", default_value = "60s", value_parser = humantime::parse_duration)]
     pub cache_ttl: Duration,
@@ -85,6 +101,13 @@ pub struct GatewayConfig {
     pub log_format: LogFormat,
 }
 
+impl GatewayConfig {
+    /// The attempt timeout in force: the configured one, else half the deadline.
+    pub fn attempt_timeout(&self) -> Duration {
+        self.attempt_timeout.unwrap_or(self.request_timeout / 2)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -97,6 +120,7 @@ mod tests {
         assert_eq!(config.cache_ttl, Duration::from_secs(60));
         assert_eq!(config.default_model.as_str(), "price");
         assert_eq!(config.max_body, 524_288);
+        assert_eq!(config.attempt_timeout(), Duration::from_millis(2_500));
     }
 
     #[test]

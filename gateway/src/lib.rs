@@ -11,7 +11,8 @@
 //!   and stale-if-error, built on
 //! - [`cache`]: the in-process tier, Redis, and the cross-gateway compute lock,
 //! - [`coalesce`]: identical requests in flight sharing one computation, and
-//! - [`model_client`]: the NATS request to a model's workers;
+//! - [`model_client`]: the NATS request to a model's workers, who are found by
+//! - [`discovery`]: the models served right now, from the workers' service info;
 //! - [`purge`]: purges broadcast to every gateway;
 //! - [`error`]: [`ApiError`](error::ApiError), every failure mapped to one status
 //!   and a JSON body;
@@ -20,6 +21,7 @@
 pub mod cache;
 pub mod coalesce;
 pub mod config;
+pub mod discovery;
 pub mod error;
 pub mod freshness;
 pub mod metrics;

@@ -25,6 +25,9 @@ pub struct Metrics {
     pub request_duration: HistogramVec,
     /// Model calls by model and result (ok, or the error code).
     pub model_calls: IntCounterVec,
+    /// Model requests sent again, by model and reason (`silence`: no answer within
+    /// the attempt timeout; `busy`: the worker refused it).
+    pub model_call_retries: IntCounterVec,
     /// Latency of model calls (the NATS request), by model.
     pub model_call_duration: HistogramVec,
     pub redis_errors: IntCounter,
@@ -69,6 +72,11 @@ impl Metrics {
             &["model", "result"],
         )
         .expect("valid metric");
+        let model_call_retries = IntCounterVec::new(
+            Opts::new("gateway_model_call_retries_total", "Model requests sent again, by model and reason."),
+            &["model", "reason"],
+        )
+        .expect("valid metric");
         let model_call_duration = HistogramVec::new(
             HistogramOpts::new(
                 "gateway_model_call_duration_seconds",
@@ -94,6 +102,7 @@ impl Metrics {
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(request_duration.clone()),
             Box::new(model_calls.clone()),
+            Box::new(model_call_retries.clone()),
             Box::new(model_call_duration.clone()),
             Box::new(redis_errors.clone()),
             Box::new(coalesced_keys_in_flight.clone()),
@@ -108,6 +117,7 @@ impl Metrics {
             requests,
             request_duration,
             model_calls,
+            model_call_retries,
             model_call_duration,
             redis_errors,
             coalesced_keys_in_flight,

@@ -18,17 +18,21 @@ use std::time::{Duration, Instant};
 use async_nats::HeaderMap;
 use axum::http::StatusCode;
 use futures::StreamExt;
+use futures::future::{self, Either};
 use prediction_contract::subjects::cache_ready_subject;
 use prediction_contract::{CacheKey, CanonicalInput, ModelName};
+use tokio::sync::Semaphore;
 use tracing::{debug, error, info, warn};
 
-use crate::cache::ComputeLock;
-use crate::cache::{CachedPrediction, LockAttempt, Lookup, PredictionCache, unix_now_ms};
+use crate::cache::{
+    CachedPrediction, ComputeLock, LockAttempt, Lookup, PredictionCache, unix_now_ms,
+};
 use crate::coalesce::{InFlight, Role};
+use crate::discovery::ModelDirectory;
 use crate::error::{ApiError, PublicFailure};
 use crate::freshness::RequestDirectives;
 use crate::metrics::Metrics;
-use crate::model_client::ModelClient;
+use crate::model_client::{ModelCallError, ModelClient, ModelReply};
 
 /// How much longer than a lock's remaining time a waiter waits for the holder's
 /// announcement before trying to take over the lock.
@@ -112,7 +116,16 @@ pub struct PredictorSettings {
     /// The longest freshness a model may set.
     pub max_ttl: Duration,
     pub request_timeout: Duration,
+    /// After this long without an answer a second request is sent (a worker may
+    /// have died holding the first); both may answer, the first answer wins.
+    pub attempt_timeout: Duration,
+    /// Model calls this gateway makes at once; past it requests get 503.
+    pub max_inflight: usize,
 }
+
+/// Backoff between retries of a request a worker refused as busy.
+const BUSY_BACKOFF_FIRST: Duration = Duration::from_millis(10);
+const BUSY_BACKOFF_MAX: Duration = Duration::from_millis(200);
 
 /// Answers predictions through the cache. Shared by every request.
 #[derive(Debug)]
@@ -120,7 +133,10 @@ pub struct Predictor {
     cache: PredictionCache,
     lock: ComputeLock,
     models: ModelClient,
+    directory: Arc<ModelDirectory>,
     in_flight: Arc<InFlight<CallOutcome>>,
+    /// Permits for model calls; see [`PredictorSettings::max_inflight`].
+    model_calls: Arc<Semaphore>,
     metrics: Metrics,
     settings: PredictorSettings,
 }
@@ -140,6 +156,7 @@ impl Predictor {
         cache: PredictionCache,
         lock: ComputeLock,
         models: ModelClient,
+        directory: Arc<ModelDirectory>,
         metrics: Metrics,
         settings: PredictorSettings,
     ) -> Arc<Self> {
@@ -157,7 +174,9 @@ impl Predictor {
             cache,
             lock,
             models,
+            directory,
             in_flight,
+            model_calls: Arc::new(Semaphore::new(settings.max_inflight)),
             metrics,
             settings,
         })
@@ -367,9 +386,8 @@ impl Predictor {
         request_id: &str,
         deadline: Instant,
     ) -> Result<Arc<CachedPrediction>, Arc<PublicFailure>> {
-        let timeout = deadline.saturating_duration_since(Instant::now());
         let started = Instant::now();
-        let result = self.models.predict(model, input, request_id, timeout).await;
+        let result = self.ask_workers(model, input, request_id, deadline).await;
         self.metrics
             .model_call_duration
             .with_label_values(&[model.as_str()])
@@ -392,18 +410,107 @@ impl Predictor {
                     fresh_for,
                 }))
             }
-            Err(err) => {
-                let failure = PublicFailure::from(&err);
+            Err(failure) => {
                 self.metrics
                     .model_calls
                     .with_label_values(&[model.as_str(), failure.code.as_str()])
                     .inc();
-                if failure.is_server_side() {
-                    error!(%model, request_id, error = %err, cause = ?std::error::Error::source(&err), "model call failed");
-                } else {
-                    info!(%model, request_id, error = %err, "model rejected the input");
-                }
                 Err(Arc::new(failure))
+            }
+        }
+    }
+
+    /// The model call proper: checks that a worker serves the model and that this
+    /// gateway has room for one more call, then asks, sending the request once more
+    /// if the first attempt meets only silence.
+    async fn ask_workers(
+        &self,
+        model: &ModelName,
+        input: &CanonicalInput,
+        request_id: &str,
+        deadline: Instant,
+    ) -> Result<ModelReply, PublicFailure> {
+        let fail = |err: ModelCallError| {
+            let failure = PublicFailure::from(&err);
+            if failure.is_server_side() {
+                error!(%model, request_id, error = %err, cause = ?std::error::Error::source(&err), "model call failed");
+            } else {
+                info!(%model, request_id, error = %err, "model rejected the input");
+            }
+            failure
+        };
+        if !self.models.is_connected() {
+            return Err(fail(ModelCallError::NotConnected));
+        }
+        // A subscriber that is not a worker (a `nats sub` left running) would
+        // swallow requests until the timeout; only registered workers count.
+        if !self.directory.is_served(model).await {
+            return Err(fail(ModelCallError::NoWorker(model.clone())));
+        }
+        let Ok(_permit) = self.model_calls.try_acquire() else {
+            return Err(PublicFailure::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "overloaded",
+                format!(
+                    "the gateway already has {} model calls in flight; try again shortly",
+                    self.settings.max_inflight
+                ),
+            ));
+        };
+
+        let first = Box::pin(self.attempt(model, input, request_id, deadline));
+        let hedge_after = tokio::time::sleep(
+            self.settings
+                .attempt_timeout
+                .min(deadline.saturating_duration_since(Instant::now())),
+        );
+        let first = match future::select(first, Box::pin(hedge_after)).await {
+            Either::Left((result, _)) => return result.map_err(fail),
+            Either::Right(((), first)) => first,
+        };
+        if Instant::now() >= deadline {
+            return first.await.map_err(fail);
+        }
+        warn!(%model, request_id, attempt_timeout = ?self.settings.attempt_timeout, "no answer yet; sending the request again");
+        self.metrics
+            .model_call_retries
+            .with_label_values(&[model.as_str(), "silence"])
+            .inc();
+        let second = Box::pin(self.attempt(model, input, request_id, deadline));
+        // The first answer wins; a failure waits for the other attempt.
+        match future::select(first, second).await {
+            Either::Left((Ok(reply), _)) | Either::Right((Ok(reply), _)) => Ok(reply),
+            Either::Left((Err(_), other)) | Either::Right((Err(_), other)) => {
+                other.await.map_err(fail)
+            }
+        }
+    }
+
+    /// One request to the model's queue group, repeated after a short backoff
+    /// while workers answer busy and the deadline allows.
+    async fn attempt(
+        &self,
+        model: &ModelName,
+        input: &CanonicalInput,
+        request_id: &str,
+        deadline: Instant,
+    ) -> Result<ModelReply, ModelCallError> {
+        let mut backoff = BUSY_BACKOFF_FIRST;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.models.predict(model, input, request_id, left).await {
+                Err(ModelCallError::Busy(message))
+                    if deadline.saturating_duration_since(Instant::now()) > backoff =>
+                {
+                    debug!(%model, request_id, message, ?backoff, "worker busy; trying again");
+                    self.metrics
+                        .model_call_retries
+                        .with_label_values(&[model.as_str(), "busy"])
+                        .inc();
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(BUSY_BACKOFF_MAX);
+                }
+                result => return result,
             }
         }
     }

@@ -15,6 +15,7 @@ use tracing::{info, warn};
 
 use crate::cache::{CacheSettings, ComputeLock, PredictionCache};
 use crate::config::GatewayConfig;
+use crate::discovery::ModelDirectory;
 use crate::metrics::Metrics;
 use crate::model_client::ModelClient;
 use crate::prediction::{Predictor, PredictorSettings};
@@ -69,16 +70,20 @@ impl Application {
         )
         .with_context(|| format!("configuring Redis at {redis_url}"))?;
         let models = ModelClient::new(nats.clone());
+        let directory = Arc::new(ModelDirectory::new(nats.clone(), config.discovery_interval));
         let predictor = Predictor::new(
             cache.clone(),
             ComputeLock::new(cache.redis(), config.lock_ttl),
             models.clone(),
+            Arc::clone(&directory),
             metrics.clone(),
             PredictorSettings {
                 key_prefix: config.key_prefix.clone(),
                 cache_ttl: config.cache_ttl,
                 max_ttl: config.max_ttl,
                 request_timeout: config.request_timeout,
+                attempt_timeout: config.attempt_timeout(),
+                max_inflight: config.max_inflight,
             },
         );
         purge::listen(&nats, cache.clone(), config.key_prefix.clone())
@@ -87,6 +92,7 @@ impl Application {
 
         let state = AppState {
             predictor,
+            directory,
             cache,
             models,
             metrics: metrics.clone(),

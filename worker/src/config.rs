@@ -34,6 +34,12 @@ pub struct WorkerConfig {
     #[arg(long, env = "WORKER_CONCURRENCY", default_value_t = 64)]
     pub concurrency: usize,
 
+    /// How many more requests may wait in this worker for a free slot. Past that it
+    /// answers at once with a busy error (503), so the caller can try another
+    /// worker instead of queueing behind a saturated one.
+    #[arg(long, env = "WORKER_QUEUE_DEPTH", default_value_t = 256)]
+    pub queue_depth: usize,
+
     /// Write this worker's NATS service id to this file once it serves, so a
     /// container health check can ping exactly this worker.
     #[arg(long, env = "WORKER_ID_FILE")]

@@ -10,9 +10,11 @@
 //! - [`startup`]: connects to NATS, registers the service, runs the serving loop and
 //!   shuts it down without losing the requests it holds;
 //! - [`model`]: the [`Model`] trait a user implements to serve a model;
-//! - [`price`]: the built-in `price` model, a stand-in for the original ETH/EUR model.
+//! - [`price`]: the built-in `price` model, a stand-in for the original ETH/EUR model;
+//! - [`echo`]: the built-in `echo` model, which answers with its input.
 
 pub mod config;
+pub mod echo;
 pub mod model;
 pub mod price;
 pub mod startup;

@@ -16,6 +16,7 @@ use tokio::task::JoinSet;
 use tracing::{info, warn};
 
 use crate::config::WorkerConfig;
+use crate::echo::{ECHO_MODEL_NAME, EchoModel};
 use crate::model::{Input, Model, ModelError};
 use crate::price::{PRICE_MODEL_NAME, PriceModel};
 
@@ -24,9 +25,19 @@ pub struct Worker {
     client: async_nats::Client,
     service: Service,
     endpoints: Vec<(Arc<dyn Model>, Endpoint)>,
-    /// Caps the predictions computed at once; requests beyond it wait in NATS's
-    /// subscription buffer.
-    concurrency: Arc<Semaphore>,
+    slots: Slots,
+}
+
+/// Core NATS has no server-side queue: a queue group hands each request to a
+/// random member, busy or not. So a worker bounds what it holds itself: at most
+/// `concurrency` predictions run, at most `queue_depth` more wait, and the rest are
+/// refused at once as busy.
+#[derive(Clone)]
+struct Slots {
+    /// Permits for requests held (running or waiting): concurrency + queue depth.
+    admitted: Arc<Semaphore>,
+    /// Permits for predictions running.
+    running: Arc<Semaphore>,
 }
 
 impl std::fmt::Debug for Worker {
@@ -44,7 +55,10 @@ pub fn builtin_models(config: &WorkerConfig) -> anyhow::Result<Vec<Arc<dyn Model
         .iter()
         .map(|name| match name.as_str() {
             PRICE_MODEL_NAME => Ok(Arc::new(PriceModel::new(config.latency())) as Arc<dyn Model>),
-            other => bail!("unknown model {other:?}; the built-in models are: {PRICE_MODEL_NAME}"),
+            ECHO_MODEL_NAME => Ok(Arc::new(EchoModel::default()) as Arc<dyn Model>),
+            other => bail!(
+                "unknown model {other:?}; the built-in models are: {PRICE_MODEL_NAME}, {ECHO_MODEL_NAME}"
+            ),
         })
         .collect()
 }
@@ -117,12 +131,16 @@ impl Worker {
             client,
             service,
             endpoints,
-            concurrency: Arc::new(Semaphore::new(config.concurrency)),
+            slots: Slots {
+                admitted: Arc::new(Semaphore::new(config.concurrency + config.queue_depth)),
+                running: Arc::new(Semaphore::new(config.concurrency)),
+            },
         };
         info!(
             nats = %nats_url,
             models = ?worker.model_names(),
             concurrency = config.concurrency,
+            queue_depth = config.queue_depth,
             "worker ready"
         );
         Ok(worker)
@@ -148,7 +166,7 @@ impl Worker {
             client,
             service,
             endpoints,
-            concurrency,
+            slots,
         } = self;
         let mut requests =
             futures::stream::select_all(endpoints.into_iter().map(|(model, endpoint)| {
@@ -169,14 +187,8 @@ impl Worker {
                 }
                 next = requests.next() => {
                     let Some((model, request)) = next else { break };
-                    let permit = Arc::clone(&concurrency)
-                        .acquire_owned()
-                        .await
-                        .expect("the semaphore is never closed");
-                    in_flight.spawn(async move {
-                        answer(model.as_ref(), request).await;
-                        drop(permit);
-                    });
+                    let slots = slots.clone();
+                    in_flight.spawn(async move { admit(model.as_ref(), request, slots).await });
                 }
                 Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
             }
@@ -212,6 +224,27 @@ pub async fn health_check(config: &WorkerConfig) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("worker {} did not answer a ping", id.trim()))?;
     Ok(())
+}
+
+/// Holds `request` until a slot frees up and answers it, or refuses it at once as
+/// busy when the worker already holds all it may.
+async fn admit(model: &dyn Model, request: service::Request, slots: Slots) {
+    let Ok(_admitted) = slots.admitted.try_acquire_owned() else {
+        let busy = service::error::Error {
+            status: "the worker is at capacity; try again or another worker".to_owned(),
+            code: error_codes::BUSY.into(),
+        };
+        if let Err(err) = request.respond(Err(busy)).await {
+            warn!(model = %model.name(), error = %err, "could not send the busy reply");
+        }
+        return;
+    };
+    let _running = slots
+        .running
+        .acquire()
+        .await
+        .expect("the semaphore is never closed");
+    answer(model, request).await;
 }
 
 /// Computes and sends the reply to one request. Never fails: every problem becomes

@@ -14,6 +14,7 @@ use axum::routing::{delete, get, post};
 use prediction_contract::ModelName;
 
 use crate::cache::PredictionCache;
+use crate::discovery::ModelDirectory;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::model_client::ModelClient;
@@ -25,6 +26,7 @@ pub use predict::PredictionOutcome;
 #[derive(Debug, Clone)]
 pub struct AppState {
     pub predictor: Arc<Predictor>,
+    pub directory: Arc<ModelDirectory>,
     pub cache: PredictionCache,
     pub models: ModelClient,
     pub metrics: Metrics,
@@ -48,6 +50,7 @@ pub fn router(state: AppState) -> Router {
             get(predict::predict_from_query).post(predict::predict_from_body),
         )
         .route("/predict", post(predict::predict_default_model))
+        .route("/v1/models", get(list_models))
         .route("/v1/models/{model}/cache", delete(admin::purge_model))
         .route("/v1/models/{model}/cache/purge", post(admin::purge_input))
         .route("/health", get(health::health))
@@ -65,4 +68,10 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.metrics.render(),
     )
+}
+
+/// `GET /v1/models`: the models served right now, their versions and how many
+/// workers serve each, as the workers themselves report.
+async fn list_models(State(state): State<AppState>) -> impl IntoResponse {
+    axum::Json(serde_json::json!({ "models": state.directory.models().await }))
 }

@@ -118,6 +118,18 @@ async fn a_model_nobody_serves_is_503_at_once_not_after_the_timeout() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_that_is_not_a_worker_does_not_make_a_model_served() {
+    let app = spawn_app(&["--request-timeout", "60s"]).await;
+    // Someone left `nats sub predict.lurker` running: it swallows requests silently.
+    let lurker = async_nats::connect(app.nats.url()).await.unwrap();
+    let _subscription = lurker.subscribe("predict.lurker").await.unwrap();
+    lurker.flush().await.unwrap();
+
+    let response = app.post("/v1/models/lurker/predict", "{}").await;
+    assert_error(response, 503, "no_worker").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_slower_than_the_timeout_gives_504() {
     let mut app = spawn_app(&["--request-timeout", "300ms"]).await;
     let slow = StubModel::slow("slow", Duration::from_secs(3));
@@ -130,7 +142,8 @@ async fn a_worker_slower_than_the_timeout_gives_504() {
         "timeout",
     )
     .await;
-    assert_eq!(slow.calls(), 1);
+    // After the attempt timeout (half the deadline) the request was sent once more.
+    assert_eq!(slow.calls(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

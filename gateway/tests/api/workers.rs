@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use async_nats::service::ServiceExt;
 use futures::StreamExt;
 use serde_json::Value;
 
@@ -35,20 +36,20 @@ async fn requests_spread_over_two_workers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_worker_receives_the_canonical_input_request_id_and_deadline() {
     let app = spawn_app(&["--request-timeout", "5s"]).await;
-    // A hand-written responder stands in for a worker, to see exactly what it gets.
+    // A hand-written NATS service stands in for a worker, to see exactly what it
+    // gets; it replies without any metadata header.
     let spy = async_nats::connect(app.nats.url()).await.unwrap();
-    let mut requests = spy
-        .queue_subscribe("predict.spy", "q".into())
+    let service = spy
+        .service_builder()
+        .start("prediction-worker", "0.0.1")
         .await
         .unwrap();
+    let mut requests = service.group("predict").endpoint("spy").await.unwrap();
     spy.flush().await.unwrap();
     let responder = tokio::spawn(async move {
         let request = requests.next().await.unwrap();
-        spy.publish(request.reply.clone().unwrap(), r#"{"ok":true}"#.into())
-            .await
-            .unwrap();
-        spy.flush().await.unwrap();
-        request
+        request.respond(Ok(r#"{"ok":true}"#.into())).await.unwrap();
+        request.message
     });
 
     let response = app
@@ -59,7 +60,7 @@ async fn the_worker_receives_the_canonical_input_request_id_and_deadline() {
         .send()
         .await
         .unwrap();
-    assert_eq!(response.status(), 200);
+    assert_eq!(response.status(), 200, "{:?}", response.text().await);
     assert_eq!(header(&response, "x-request-id"), "req-123");
     // A reply without metadata headers is still a prediction.
     assert_eq!(header(&response, "x-model-version"), "unknown");

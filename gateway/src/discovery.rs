@@ -1,0 +1,147 @@
+//! Which models are served right now, learned from the workers themselves.
+//!
+//! Every worker is a NATS service answering `$SRV.INFO.prediction-worker` with its
+//! endpoints. The directory asks all of them at once and gathers the replies; the
+//! result is kept for `--discovery-interval`, and a model missing from it is looked
+//! up again at once (at most every [`RESCAN_AFTER`]) before it is declared
+//! unserved, so a worker that just started is found without waiting.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use async_nats::service::Info;
+use futures::StreamExt;
+use prediction_contract::ModelName;
+use prediction_contract::subjects::{PREDICT_SUBJECT_PREFIX, SERVICE_NAME};
+use serde::Serialize;
+use tokio::sync::Mutex;
+use tracing::debug;
+
+/// How long to wait for the first worker's reply.
+const FIRST_REPLY_WAIT: Duration = Duration::from_millis(250);
+/// After a reply, how long to wait for the next before deciding all have answered.
+const NEXT_REPLY_WAIT: Duration = Duration::from_millis(50);
+/// The shortest time between two scans made because a model was missing.
+const RESCAN_AFTER: Duration = Duration::from_millis(250);
+
+/// A model as the workers serving it describe it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ServedModel {
+    pub name: String,
+    /// Every version some worker serves; more than one during a rollout.
+    pub versions: BTreeSet<String>,
+    /// How many workers serve it.
+    pub workers: usize,
+}
+
+#[derive(Debug, Clone)]
+struct Snapshot {
+    taken_at: Instant,
+    models: BTreeMap<String, ServedModel>,
+}
+
+/// The models being served, from the workers' service info.
+#[derive(Debug)]
+pub struct ModelDirectory {
+    nats: async_nats::Client,
+    max_age: Duration,
+    snapshot: Mutex<Option<Snapshot>>,
+}
+
+impl ModelDirectory {
+    pub fn new(nats: async_nats::Client, max_age: Duration) -> Self {
+        Self {
+            nats,
+            max_age,
+            snapshot: Mutex::new(None),
+        }
+    }
+
+    /// Every model served now, by name.
+    pub async fn models(&self) -> Vec<ServedModel> {
+        self.snapshot_younger_than(self.max_age)
+            .await
+            .models
+            .into_values()
+            .collect()
+    }
+
+    /// Whether some worker serves `model`. A model missing from a snapshot is
+    /// looked up again before the answer is no.
+    pub async fn is_served(&self, model: &ModelName) -> bool {
+        if self
+            .snapshot_younger_than(self.max_age)
+            .await
+            .models
+            .contains_key(model.as_str())
+        {
+            return true;
+        }
+        self.snapshot_younger_than(RESCAN_AFTER)
+            .await
+            .models
+            .contains_key(model.as_str())
+    }
+
+    async fn snapshot_younger_than(&self, age: Duration) -> Snapshot {
+        // Holding the lock through the scan makes concurrent callers share it.
+        let mut snapshot = self.snapshot.lock().await;
+        if let Some(current) = snapshot.as_ref()
+            && current.taken_at.elapsed() < age
+        {
+            return current.clone();
+        }
+        let fresh = Snapshot {
+            taken_at: Instant::now(),
+            models: self.scan().await,
+        };
+        *snapshot = Some(fresh.clone());
+        fresh
+    }
+
+    /// Asks every worker for its service info and tallies the models.
+    async fn scan(&self) -> BTreeMap<String, ServedModel> {
+        let mut models: BTreeMap<String, ServedModel> = BTreeMap::new();
+        let inbox = self.nats.new_inbox();
+        let Ok(mut replies) = self.nats.subscribe(inbox.clone()).await else {
+            return models;
+        };
+        let asked = self
+            .nats
+            .publish_with_reply(format!("$SRV.INFO.{SERVICE_NAME}"), inbox, "".into())
+            .await;
+        if asked.is_err() {
+            return models;
+        }
+        let mut wait = FIRST_REPLY_WAIT;
+        while let Ok(Some(reply)) = tokio::time::timeout(wait, replies.next()).await {
+            // "No responders": no worker at all.
+            if reply.status.is_some_and(|status| status.as_u16() == 503) {
+                break;
+            }
+            wait = NEXT_REPLY_WAIT;
+            let Ok(info) = serde_json::from_slice::<Info>(&reply.payload) else {
+                debug!("ignoring an unreadable service info reply");
+                continue;
+            };
+            for endpoint in info.endpoints {
+                let Some(name) = endpoint
+                    .subject
+                    .strip_prefix(PREDICT_SUBJECT_PREFIX)
+                    .and_then(|rest| rest.strip_prefix('.'))
+                else {
+                    continue;
+                };
+                let served = models.entry(name.to_owned()).or_insert_with(|| ServedModel {
+                    name: name.to_owned(),
+                    ..ServedModel::default()
+                });
+                served.workers += 1;
+                if let Some(version) = endpoint.metadata.get("model_version") {
+                    served.versions.insert(version.clone());
+                }
+            }
+        }
+        models
+    }
+}
