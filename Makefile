@@ -1,5 +1,5 @@
 # One entry point for everything: `make help` lists the targets.
-.PHONY: help run test requests build lint fmt compose-check bench
+.PHONY: help run test test-deps requests build lint fmt compose-check bench
 
 help: ## list the targets
 	@awk -F':.*## ' '/^[a-z-]+:.*## / {printf "  make %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -7,9 +7,12 @@ help: ## list the targets
 run: ## build and run the whole system locally (NATS, Redis, 1 gateway on :8080, 2 workers)
 	scripts/run-local.sh
 
-test: ## the whole test suite (starts its own nats-server and redis-server)
+test: test-deps ## the whole test suite (starts its own nats-server and redis-server)
 	cargo test --workspace --locked
 	scripts/check-compose.sh
+
+test-deps: ## the independent NATS client the tests use (nats-py, from PyPI)
+	@python3 -c 'import nats' 2>/dev/null || python3 -m pip install --quiet --disable-pip-version-check nats-py
 
 requests: ## the original demo: 100 timed requests against a running gateway
 	scripts/requests.sh

@@ -102,24 +102,9 @@ impl ModelDirectory {
     /// Asks every worker for its service info and tallies the models.
     async fn scan(&self) -> BTreeMap<String, ServedModel> {
         let mut models: BTreeMap<String, ServedModel> = BTreeMap::new();
-        let inbox = self.nats.new_inbox();
-        let Ok(mut replies) = self.nats.subscribe(inbox.clone()).await else {
-            return models;
-        };
-        let asked = self
-            .nats
-            .publish_with_reply(format!("$SRV.INFO.{SERVICE_NAME}"), inbox, "".into())
-            .await;
-        if asked.is_err() {
-            return models;
-        }
-        let mut wait = FIRST_REPLY_WAIT;
-        while let Ok(Some(reply)) = tokio::time::timeout(wait, replies.next()).await {
-            // "No responders": no worker at all.
-            if reply.status.is_some_and(|status| status.as_u16() == 503) {
-                break;
-            }
-            wait = NEXT_REPLY_WAIT;
+        let replies =
+            gather_replies(&self.nats, format!("$SRV.INFO.{SERVICE_NAME}"), Vec::new()).await;
+        for reply in replies {
             let Ok(info) = serde_json::from_slice::<Info>(&reply.payload) else {
                 debug!("ignoring an unreadable service info reply");
                 continue;
@@ -132,10 +117,12 @@ impl ModelDirectory {
                 else {
                     continue;
                 };
-                let served = models.entry(name.to_owned()).or_insert_with(|| ServedModel {
-                    name: name.to_owned(),
-                    ..ServedModel::default()
-                });
+                let served = models
+                    .entry(name.to_owned())
+                    .or_insert_with(|| ServedModel {
+                        name: name.to_owned(),
+                        ..ServedModel::default()
+                    });
                 served.workers += 1;
                 if let Some(version) = endpoint.metadata.get("model_version") {
                     served.versions.insert(version.clone());
@@ -144,4 +131,35 @@ impl ModelDirectory {
         }
         models
     }
+}
+
+/// Publishes `payload` on `subject` and gathers every reply: waits
+/// [`FIRST_REPLY_WAIT`] for the first, then [`NEXT_REPLY_WAIT`] after each for the
+/// next. Ends at once when the server says nobody listens.
+pub async fn gather_replies(
+    nats: &async_nats::Client,
+    subject: String,
+    payload: Vec<u8>,
+) -> Vec<async_nats::Message> {
+    let mut gathered = Vec::new();
+    let inbox = nats.new_inbox();
+    let Ok(mut replies) = nats.subscribe(inbox.clone()).await else {
+        return gathered;
+    };
+    if nats
+        .publish_with_reply(subject, inbox, payload.into())
+        .await
+        .is_err()
+    {
+        return gathered;
+    }
+    let mut wait = FIRST_REPLY_WAIT;
+    while let Ok(Some(reply)) = tokio::time::timeout(wait, replies.next()).await {
+        if reply.status.is_some_and(|status| status.as_u16() == 503) {
+            break;
+        }
+        gathered.push(reply);
+        wait = NEXT_REPLY_WAIT;
+    }
+    gathered
 }

@@ -73,7 +73,10 @@ impl Metrics {
         )
         .expect("valid metric");
         let model_call_retries = IntCounterVec::new(
-            Opts::new("gateway_model_call_retries_total", "Model requests sent again, by model and reason."),
+            Opts::new(
+                "gateway_model_call_retries_total",
+                "Model requests sent again, by model and reason.",
+            ),
             &["model", "reason"],
         )
         .expect("valid metric");

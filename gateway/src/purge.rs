@@ -1,6 +1,8 @@
-//! Purges reach every gateway: Redis is shared, and a NATS broadcast tells the
-//! other gateways to drop the purged entries from their in-process tier at once
-//! (should it be lost, those entries still expire within `--local-ttl`).
+//! Purges reach every gateway: Redis is shared, and a NATS broadcast tells every
+//! gateway to drop the purged entries from its in-process tier. Each gateway
+//! acknowledges, and the purge answers once the acknowledgements are in, so a
+//! request made after it sees no purged entry anywhere (a gateway that misses the
+//! broadcast still drops them within `--local-ttl`).
 
 use futures::StreamExt;
 use prediction_contract::ModelName;
@@ -10,6 +12,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
 use crate::cache::PredictionCache;
+use crate::discovery::gather_replies;
 
 /// A purge, as broadcast to every gateway.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -21,17 +24,17 @@ pub struct PurgeNotice {
     pub key: Option<String>,
 }
 
-/// Tells every gateway (this one included) about a purge.
-pub async fn broadcast(nats: &async_nats::Client, notice: &PurgeNotice) {
+/// Tells every gateway (this one included) about a purge and waits for their
+/// acknowledgements; returns how many gateways acknowledged.
+pub async fn broadcast(nats: &async_nats::Client, notice: &PurgeNotice) -> usize {
     let payload = serde_json::to_vec(notice).expect("a notice always serialises");
-    let sent = async {
-        nats.publish(CACHE_PURGE_SUBJECT, payload.into()).await?;
-        nats.flush().await?;
-        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
-    };
-    if let Err(err) = sent.await {
-        warn!(error = %err, "could not broadcast a purge; other gateways drop the entries within --local-ttl");
+    let acknowledged = gather_replies(nats, CACHE_PURGE_SUBJECT.to_owned(), payload)
+        .await
+        .len();
+    if acknowledged == 0 {
+        warn!("no gateway acknowledged a purge; they drop the entries within --local-ttl");
     }
+    acknowledged
 }
 
 /// Subscribes to purge broadcasts (before returning, so no purge made after it is
@@ -42,6 +45,7 @@ pub async fn listen(
     key_prefix: String,
 ) -> Result<JoinHandle<()>, async_nats::SubscribeError> {
     let mut notices = nats.subscribe(CACHE_PURGE_SUBJECT).await?;
+    let nats = nats.clone();
     Ok(tokio::spawn(async move {
         while let Some(message) = notices.next().await {
             let Ok(notice) = serde_json::from_slice::<PurgeNotice>(&message.payload) else {
@@ -55,6 +59,11 @@ pub async fn listen(
                 (Some(key), _) => cache.forget_key_locally(&key).await,
                 (None, Ok(model)) => cache.forget_model_locally(&model),
                 (None, Err(_)) => debug!("ignoring a purge notice for an invalid model"),
+            }
+            if let Some(reply) = message.reply
+                && let Err(err) = nats.publish(reply, "{}".into()).await
+            {
+                debug!(error = %err, "could not acknowledge a purge");
             }
         }
     }))

@@ -28,7 +28,7 @@ pub async fn purge_model(
         .purge_model(&model)
         .await
         .map_err(|err| ApiError::CacheUnavailable(err.to_string()))?;
-    purge::broadcast(
+    let gateways = purge::broadcast(
         state.models.nats(),
         &PurgeNotice {
             key_prefix: state.predictor.key_prefix().to_owned(),
@@ -37,8 +37,10 @@ pub async fn purge_model(
         },
     )
     .await;
-    tracing::info!(%model, purged, "purged the model's cached predictions");
-    Ok(Json(json!({"model": model.as_str(), "purged": purged})))
+    tracing::info!(%model, purged, gateways, "purged the model's cached predictions");
+    Ok(Json(
+        json!({"model": model.as_str(), "purged": purged, "gateways": gateways}),
+    ))
 }
 
 /// `POST /v1/models/{model}/cache/purge` with an input as the body: that one
@@ -58,7 +60,7 @@ pub async fn purge_input(
         .purge_key(&key)
         .await
         .map_err(|err| ApiError::CacheUnavailable(err.to_string()))?;
-    purge::broadcast(
+    let gateways = purge::broadcast(
         state.models.nats(),
         &PurgeNotice {
             key_prefix: state.predictor.key_prefix().to_owned(),
@@ -68,7 +70,7 @@ pub async fn purge_input(
     )
     .await;
     Ok(Json(
-        json!({"model": model.as_str(), "purged": u64::from(purged)}),
+        json!({"model": model.as_str(), "purged": u64::from(purged), "gateways": gateways}),
     ))
 }
 

@@ -116,7 +116,18 @@ impl RunningWorker {
 }
 
 pub async fn start_worker(nats_url: &str, models: Vec<Arc<dyn Model>>) -> RunningWorker {
-    let config = WorkerConfig::try_parse_from(["worker", "--nats-url", nats_url]).unwrap();
+    start_worker_with(nats_url, models, &[]).await
+}
+
+/// Starts a worker with extra command-line settings (`--concurrency`, ...).
+pub async fn start_worker_with(
+    nats_url: &str,
+    models: Vec<Arc<dyn Model>>,
+    args: &[&str],
+) -> RunningWorker {
+    let mut argv = vec!["worker", "--nats-url", nats_url];
+    argv.extend_from_slice(args);
+    let config = WorkerConfig::try_parse_from(argv).unwrap();
     let worker = Worker::build_with_models(&config, models).await.unwrap();
     let (shutdown, stopped) = oneshot::channel();
     let task = tokio::spawn(worker.run(async {

@@ -3,6 +3,7 @@
 mod helpers;
 
 mod cache;
+mod capacity;
 mod compatibility;
 mod errors;
 mod freshness;

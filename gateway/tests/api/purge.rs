@@ -32,7 +32,11 @@ async fn a_model_purge_is_seen_by_another_gateway_at_once() {
         .unwrap();
     assert_eq!(purge.status(), 200);
     let body: Value = purge.json().await.unwrap();
-    assert_eq!(body, serde_json::json!({"model": "echo", "purged": 2}));
+    assert_eq!(
+        body,
+        serde_json::json!({"model": "echo", "purged": 2, "gateways": 2}),
+        "both gateways acknowledged the purge"
+    );
 
     let after = app
         .http

@@ -1,14 +1,21 @@
 //! The worker as any NATS client sees it (what `nats req` and `nats micro` show),
 //! against a real nats-server.
 
+mod processes;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_nats::HeaderMap;
+use async_trait::async_trait;
 use clap::Parser;
-use serde_json::Value;
+use futures::StreamExt;
+use prediction_contract::ModelName;
+use serde_json::{Value, json};
 use test_support::NatsServer;
 use tokio::sync::oneshot;
-use worker::{Worker, WorkerConfig};
+use worker::{Input, Model, ModelError, Worker, WorkerConfig};
 
 struct Running {
     /// Owned so the server lives exactly as long as the test's worker.
@@ -258,4 +265,250 @@ async fn the_health_check_pings_this_very_worker() {
         "a stopped worker is not"
     );
     let _ = std::fs::remove_file(id_file);
+}
+
+/// Counts how many predictions run at once.
+#[derive(Debug)]
+struct GaugedModel {
+    name: ModelName,
+    running: AtomicUsize,
+    most_at_once: AtomicUsize,
+    calls: AtomicUsize,
+}
+
+impl GaugedModel {
+    fn new() -> Arc<Self> {
+        Arc::new(Self {
+            name: ModelName::parse("gauged").unwrap(),
+            running: AtomicUsize::new(0),
+            most_at_once: AtomicUsize::new(0),
+            calls: AtomicUsize::new(0),
+        })
+    }
+}
+
+#[async_trait]
+impl Model for GaugedModel {
+    fn name(&self) -> &ModelName {
+        &self.name
+    }
+
+    fn version(&self) -> &str {
+        "1.0.0"
+    }
+
+    async fn predict(&self, input: &Input) -> Result<Value, ModelError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
+        self.most_at_once.fetch_max(now, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        self.running.fetch_sub(1, Ordering::SeqCst);
+        Ok(json!({ "input": input }))
+    }
+}
+
+async fn start_with_model(
+    nats: &NatsServer,
+    model: Arc<GaugedModel>,
+    args: &[&str],
+) -> (
+    oneshot::Sender<()>,
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+) {
+    let url = nats.url();
+    let mut argv = vec!["worker", "--nats-url", &url];
+    argv.extend_from_slice(args);
+    let config = WorkerConfig::try_parse_from(argv).unwrap();
+    let worker = Worker::build_with_models(&config, vec![model])
+        .await
+        .unwrap();
+    let (shutdown, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(worker.run(async {
+        let _ = stopped.await;
+    }));
+    (shutdown, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_concurrency_cap_holds_and_requests_past_the_queue_are_refused_as_busy() {
+    let nats = NatsServer::start();
+    let model = GaugedModel::new();
+    let (shutdown, task) = start_with_model(
+        &nats,
+        model.clone(),
+        &["--concurrency", "3", "--queue-depth", "2"],
+    )
+    .await;
+    let client = async_nats::ConnectOptions::new()
+        .request_timeout(Some(Duration::from_secs(5)))
+        .connect(nats.url())
+        .await
+        .unwrap();
+
+    let replies = futures::future::join_all((0..10).map(|i| {
+        let client = client.clone();
+        async move {
+            client
+                .request("predict.gauged", format!(r#"{{"i":{i}}}"#).into())
+                .await
+                .unwrap()
+        }
+    }))
+    .await;
+    let busy = replies
+        .iter()
+        .filter(|reply| header(reply, "Nats-Service-Error-Code") == Some("503"))
+        .count();
+    let answered = replies
+        .iter()
+        .filter(|reply| {
+            reply
+                .headers
+                .as_ref()
+                .and_then(|h| h.get("Nats-Service-Error-Code"))
+                .is_none()
+        })
+        .count();
+    assert_eq!(
+        model.most_at_once.load(Ordering::SeqCst),
+        3,
+        "never more than 3 at once"
+    );
+    assert_eq!(answered, 5, "3 running and 2 waiting were held");
+    assert_eq!(busy, 5, "the rest were refused at once");
+    assert_eq!(model.calls.load(Ordering::SeqCst), 5);
+
+    let _ = shutdown.send(());
+    task.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_worker_answers_every_request_it_holds_running_or_waiting() {
+    let nats = NatsServer::start();
+    let model = GaugedModel::new();
+    let (shutdown, task) = start_with_model(
+        &nats,
+        model.clone(),
+        &["--concurrency", "2", "--queue-depth", "10"],
+    )
+    .await;
+    let client = async_nats::connect(nats.url()).await.unwrap();
+
+    let requests = futures::future::join_all((0..6).map(|i| {
+        let client = client.clone();
+        async move {
+            client
+                .request("predict.gauged", format!(r#"{{"i":{i}}}"#).into())
+                .await
+        }
+    }));
+    let stop = async {
+        // Two are running, four waiting, when the signal comes.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let _ = shutdown.send(());
+    };
+    let (replies, ()) = tokio::join!(requests, stop);
+    for (i, reply) in replies.into_iter().enumerate() {
+        let reply = reply.expect("every held request is answered");
+        let body: Value = serde_json::from_slice(&reply.payload).unwrap();
+        assert_eq!(body["input"]["i"], i, "each request got its own answer");
+    }
+    task.await.unwrap().expect("the worker exits cleanly");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_info_and_stats_list_every_running_worker() {
+    let nats = NatsServer::start();
+    let (stop_a, task_a) = start_with_model(&nats, GaugedModel::new(), &[]).await;
+    let (stop_b, task_b) = start_with_model(&nats, GaugedModel::new(), &[]).await;
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    for i in 0..4 {
+        request_owned(&client, "predict.gauged", format!(r#"{{"i":{i}}}"#)).await;
+    }
+
+    let infos = gather(&client, "$SRV.INFO.prediction-worker").await;
+    assert_eq!(infos.len(), 2, "one info reply per worker");
+    let ids: std::collections::HashSet<_> = infos.iter().map(|info| info["id"].clone()).collect();
+    assert_eq!(ids.len(), 2);
+    for info in &infos {
+        assert_eq!(info["endpoints"][0]["subject"], "predict.gauged");
+        assert_eq!(info["metadata"]["gauged"], "1.0.0");
+    }
+    let stats = gather(&client, "$SRV.STATS.prediction-worker").await;
+    assert_eq!(stats.len(), 2);
+    let total: u64 = stats
+        .iter()
+        .map(|s| s["endpoints"][0]["num_requests"].as_u64().unwrap())
+        .sum();
+    assert_eq!(total, 4, "the requests are counted across the replicas");
+
+    let _ = stop_a.send(());
+    let _ = stop_b.send(());
+    task_a.await.unwrap().unwrap();
+    task_b.await.unwrap().unwrap();
+}
+
+async fn request_owned(
+    client: &async_nats::Client,
+    subject: &str,
+    payload: String,
+) -> async_nats::Message {
+    client
+        .request(subject.to_owned(), payload.into())
+        .await
+        .expect("a reply")
+}
+
+/// Publishes a request and gathers every reply that comes within half a second.
+async fn gather(client: &async_nats::Client, subject: &str) -> Vec<Value> {
+    let inbox = client.new_inbox();
+    let mut replies = client.subscribe(inbox.clone()).await.unwrap();
+    client
+        .publish_with_reply(subject.to_owned(), inbox, "".into())
+        .await
+        .unwrap();
+    let mut gathered = Vec::new();
+    while let Ok(Some(reply)) =
+        tokio::time::timeout(Duration::from_millis(500), replies.next()).await
+    {
+        gathered.push(serde_json::from_slice(&reply.payload).unwrap());
+    }
+    gathered
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_independent_python_client_sees_what_nats_req_and_nats_micro_info_show() {
+    let running = start(&[]).await;
+    let url = format!("nats://127.0.0.1:{}", running.client.server_info().port);
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/python/independent_client.py"
+    );
+    let output = std::process::Command::new("python3")
+        .arg(script)
+        .arg(&url)
+        .output()
+        .expect("python3 runs");
+    assert!(
+        output.status.success(),
+        "the nats-py client failed (is nats-py installed? `make test` installs it):\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let seen: Value = serde_json::from_slice(&output.stdout).unwrap();
+
+    assert_eq!(seen["prediction"]["product_id"], "ETH/EUR");
+    assert_eq!(seen["prediction_headers"]["Model-Version"], "1.0.0");
+    assert_eq!(seen["error_headers"]["Nats-Service-Error-Code"], "400");
+    assert!(
+        seen["error_headers"]["Nats-Service-Error"]
+            .as_str()
+            .unwrap()
+            .contains("missing field `product_id`")
+    );
+    assert_eq!(seen["error_payload"], "");
+    assert_eq!(seen["info"]["name"], "prediction-worker");
+    assert_eq!(seen["info"]["endpoints"][0]["subject"], "predict.price");
+    assert_eq!(seen["info"]["endpoints"][0]["queue_group"], "q");
+    assert_eq!(seen["stats"]["endpoints"][0]["num_requests"], 2);
+    assert_eq!(seen["stats"]["endpoints"][0]["num_errors"], 1);
 }

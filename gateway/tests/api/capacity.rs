@@ -1,0 +1,99 @@
+//! Discovery of served models, and backpressure instead of unbounded queues.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::helpers::{StubModel, assert_error, header, spawn_app, start_worker, start_worker_with};
+
+async fn served_models(app: &crate::helpers::TestApp) -> Value {
+    let response = app.get("/v1/models").await;
+    assert_eq!(response.status(), 200);
+    response.json::<Value>().await.unwrap()["models"].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_model_list_follows_workers_starting_and_stopping() {
+    let app = spawn_app(&["--discovery-interval", "100ms"]).await;
+    assert_eq!(
+        served_models(&app).await,
+        json!([
+            {"name": "echo", "versions": ["3.1.4"], "workers": 1},
+            {"name": "price", "versions": ["1.0.0"], "workers": 1},
+        ])
+    );
+
+    let extra = start_worker(
+        &app.nats.url(),
+        vec![StubModel::new("extra"), StubModel::new("echo")],
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert_eq!(
+        served_models(&app).await,
+        json!([
+            {"name": "echo", "versions": ["3.1.4"], "workers": 2},
+            {"name": "extra", "versions": ["3.1.4"], "workers": 1},
+            {"name": "price", "versions": ["1.0.0"], "workers": 1},
+        ])
+    );
+
+    extra.stop().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let models = served_models(&app).await;
+    assert_eq!(models.as_array().unwrap().len(), 2, "{models}");
+    assert_eq!(models[0]["workers"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_in_flight_cap_the_gateway_answers_503_with_retry_after() {
+    let mut app = spawn_app(&["--max-inflight", "2"]).await;
+    let slow = StubModel::slow("capped", Duration::from_millis(800));
+    app.workers
+        .push(start_worker(&app.nats.url(), vec![slow.clone()]).await);
+
+    let bodies: Vec<String> = (0..5).map(|i| format!(r#"{{"i":{i}}}"#)).collect();
+    let requests = bodies
+        .iter()
+        .map(|body| app.post("/v1/models/capped/predict", body));
+    let responses = futures::future::join_all(requests).await;
+    let mut overloaded = 0;
+    for response in responses {
+        if response.status() == 200 {
+            continue;
+        }
+        assert_eq!(header(&response, "retry-after"), "1");
+        assert_error(response, 503, "overloaded").await;
+        overloaded += 1;
+    }
+    assert_eq!(overloaded, 3);
+    assert_eq!(slow.calls(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_a_busy_worker_refuses_are_retried_within_the_deadline() {
+    let mut app = spawn_app(&[]).await;
+    let narrow = StubModel::slow("narrow", Duration::from_millis(150));
+    app.workers.push(
+        start_worker_with(
+            &app.nats.url(),
+            vec![narrow.clone()],
+            &["--concurrency", "1", "--queue-depth", "0"],
+        )
+        .await,
+    );
+
+    let bodies: Vec<String> = (0..3).map(|i| format!(r#"{{"i":{i}}}"#)).collect();
+    let requests = bodies
+        .iter()
+        .map(|body| app.post("/v1/models/narrow/predict", body));
+    for response in futures::future::join_all(requests).await {
+        assert_eq!(response.status(), 200);
+    }
+    assert_eq!(narrow.calls(), 3);
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    assert!(
+        metrics.contains(r#"gateway_model_call_retries_total{model="narrow",reason="busy"}"#),
+        "busy retries are counted"
+    );
+}

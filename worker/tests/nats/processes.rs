@@ -1,0 +1,235 @@
+//! The real worker binary behind a real gateway: signals and crashes cost no
+//! request.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use gateway::{Application, GatewayConfig};
+use serde_json::Value;
+use test_support::{NatsServer, RedisServer};
+use tokio::sync::oneshot;
+
+/// A worker process started from the built binary.
+struct WorkerProcess {
+    child: Child,
+    id_file: PathBuf,
+}
+
+impl WorkerProcess {
+    /// Starts `worker` and waits until it serves (it writes its id file then).
+    async fn spawn(nats_url: &str, args: &[&str]) -> Self {
+        static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let id_file = std::env::temp_dir().join(format!(
+            "worker-{}-{}.id",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::SeqCst)
+        ));
+        let _ = std::fs::remove_file(&id_file);
+        let child = Command::new(env!("CARGO_BIN_EXE_worker"))
+            .args(["--nats-url", nats_url, "--id-file"])
+            .arg(&id_file)
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("the worker binary starts");
+        let started = Instant::now();
+        while !id_file.exists() {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "worker did not become ready"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Self { child, id_file }
+    }
+
+    /// Sends SIGTERM, as `docker stop` or Kubernetes do.
+    fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
+    }
+
+    /// SIGKILL: the worker dies holding whatever it had.
+    fn kill(&mut self) {
+        self.child.kill().expect("SIGKILL is delivered");
+    }
+
+    async fn exit_status(&mut self) -> ExitStatus {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "worker did not exit"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.id_file);
+    }
+}
+
+/// A gateway in this process, in front of `nats` and `redis`.
+async fn start_gateway(
+    nats: &NatsServer,
+    redis: &RedisServer,
+    args: &[&str],
+) -> (String, oneshot::Sender<()>) {
+    let (nats_url, redis_url) = (nats.url(), redis.url());
+    let mut argv = vec![
+        "gateway",
+        "--listen",
+        "127.0.0.1:0",
+        "--nats-url",
+        &nats_url,
+        "--redis-url",
+        &redis_url,
+        "--key-prefix",
+        "processes:",
+    ];
+    argv.extend_from_slice(args);
+    let app = Application::build(GatewayConfig::try_parse_from(argv).unwrap())
+        .await
+        .unwrap();
+    let address = format!("http://127.0.0.1:{}", app.port());
+    let (shutdown, stopped) = oneshot::channel::<()>();
+    tokio::spawn(app.run(async {
+        let _ = stopped.await;
+    }));
+    (address, shutdown)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_under_load_loses_no_request() {
+    let nats = NatsServer::start();
+    let redis = RedisServer::start();
+    let worker_args = ["--latency-ms", "100", "--concurrency", "8"];
+    let mut workers = vec![
+        WorkerProcess::spawn(&nats.url(), &worker_args).await,
+        WorkerProcess::spawn(&nats.url(), &worker_args).await,
+    ];
+    let (gateway, _stop_gateway) = start_gateway(&nats, &redis, &[]).await;
+
+    let running = Arc::new(AtomicBool::new(true));
+    let http = reqwest::Client::new();
+    let load: Vec<_> = (0..4)
+        .map(|client| {
+            let (http, url, running) = (
+                http.clone(),
+                format!("{gateway}/predict"),
+                Arc::clone(&running),
+            );
+            tokio::spawn(async move {
+                let mut results = Vec::new();
+                let mut i = 0;
+                while running.load(Ordering::SeqCst) {
+                    // Every request distinct, so every one reaches a worker.
+                    let product = format!("P-{client}-{i}");
+                    let response = http
+                        .post(&url)
+                        .json(&serde_json::json!({ "product_id": product }))
+                        .send()
+                        .await
+                        .unwrap();
+                    let status = response.status().as_u16();
+                    let body: Value = response.json().await.unwrap_or_default();
+                    results.push((product, status, body));
+                    i += 1;
+                }
+                results
+            })
+        })
+        .collect();
+
+    // Replace each worker in turn: start the new one, then SIGTERM the old one.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for _ in 0..2 {
+        workers.push(WorkerProcess::spawn(&nats.url(), &worker_args).await);
+        let mut old = workers.remove(0);
+        old.terminate();
+        assert!(
+            old.exit_status().await.success(),
+            "a stopped worker exits 0"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    running.store(false, Ordering::SeqCst);
+
+    let mut total = 0;
+    for task in load {
+        for (product, status, body) in task.await.unwrap() {
+            assert_eq!(status, 200, "request for {product} failed: {body}");
+            assert_eq!(
+                body["product_id"],
+                product.as_str(),
+                "each request got its own answer"
+            );
+            total += 1;
+        }
+    }
+    assert!(total > 20, "the load ran ({total} requests)");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_held_by_a_worker_killed_with_sigkill_is_retried_and_answered() {
+    let nats = NatsServer::start();
+    let redis = RedisServer::start();
+    let mut doomed = WorkerProcess::spawn(&nats.url(), &["--latency-ms", "4000"]).await;
+    let (gateway, _stop_gateway) = start_gateway(
+        &nats,
+        &redis,
+        &["--request-timeout", "8s", "--attempt-timeout", "1500ms"],
+    )
+    .await;
+
+    let http = reqwest::Client::new();
+    let request = tokio::spawn({
+        let (http, url) = (http.clone(), format!("{gateway}/predict"));
+        async move {
+            http.post(url)
+                .json(&serde_json::json!({"product_id": "ETH/EUR"}))
+                .send()
+                .await
+                .unwrap()
+        }
+    });
+    // The only worker has the request; a healthy one joins, then the first dies.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _healthy = WorkerProcess::spawn(&nats.url(), &["--latency-ms", "0"]).await;
+    doomed.kill();
+
+    let response = request.await.unwrap();
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["product_id"], "ETH/EUR");
+    let metrics = http
+        .get(format!("{gateway}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"gateway_model_call_retries_total{model="price",reason="silence"} 1"#),
+        "the retry is counted:\n{metrics}"
+    );
+}
