@@ -1,5 +1,5 @@
 # One entry point for everything: `make help` lists the targets.
-.PHONY: help run test test-deps requests build lint fmt compose-check bench
+.PHONY: help run test test-deps requests build lint fmt compose-check bench bench-micro
 
 help: ## list the targets
 	@awk -F':.*## ' '/^[a-z-]+:.*## / {printf "  make %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -26,6 +26,14 @@ lint: ## formatting and clippy, as CI would want them
 
 fmt: ## format the code
 	cargo fmt --all
+
+bench: ## load benchmarks against same-run baselines (wrk); writes bench/results.md and bench/latency.svg
+	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq wrk; } || { echo "install wrk: apt-get install wrk" >&2; exit 1; }
+	cargo build --release --locked --bin gateway --bin worker --bin bench
+	ulimit -n 65536 2>/dev/null; target/release/bench
+
+bench-micro: ## criterion micro-benchmarks of the hot pure functions
+	cargo bench --locked -p prediction-contract -p gateway
 
 compose-check: ## validate docker-compose.yml and the Dockerfile offline
 	scripts/check-compose.sh

@@ -1,12 +1,15 @@
 //! Which models are served right now, learned from the workers themselves.
 //!
 //! Every worker is a NATS service answering `$SRV.INFO.prediction-worker` with its
-//! endpoints. The directory asks all of them at once and gathers the replies; the
-//! result is kept for `--discovery-interval`, and a model missing from it is looked
-//! up again at once (at most every [`RESCAN_AFTER`]) before it is declared
-//! unserved, so a worker that just started is found without waiting.
+//! endpoints. The directory asks all of them at once and gathers the replies. A
+//! request never waits for that while the model is known: the snapshot is renewed
+//! in the background once older than `--discovery-interval`. A model missing from
+//! it is looked up again at once (at most every [`RESCAN_AFTER`]) before it is
+//! declared unserved, so a worker that just started is found without waiting.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use async_nats::service::Info;
@@ -46,15 +49,20 @@ pub struct ModelDirectory {
     nats: async_nats::Client,
     max_age: Duration,
     snapshot: Mutex<Option<Snapshot>>,
+    /// The last snapshot, readable without waiting for a scan in progress.
+    latest: std::sync::RwLock<Option<Snapshot>>,
+    refreshing: AtomicBool,
 }
 
 impl ModelDirectory {
-    pub fn new(nats: async_nats::Client, max_age: Duration) -> Self {
-        Self {
+    pub fn new(nats: async_nats::Client, max_age: Duration) -> Arc<Self> {
+        Arc::new(Self {
             nats,
             max_age,
             snapshot: Mutex::new(None),
-        }
+            latest: std::sync::RwLock::new(None),
+            refreshing: AtomicBool::new(false),
+        })
     }
 
     /// Every model served now, by name.
@@ -66,15 +74,27 @@ impl ModelDirectory {
             .collect()
     }
 
-    /// Whether some worker serves `model`. A model missing from a snapshot is
-    /// looked up again before the answer is no.
-    pub async fn is_served(&self, model: &ModelName) -> bool {
-        if self
-            .snapshot_younger_than(self.max_age)
-            .await
-            .models
-            .contains_key(model.as_str())
-        {
+    /// Whether some worker serves `model`. A known model answers at once (an old
+    /// snapshot is renewed in the background); a model missing from the snapshot
+    /// is looked up again before the answer is no.
+    pub async fn is_served(self: &Arc<Self>, model: &ModelName) -> bool {
+        let known = {
+            let latest = self.latest.read().expect("not poisoned");
+            latest.as_ref().map(|snapshot| {
+                (
+                    snapshot.models.contains_key(model.as_str()),
+                    snapshot.taken_at.elapsed(),
+                )
+            })
+        };
+        if let Some((true, age)) = known {
+            if age >= self.max_age && !self.refreshing.swap(true, Ordering::SeqCst) {
+                let this = Arc::clone(self);
+                tokio::spawn(async move {
+                    this.snapshot_younger_than(this.max_age).await;
+                    this.refreshing.store(false, Ordering::SeqCst);
+                });
+            }
             return true;
         }
         self.snapshot_younger_than(RESCAN_AFTER)
@@ -96,6 +116,7 @@ impl ModelDirectory {
             models: self.scan().await,
         };
         *snapshot = Some(fresh.clone());
+        *self.latest.write().expect("not poisoned") = Some(fresh.clone());
         fresh
     }
 

@@ -322,35 +322,53 @@ impl Predictor {
         let mut announcements = None;
         loop {
             let mut guard = None;
+            let mut rechecked = false;
             if !self.cache.redis_skipped() {
-                match self.lock.try_acquire(&key).await {
-                    Ok(LockAttempt::Acquired(acquired)) => guard = Some(acquired),
-                    Ok(LockAttempt::HeldElsewhere { expires_in }) => {
-                        match self
-                            .wait_for_other_gateway(
-                                &key,
-                                &mut announcements,
-                                expires_in,
-                                deadline,
-                                recheck,
-                            )
-                            .await
+                match self.lock.try_acquire_and_peek(&key).await {
+                    Ok((attempt, peeked)) => {
+                        // Someone may have stored it since this request looked.
+                        if recheck
+                            && let Some(bytes) = peeked
+                            && let Some(entry) = self.cache.accept_peeked(&key, &bytes).await
+                            && entry.is_fresh(unix_now_ms())
                         {
-                            Waited::Done(outcome) => return outcome,
-                            Waited::LockExpired => continue,
-                            Waited::CannotWait => {}
+                            if let LockAttempt::Acquired(guard) = attempt {
+                                tokio::spawn(guard.release());
+                            }
+                            return Ok(Resolved {
+                                entry,
+                                source: Source::Cache,
+                            });
+                        }
+                        rechecked = true;
+                        match attempt {
+                            LockAttempt::Acquired(acquired) => guard = Some(acquired),
+                            LockAttempt::HeldElsewhere { expires_in } => {
+                                match self
+                                    .wait_for_other_gateway(
+                                        &key,
+                                        &mut announcements,
+                                        expires_in,
+                                        deadline,
+                                        recheck,
+                                    )
+                                    .await
+                                {
+                                    Waited::Done(outcome) => return outcome,
+                                    Waited::LockExpired => continue,
+                                    Waited::CannotWait => {}
+                                }
+                            }
                         }
                     }
                     Err(err) => self.cache.note_redis_failure(&err),
                 }
             }
             if recheck
+                && !rechecked
                 && let Lookup::Found(entry) = self.cache.lookup(&key).await
                 && entry.is_fresh(unix_now_ms())
             {
-                if let Some(guard) = guard {
-                    guard.release().await;
-                }
                 return Ok(Resolved {
                     entry,
                     source: Source::Cache,
@@ -372,8 +390,14 @@ impl Predictor {
                 Err(failure) => Err(failure),
             };
             if let Some(guard) = guard {
-                self.announce(&key, &outcome).await;
-                guard.release().await;
+                // Off the response path: the entry is stored, so a request from
+                // now on finds it; the announcement is for gateways already waiting.
+                let this = Arc::clone(&self);
+                let announced = outcome.clone();
+                tokio::spawn(async move {
+                    this.announce(&key, &announced).await;
+                    guard.release().await;
+                });
             }
             return outcome;
         }

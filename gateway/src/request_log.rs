@@ -8,11 +8,11 @@ use axum::middleware::Next;
 use axum::response::Response;
 use tracing::info;
 
-use crate::metrics::Metrics;
-use crate::routes::PredictionOutcome;
+use crate::routes::{AppState, PredictionOutcome};
 
 /// Logs the request and, for predictions, counts it by model and cache outcome.
-pub async fn log_request(State(metrics): State<Metrics>, request: Request, next: Next) -> Response {
+pub async fn log_request(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let metrics = &state.metrics;
     let started = Instant::now();
     let method = request.method().clone();
     let path = request.uri().path().to_owned();

@@ -21,7 +21,7 @@ use crate::model_client::ModelClient;
 use crate::prediction::{Predictor, PredictorSettings};
 use crate::purge;
 use crate::request_log::log_request;
-use crate::routes::{AppState, Settings, router};
+use crate::routes::{App, Settings, router};
 
 /// How long startup waits for the first NATS connection before serving anyway
 /// (from the cache) and connecting in the background.
@@ -70,7 +70,7 @@ impl Application {
         )
         .with_context(|| format!("configuring Redis at {redis_url}"))?;
         let models = ModelClient::new(nats.clone());
-        let directory = Arc::new(ModelDirectory::new(nats.clone(), config.discovery_interval));
+        let directory = ModelDirectory::new(nats.clone(), config.discovery_interval);
         let predictor = Predictor::new(
             cache.clone(),
             ComputeLock::new(cache.redis(), config.lock_ttl),
@@ -90,21 +90,21 @@ impl Application {
             .await
             .context("subscribing to purge broadcasts")?;
 
-        let state = AppState {
+        let state = Arc::new(App {
             predictor,
             directory,
             cache,
             models,
-            metrics: metrics.clone(),
+            metrics,
             settings: Arc::new(Settings {
                 default_model: config.default_model.clone(),
                 max_body: config.max_body,
                 admin_token: config.admin_token.clone(),
             }),
-        };
-        let router = router(state)
+        });
+        let router = router(Arc::clone(&state))
             .layer(DefaultBodyLimit::max(config.max_body))
-            .layer(axum::middleware::from_fn_with_state(metrics, log_request))
+            .layer(axum::middleware::from_fn_with_state(state, log_request))
             .layer(PropagateRequestIdLayer::x_request_id())
             .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid));
 

@@ -197,6 +197,13 @@ fn utf16_order(a: &str, b: &str) -> Ordering {
 }
 
 fn write_string(out: &mut String, string: &str) {
+    // Most keys and values need no escaping at all: copy them straight.
+    if !string.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20) {
+        out.push('"');
+        out.push_str(string);
+        out.push('"');
+        return;
+    }
     // serde_json's escaping is exactly JCS's: `"` and `\` and control characters
     // escaped (short forms where they exist, else lower-case \u00xx), the rest as is.
     out.push_str(&serde_json::to_string(string).expect("a string always serialises"));

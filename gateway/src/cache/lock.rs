@@ -55,17 +55,25 @@ impl ComputeLock {
         Self { redis, ttl }
     }
 
-    pub async fn try_acquire(&self, key: &CacheKey) -> Result<LockAttempt, redis::RedisError> {
+    /// Tries to take `key`'s lock and, in the same round trip, reads the entry
+    /// under `key` (someone may have stored it since the caller looked).
+    pub async fn try_acquire_and_peek(
+        &self,
+        key: &CacheKey,
+    ) -> Result<(LockAttempt, Option<Vec<u8>>), redis::RedisError> {
         let lock_key = key.lock_key();
         let token = uuid::Uuid::new_v4().to_string();
         let ttl_ms = self.ttl_ms();
         let mut redis = self.redis.clone();
-        let acquired: Option<String> = redis::cmd("SET")
+        let (acquired, entry): (Option<String>, Option<Vec<u8>>) = redis::pipe()
+            .cmd("SET")
             .arg(&lock_key)
             .arg(&token)
             .arg("NX")
             .arg("PX")
             .arg(ttl_ms)
+            .cmd("GET")
+            .arg(key.as_str())
             .query_async(&mut redis)
             .await?;
         if acquired.is_some() {
@@ -75,12 +83,13 @@ impl ComputeLock {
                 token.clone(),
                 self.ttl,
             ));
-            return Ok(LockAttempt::Acquired(LockGuard {
+            let guard = LockGuard {
                 redis: self.redis.clone(),
                 lock_key,
                 token,
                 renewal,
-            }));
+            };
+            return Ok((LockAttempt::Acquired(guard), entry));
         }
         let pttl: i64 = redis::cmd("PTTL")
             .arg(&lock_key)
@@ -89,7 +98,7 @@ impl ComputeLock {
         // -2: it expired between the two commands; -1 cannot happen (we always set
         // an expiry) but would mean "forever": treat both as "try again now".
         let expires_in = u64::try_from(pttl).map_or(Duration::ZERO, Duration::from_millis);
-        Ok(LockAttempt::HeldElsewhere { expires_in })
+        Ok((LockAttempt::HeldElsewhere { expires_in }, entry))
     }
 
     fn ttl_ms(&self) -> u64 {

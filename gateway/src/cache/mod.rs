@@ -73,7 +73,12 @@ impl std::fmt::Debug for PredictionCache {
 impl PredictionCache {
     /// Prepares the tiers without opening a Redis connection.
     pub fn new(settings: &CacheSettings, metrics: Metrics) -> Result<Self, redis::RedisError> {
-        let client = redis::Client::open(settings.redis_url.as_str())?;
+        // Small commands pipelined on one connection: without TCP_NODELAY, Nagle's
+        // algorithm holds each one back until the previous is acknowledged.
+        let connection_info =
+            redis::IntoConnectionInfo::into_connection_info(settings.redis_url.as_str())?
+                .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
+        let client = redis::Client::open(connection_info)?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(settings.redis_timeout))
             .set_response_timeout(Some(settings.redis_timeout))
@@ -165,6 +170,24 @@ impl PredictionCache {
                 Lookup::Missing
             }
         }
+    }
+
+    /// Reads an entry fetched from Redis by someone else (the compute lock's peek),
+    /// keeping it in the in-process tier if it is fresh; `None` if unreadable.
+    pub async fn accept_peeked(
+        &self,
+        key: &CacheKey,
+        bytes: &[u8],
+    ) -> Option<Arc<CachedPrediction>> {
+        let entry = Arc::new(CachedPrediction::decode(bytes).ok()?);
+        if let Some(local) = &self.local
+            && entry.is_fresh(unix_now_ms())
+        {
+            local
+                .insert(key.as_str().to_owned(), Arc::clone(&entry))
+                .await;
+        }
+        Some(entry)
     }
 
     /// Stores `entry` under `key` in both tiers; Redis drops it at the end of its

@@ -22,9 +22,12 @@ use crate::prediction::Predictor;
 
 pub use predict::PredictionOutcome;
 
-/// What every handler needs. Cheap to clone.
-#[derive(Debug, Clone)]
-pub struct AppState {
+/// What every handler needs, shared: axum clones the state for every request, so
+/// it is one `Arc`.
+pub type AppState = Arc<App>;
+
+#[derive(Debug)]
+pub struct App {
     pub predictor: Arc<Predictor>,
     pub directory: Arc<ModelDirectory>,
     pub cache: PredictionCache,

@@ -1,0 +1,86 @@
+//! Load from wrk, the HTTP benchmarking tool from the distribution, driven by a
+//! Lua script that builds each request and reports its latency percentiles as JSON.
+
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde::Deserialize;
+
+/// What one wrk run measured.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Measured {
+    pub requests: u64,
+    pub duration_us: u64,
+    /// Connect, read, write and timeout errors.
+    pub errors: u64,
+    /// Responses with a status >= 400.
+    pub status_errors: u64,
+    pub p50_us: f64,
+    pub p90_us: f64,
+    pub p99_us: f64,
+    pub max_us: f64,
+}
+
+impl Measured {
+    pub fn throughput(&self) -> f64 {
+        self.requests as f64 / (self.duration_us as f64 / 1e6)
+    }
+}
+
+/// How a run's requests are made.
+#[derive(Debug, Clone)]
+pub struct Load {
+    pub connections: u32,
+    pub duration: Duration,
+    /// A Lua expression for the request path, evaluated per request; `n` counts
+    /// this thread's requests (so `"/p?k=" .. n` makes every request distinct).
+    pub path: String,
+}
+
+/// Runs wrk against `port` and returns what it measured.
+pub fn run(port: u16, load: &Load) -> anyhow::Result<Measured> {
+    let script = format!(
+        r#"
+math.randomseed(os.time())
+local n = 0
+request = function()
+  n = n + 1
+  return wrk.format("GET", {path})
+end
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format('WRKJSON {{"requests":%d,"duration_us":%d,"errors":%d,"status_errors":%d,"p50_us":%f,"p90_us":%f,"p99_us":%f,"max_us":%f}}\n',
+    summary.requests, summary.duration, e.connect + e.read + e.write + e.timeout, e.status,
+    latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max))
+end
+"#,
+        path = load.path
+    );
+    let script_path = std::env::temp_dir().join(format!("bench-{}.lua", std::process::id()));
+    std::fs::write(&script_path, script)?;
+    let output = Command::new("wrk")
+        .args([
+            "-t1",
+            &format!("-c{}", load.connections),
+            &format!("-d{}s", load.duration.as_secs().max(1)),
+            "--timeout",
+            "10s",
+            "-s",
+        ])
+        .arg(&script_path)
+        .arg(format!("http://127.0.0.1:{port}"))
+        .output()
+        .context("running wrk (apt-get install wrk)")?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let Some(json) = stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("WRKJSON "))
+    else {
+        bail!(
+            "wrk printed no result:\n{stdout}\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    };
+    Ok(serde_json::from_str(json)?)
+}

@@ -1,0 +1,522 @@
+//! `make bench`: the whole system under load on this machine, each scenario next to
+//! a baseline measured in the same run. Prints a Markdown table (also written to
+//! `bench/results.md`) and draws `bench/latency.svg`.
+//!
+//! Settings: `BENCH_SECONDS` (per wrk run, default 5), `BENCH_CONNECTIONS`
+//! (default 64), `BENCH_RUST_LOG` (the services' log level, default `info`).
+
+mod load;
+mod report;
+mod stack;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, bail};
+use futures::StreamExt;
+use load::{Load, Measured};
+use report::Row;
+use test_support::{NatsServer, RedisServer};
+
+fn env_number(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn row_from(
+    scenario: &str,
+    measured: &Measured,
+    connections: u32,
+    baseline: Option<(&str, &Measured)>,
+    goal: (&str, Option<f64>),
+) -> Row {
+    let ratio = baseline.map(|(_, base)| measured.throughput() / base.throughput());
+    Row {
+        scenario: scenario.to_owned(),
+        load: format!("{connections} conns"),
+        throughput: Some(measured.throughput()),
+        latency_ms: Some([
+            measured.p50_us / 1000.0,
+            measured.p90_us / 1000.0,
+            measured.p99_us / 1000.0,
+            measured.max_us / 1000.0,
+        ]),
+        baseline: baseline.map_or("–".into(), |(name, base)| {
+            format!("{name}: {:.0} req/s", base.throughput())
+        }),
+        ratio,
+        goal: goal.0.to_owned(),
+        met: goal.1.zip(ratio).map(|(target, ratio)| ratio >= target),
+    }
+}
+
+fn check_clean(name: &str, measured: &Measured) -> anyhow::Result<()> {
+    if measured.errors > 0 || measured.status_errors > 0 {
+        bail!(
+            "{name}: {} socket errors and {} error statuses in {} requests",
+            measured.errors,
+            measured.status_errors,
+            measured.requests
+        );
+    }
+    Ok(())
+}
+
+/// Sends `count` GET requests, `concurrency` at a time, for paths made by `path`.
+async fn fill(
+    port: u16,
+    count: usize,
+    concurrency: usize,
+    path: impl Fn(usize) -> String,
+) -> anyhow::Result<()> {
+    let http = reqwest::Client::new();
+    let failures = futures::stream::iter(0..count)
+        .map(|i| {
+            let request = http
+                .get(format!("http://127.0.0.1:{port}{}", path(i)))
+                .send();
+            async move {
+                request
+                    .await
+                    .map(|r| r.status().is_success())
+                    .unwrap_or(false)
+            }
+        })
+        .buffer_unordered(concurrency)
+        .filter(|ok| futures::future::ready(!ok))
+        .count()
+        .await;
+    if failures > 0 {
+        bail!("{failures} of {count} warm-up requests failed");
+    }
+    Ok(())
+}
+
+/// Latency (p50, p90, p99, max in ms) of `count` sequential NATS requests straight
+/// to a worker, distinct inputs: the floor under any miss through the gateway.
+async fn nats_floor(url: &str, run_id: u128, count: usize) -> anyhow::Result<[f64; 4]> {
+    let client = async_nats::connect(url).await?;
+    let mut timings = Vec::with_capacity(count);
+    for i in 0..count {
+        let payload = format!(r#"{{"product_id":"F{run_id}-{i}"}}"#);
+        let begun = Instant::now();
+        client.request("predict.price", payload.into()).await?;
+        timings.push(begun.elapsed().as_secs_f64() * 1000.0);
+    }
+    timings.sort_by(f64::total_cmp);
+    Ok([
+        percentile(&timings, 0.5),
+        percentile(&timings, 0.9),
+        percentile(&timings, 0.99),
+        *timings.last().unwrap(),
+    ])
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[index.min(sorted.len() - 1)]
+}
+
+fn version_of(command: &str, arg: &str) -> String {
+    Command::new(command)
+        .arg(arg)
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_owned()
+        })
+        .unwrap_or_else(|_| "not found".into())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let seconds = Duration::from_secs(env_number("BENCH_SECONDS", 5));
+    let connections = env_number("BENCH_CONNECTIONS", 64) as u32;
+    if Command::new("wrk").arg("--version").output().is_err() {
+        bail!(
+            "wrk is not installed: apt-get install -y wrk (make bench does this when run as root)"
+        );
+    }
+    let run_id = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis();
+    let started = Instant::now();
+    let mut rows = Vec::new();
+    let mut memory = Vec::new();
+    let say = |text: &str| eprintln!("[{:>5.1}s] {text}", started.elapsed().as_secs_f64());
+
+    // Stack A: two workers of the stand-in at 0 ms, gateways with a long TTL.
+    let nats = NatsServer::start();
+    let redis = RedisServer::start();
+    let workers = [
+        stack::worker(&nats.url(), &["--latency-ms", "0"]).await?,
+        stack::worker(&nats.url(), &["--latency-ms", "0"]).await?,
+    ];
+    let (gateway, port) = stack::gateway(
+        &nats.url(),
+        &redis.url(),
+        &["--cache-ttl", "30m", "--key-prefix", "a:"],
+    )
+    .await?;
+    let load = |path: &str, connections: u32| Load {
+        connections,
+        duration: seconds,
+        path: path.to_owned(),
+    };
+
+    say("baseline: GET /healthz");
+    let healthz = load::run(port, &load(r#""/healthz""#, connections))?;
+    check_clean("healthz", &healthz)?;
+    rows.push(row_from(
+        "baseline: GET /healthz",
+        &healthz,
+        connections,
+        None,
+        ("", None),
+    ));
+
+    say("cache hit, one hot key, in-process tier");
+    fill(port, 1, 1, |_| {
+        "/v1/models/price/predict?product_id=ETH%2FEUR".into()
+    })
+    .await?;
+    let hot = load::run(
+        port,
+        &load(
+            r#""/v1/models/price/predict?product_id=ETH%2FEUR""#,
+            connections,
+        ),
+    )?;
+    check_clean("hot key", &hot)?;
+    rows.push(row_from(
+        "cache hit, 1 hot key, in-process tier",
+        &hot,
+        connections,
+        Some(("healthz", &healthz)),
+        ("≥ 0.85×", Some(0.85)),
+    ));
+
+    say("cache hit, 10 000 keys, Redis only: warming");
+    let (redis_only, redis_port) = stack::gateway(
+        &nats.url(),
+        &redis.url(),
+        &[
+            "--cache-ttl",
+            "30m",
+            "--key-prefix",
+            "b:",
+            "--local-capacity",
+            "0",
+        ],
+    )
+    .await?;
+    fill(redis_port, 10_000, 64, |i| {
+        format!("/v1/models/price/predict?product_id=K{i}")
+    })
+    .await?;
+    let healthz_b = load::run(redis_port, &load(r#""/healthz""#, connections))?;
+    say("cache hit, 10 000 keys, Redis only");
+    let spread = load::run(
+        redis_port,
+        &load(
+            r#""/v1/models/price/predict?product_id=K" .. math.random(0, 9999)"#,
+            connections,
+        ),
+    )?;
+    check_clean("10k keys", &spread)?;
+    rows.push(row_from(
+        "cache hit, 10 000 keys, Redis only",
+        &spread,
+        connections,
+        Some(("healthz", &healthz_b)),
+        ("≥ 0.6×", Some(0.6)),
+    ));
+    drop(redis_only);
+
+    say("cache miss, all inputs distinct, model at 0 ms");
+    let miss = load::run(
+        port,
+        &load(
+            &format!(r#""/v1/models/price/predict?product_id=M{run_id}-" .. n"#),
+            connections,
+        ),
+    )?;
+    check_clean("misses", &miss)?;
+    rows.push(row_from(
+        "cache miss, distinct inputs, model 0 ms",
+        &miss,
+        connections,
+        Some(("healthz", &healthz)),
+        ("≥ 0.2×", Some(0.2)),
+    ));
+
+    say("NATS floor: a worker asked directly, one request at a time");
+    let floor = nats_floor(&nats.url(), run_id, 2_000).await?;
+    rows.push(Row {
+        scenario: "NATS floor: worker asked directly, concurrency 1".into(),
+        load: "1 client".into(),
+        throughput: None,
+        latency_ms: Some(floor),
+        baseline: "–".into(),
+        ratio: None,
+        goal: "–".into(),
+        met: None,
+    });
+
+    say("cache miss at concurrency 1");
+    let miss_one = load::run(
+        port,
+        &load(
+            &format!(r#""/v1/models/price/predict?product_id=S{run_id}-" .. n"#),
+            1,
+        ),
+    )?;
+    check_clean("misses at concurrency 1", &miss_one)?;
+    // The model costs nothing here, so asking a worker directly is the floor; what
+    // the gateway adds on top is the cache lookup, the lock, the store and HTTP.
+    let added_ms = miss_one.p50_us / 1000.0 - floor[0];
+    let mut row = row_from(
+        "cache miss, concurrency 1, model 0 ms",
+        &miss_one,
+        1,
+        None,
+        ("p50 added over asking the worker directly < 1 ms", None),
+    );
+    row.baseline = format!(
+        "NATS floor p50 {:.3} ms (added: {added_ms:.3} ms)",
+        floor[0]
+    );
+    row.met = Some(added_ms < 1.0);
+    rows.push(row);
+
+    say("memory: 100 000 cached keys, then 256 connections");
+    fill(port, 100_000, 64, |i| {
+        format!("/v1/models/price/predict?product_id=R{run_id}-{i}")
+    })
+    .await?;
+    let wide = load::run(
+        port,
+        &Load {
+            connections: 256,
+            duration: seconds,
+            path: format!(
+                r#""/v1/models/price/predict?product_id=R{run_id}-" .. math.random(0, 99999)"#
+            ),
+        },
+    )?;
+    check_clean("256 connections", &wide)?;
+    rows.push(row_from(
+        "cache hit, 100 000 keys, 256 conns",
+        &wide,
+        256,
+        Some(("healthz", &healthz)),
+        ("(memory below)", None),
+    ));
+    let gateway_rss = gateway.peak_rss()?;
+    let worker_rss = workers
+        .iter()
+        .map(|w| w.peak_rss())
+        .collect::<Result<Vec<_>, _>>()?
+        .into_iter()
+        .max()
+        .unwrap_or(0);
+    memory.push((
+        "gateway peak RSS (100 000 keys cached, 256 conns)",
+        gateway_rss,
+        64u64 << 20,
+    ));
+    memory.push(("worker peak RSS", worker_rss, 32u64 << 20));
+    drop(gateway);
+    drop(workers);
+
+    // Stack D: the original demo, the stand-in at 1000 ms.
+    let demo_nats = NatsServer::start();
+    let demo_redis = RedisServer::start();
+    let demo_workers = [
+        stack::worker(&demo_nats.url(), &["--latency-ms", "1000"]).await?,
+        stack::worker(&demo_nats.url(), &["--latency-ms", "1000"]).await?,
+    ];
+    let (demo_gateway, demo_port) =
+        stack::gateway(&demo_nats.url(), &demo_redis.url(), &[]).await?;
+    say("the original demo: 100 sequential requests, model at 1000 ms");
+    let http = reqwest::Client::new();
+    let mut timings = Vec::new();
+    for _ in 0..100 {
+        let begun = Instant::now();
+        let response = http
+            .post(format!("http://127.0.0.1:{demo_port}/predict"))
+            .json(&serde_json::json!({"product_id": format!("DEMO-{run_id}")}))
+            .send()
+            .await?;
+        if !response.status().is_success() {
+            bail!("demo request failed: {}", response.status());
+        }
+        response.bytes().await?;
+        timings.push(begun.elapsed().as_secs_f64() * 1000.0);
+    }
+    let first = timings[0];
+    let mut rest = timings[1..].to_vec();
+    rest.sort_by(f64::total_cmp);
+    let median = percentile(&rest, 0.5);
+    rows.push(Row {
+        scenario: "original demo: first request (miss)".into(),
+        load: "sequential".into(),
+        throughput: None,
+        latency_ms: Some([first, first, first, first]),
+        baseline: "–".into(),
+        ratio: None,
+        goal: "–".into(),
+        met: None,
+    });
+    rows.push(Row {
+        scenario: "original demo: the other 99 (hits)".into(),
+        load: "sequential".into(),
+        throughput: None,
+        latency_ms: Some([
+            median,
+            percentile(&rest, 0.9),
+            percentile(&rest, 0.99),
+            *rest.last().unwrap(),
+        ]),
+        baseline: format!("first request: {first:.0} ms"),
+        ratio: Some(first / median),
+        goal: "median < 1 ms (≥ 1000×)".into(),
+        met: Some(median < 1.0),
+    });
+
+    say("stampede: 1000 concurrent identical cold requests");
+    let demo_client = async_nats::connect(demo_nats.url()).await?;
+    let before = stack::worker_requests(&demo_client).await?;
+    let stampede_http = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()?;
+    let statuses = futures::future::join_all((0..1000).map(|_| {
+        stampede_http
+            .post(format!("http://127.0.0.1:{demo_port}/predict"))
+            .json(&serde_json::json!({"product_id": format!("STAMPEDE-{run_id}")}))
+            .send()
+    }))
+    .await;
+    let ok = statuses
+        .iter()
+        .filter(|r| r.as_ref().is_ok_and(|r| r.status().is_success()))
+        .count();
+    let calls = stack::worker_requests(&demo_client).await? - before;
+    rows.push(Row {
+        scenario: "stampede: 1000 identical cold requests".into(),
+        load: "1000 at once".into(),
+        throughput: None,
+        latency_ms: None,
+        baseline: format!("{ok}/1000 answered 200"),
+        ratio: None,
+        goal: format!("exactly 1 model call (measured: {calls})"),
+        met: Some(calls == 1 && ok == 1000),
+    });
+    drop(demo_gateway);
+    drop(demo_workers);
+
+    // Stack E: scale-out, the stand-in at 100 ms, one prediction at a time per worker.
+    let scale_nats = NatsServer::start();
+    let scale_redis = RedisServer::start();
+    let (scale_gateway, scale_port) = stack::gateway(
+        &scale_nats.url(),
+        &scale_redis.url(),
+        &["--request-timeout", "30s"],
+    )
+    .await?;
+    let mut one_worker = None;
+    let mut scale_workers = Vec::new();
+    for count in [1usize, 2, 4] {
+        while scale_workers.len() < count {
+            scale_workers.push(
+                stack::worker(
+                    &scale_nats.url(),
+                    &["--latency-ms", "100", "--concurrency", "1"],
+                )
+                .await?,
+            );
+        }
+        // Let the gateway's model directory see the new workers.
+        tokio::time::sleep(Duration::from_millis(1_100)).await;
+        say(&format!("scale-out: {count} worker(s), model at 100 ms"));
+        let measured = load::run(
+            scale_port,
+            &Load {
+                connections: 16,
+                duration: seconds * 2,
+                path: format!(r#""/v1/models/price/predict?product_id=W{run_id}-{count}-" .. n"#),
+            },
+        )?;
+        check_clean("scale-out", &measured)?;
+        let label = format!("scale-out: {count} worker(s) × concurrency 1, 100 ms model");
+        let row = match &one_worker {
+            None => row_from(&label, &measured, 16, None, ("", None)),
+            Some(base) => row_from(
+                &label,
+                &measured,
+                16,
+                Some(("1 worker", base)),
+                if count == 4 {
+                    ("≥ 3.6×", Some(3.6))
+                } else {
+                    ("", None)
+                },
+            ),
+        };
+        rows.push(row);
+        if one_worker.is_none() {
+            one_worker = Some(measured);
+        }
+    }
+    drop(scale_gateway);
+    drop(scale_workers);
+
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let header = format!(
+        "## Benchmark results\n\nMachine: {} cores ({cpu}); {}; {}; {}. Release builds; the services log at `{}`.\n\
+         Load: `wrk -t1 -c<conns> -d{}s` per scenario (scale-out: {}s, 16 connections), every scenario against a\n\
+         baseline measured in the same run. Whole run: {:.0} s.",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        version_of("nats-server", "--version"),
+        version_of("redis-server", "--version")
+            .split(" sha=")
+            .next()
+            .unwrap_or(""),
+        version_of("wrk", "--version")
+            .split(" Copyright")
+            .next()
+            .unwrap_or(""),
+        std::env::var("BENCH_RUST_LOG").unwrap_or_else(|_| "info".into()),
+        seconds.as_secs(),
+        seconds.as_secs() * 2,
+        started.elapsed().as_secs_f64(),
+    );
+    let mut markdown = report::markdown(&header, &rows);
+    markdown.push_str("\n| memory | measured | goal | met |\n|---|---:|---|---|\n");
+    for (what, bytes, limit) in &memory {
+        markdown.push_str(&format!(
+            "| {what} | {:.1} MiB | < {} MiB | {} |\n",
+            *bytes as f64 / (1 << 20) as f64,
+            limit >> 20,
+            if bytes < limit { "yes" } else { "**no**" }
+        ));
+    }
+    println!("{markdown}");
+    let out_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    std::fs::write(out_dir.join("results.md"), &markdown).context("writing bench/results.md")?;
+    report::latency_chart(&out_dir.join("latency.svg"), &rows)?;
+    eprintln!("wrote bench/results.md and bench/latency.svg");
+    Ok(())
+}

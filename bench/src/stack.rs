@@ -1,0 +1,167 @@
+//! The system under test: release binaries of the gateway and workers, in front of
+//! a nats-server and a redis-server of the benchmark's own.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+/// The folder holding the release binaries (the benchmark's own folder).
+fn release_dir() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe().context("locating the bench binary")?;
+    Ok(exe
+        .parent()
+        .context("the bench binary has a folder")?
+        .to_path_buf())
+}
+
+fn binary(name: &str) -> anyhow::Result<PathBuf> {
+    let path = release_dir()?.join(name);
+    if !path.is_file() {
+        bail!(
+            "{} is missing: run `make bench`, which builds it",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// A running process, killed on drop.
+#[derive(Debug)]
+pub struct Process {
+    child: Child,
+}
+
+impl Process {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Peak resident memory so far (`VmHWM`), in bytes.
+    pub fn peak_rss(&self) -> anyhow::Result<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
+        let line = status
+            .lines()
+            .find(|line| line.starts_with("VmHWM:"))
+            .context("VmHWM in /proc status")?;
+        let kib: u64 = line
+            .split_whitespace()
+            .nth(1)
+            .context("a VmHWM value")?
+            .parse()?;
+        Ok(kib * 1024)
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        // SIGTERM first so the process stops cleanly, then make sure.
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts a gateway on a free port and waits until it answers `/healthz`.
+pub async fn gateway(
+    nats_url: &str,
+    redis_url: &str,
+    args: &[&str],
+) -> anyhow::Result<(Process, u16)> {
+    let port = test_support::free_port();
+    let child = Command::new(binary("gateway")?)
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--nats-url",
+            nats_url,
+            "--redis-url",
+            redis_url,
+        ])
+        .args(args)
+        .env(
+            "RUST_LOG",
+            std::env::var("BENCH_RUST_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting the gateway")?;
+    let process = Process { child };
+    let http = reqwest::Client::new();
+    let started = Instant::now();
+    while http
+        .get(format!("http://127.0.0.1:{port}/healthz"))
+        .send()
+        .await
+        .is_err()
+    {
+        if started.elapsed() > Duration::from_secs(10) {
+            bail!("the gateway did not start");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok((process, port))
+}
+
+/// Starts a worker and waits until it serves.
+pub async fn worker(nats_url: &str, args: &[&str]) -> anyhow::Result<Process> {
+    static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let id_file = std::env::temp_dir().join(format!(
+        "bench-worker-{}-{}.id",
+        std::process::id(),
+        COUNTER.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+    ));
+    let _ = std::fs::remove_file(&id_file);
+    let child = Command::new(binary("worker")?)
+        .args(["--nats-url", nats_url, "--id-file"])
+        .arg(&id_file)
+        .args(args)
+        .env(
+            "RUST_LOG",
+            std::env::var("BENCH_RUST_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting a worker")?;
+    let process = Process { child };
+    let started = Instant::now();
+    while !id_file.exists() {
+        if started.elapsed() > Duration::from_secs(10) {
+            bail!("a worker did not start");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = std::fs::remove_file(&id_file);
+    Ok(process)
+}
+
+/// Total requests the workers of `nats` have answered, from `$SRV.STATS`.
+pub async fn worker_requests(nats: &async_nats::Client) -> anyhow::Result<u64> {
+    use futures::StreamExt;
+    let inbox = nats.new_inbox();
+    let mut replies = nats.subscribe(inbox.clone()).await?;
+    nats.publish_with_reply("$SRV.STATS.prediction-worker", inbox, "".into())
+        .await?;
+    let mut total = 0;
+    while let Ok(Some(reply)) =
+        tokio::time::timeout(Duration::from_millis(300), replies.next()).await
+    {
+        let stats: serde_json::Value = serde_json::from_slice(&reply.payload)?;
+        for endpoint in stats["endpoints"].as_array().into_iter().flatten() {
+            total += endpoint["num_requests"].as_u64().unwrap_or(0);
+        }
+    }
+    Ok(total)
+}
