@@ -60,44 +60,43 @@ pub fn markdown(header: &str, rows: &[Row]) -> String {
     out
 }
 
-/// Grouped bars (p50, p90, p99, max) per scenario on a log scale.
+/// Horizontal grouped bars (p50, p90, p99, max) per scenario on a log scale, the
+/// scenario names readable on the left.
 pub fn latency_chart(path: &Path, rows: &[Row]) -> anyhow::Result<()> {
     let rows: Vec<&Row> = rows.iter().filter(|row| row.latency_ms.is_some()).collect();
     let max = rows
         .iter()
         .flat_map(|row| row.latency_ms.unwrap())
         .fold(1.0_f64, f64::max);
-    let root = SVGBackend::new(path, (1100, 560)).into_drawing_area();
+    let height = 90 + rows.len() as u32 * 44;
+    let root = SVGBackend::new(path, (1100, height)).into_drawing_area();
     root.fill(&WHITE)?;
     let groups = rows.len() as f64;
+    let labels: Vec<String> = rows.iter().map(|row| row.scenario.clone()).collect();
     let mut chart = ChartBuilder::on(&root)
         .caption(
-            "Latency per scenario (ms, log scale): p50, p90, p99, max",
+            "Latency per scenario: p50, p90, p99, max (ms, log scale)",
             ("sans-serif", 20),
         )
         .margin(15)
-        .x_label_area_size(120)
-        .y_label_area_size(70)
-        .build_cartesian_2d(0.0..groups, (0.01..max * 2.0).log_scale())?;
-    let labels: Vec<String> = rows.iter().map(|row| row.scenario.clone()).collect();
+        .x_label_area_size(40)
+        .y_label_area_size(340)
+        .build_cartesian_2d((0.05..max * 2.0).log_scale(), 0.0..groups)?;
     chart
         .configure_mesh()
-        .disable_x_mesh()
-        .x_labels(rows.len() * 2 + 1)
-        .x_label_formatter(&|x| {
-            let index = x.floor() as usize;
-            if (x - x.floor() - 0.5).abs() < 0.01 && index < labels.len() {
-                labels[index].chars().take(28).collect()
+        .disable_y_mesh()
+        .y_labels(rows.len() * 2 + 1)
+        .y_label_formatter(&|y| {
+            let index = y.floor() as usize;
+            if (y - y.floor() - 0.5).abs() < 0.01 && index < labels.len() {
+                // Top to bottom in table order.
+                labels[labels.len() - 1 - index].clone()
             } else {
                 String::new()
             }
         })
-        .x_label_style(
-            ("sans-serif", 11)
-                .into_font()
-                .transform(FontTransform::Rotate90),
-        )
-        .y_desc("milliseconds")
+        .y_label_style(("sans-serif", 13))
+        .x_desc("milliseconds")
         .draw()?;
     let colors = [
         RGBColor(46, 134, 193),
@@ -107,10 +106,11 @@ pub fn latency_chart(path: &Path, rows: &[Row]) -> anyhow::Result<()> {
     ];
     for (series, (name, color)) in ["p50", "p90", "p99", "max"].iter().zip(colors).enumerate() {
         chart
-            .draw_series(rows.iter().enumerate().map(|(group, row)| {
-                let value = row.latency_ms.unwrap()[series].max(0.011);
-                let left = group as f64 + 0.1 + series as f64 * 0.2;
-                Rectangle::new([(left, 0.01), (left + 0.18, value)], color.filled())
+            .draw_series(rows.iter().enumerate().map(|(index, row)| {
+                let value = row.latency_ms.unwrap()[series].max(0.051);
+                let group = (rows.len() - 1 - index) as f64;
+                let top = group + 0.9 - series as f64 * 0.2;
+                Rectangle::new([(0.05, top - 0.18), (value, top)], color.filled())
             }))?
             .label(*name)
             .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], color.filled()));
@@ -119,7 +119,7 @@ pub fn latency_chart(path: &Path, rows: &[Row]) -> anyhow::Result<()> {
         .configure_series_labels()
         .background_style(WHITE.mix(0.8))
         .border_style(BLACK)
-        .position(SeriesLabelPosition::UpperLeft)
+        .position(SeriesLabelPosition::LowerRight)
         .draw()?;
     root.present()?;
     Ok(())

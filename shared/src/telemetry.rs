@@ -11,18 +11,31 @@ pub enum LogFormat {
     Json,
 }
 
+/// Keeps the log writer thread alive; dropping it flushes the lines not yet written.
+pub type LogGuard = tracing_appender::non_blocking::WorkerGuard;
+
 /// Installs the global subscriber. The level comes from `RUST_LOG` (default `info`).
-/// Safe to call more than once: later calls leave the first subscriber in place.
-pub fn init_tracing(format: LogFormat) {
+/// Lines are written to stdout by a thread of their own, so a request never waits
+/// for a write to the terminal or a pipe; keep the returned guard until exit so the
+/// last lines are flushed. Safe to call more than once: later calls leave the first
+/// subscriber in place.
+pub fn init_tracing(format: LogFormat) -> LogGuard {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let is_terminal = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    // Not lossy: under a flood of lines requests slow down rather than lose logs.
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .finish(std::io::stdout());
     // Colours only for a person at a terminal; escape codes cost time and clutter files.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()));
+        .with_writer(writer)
+        .with_ansi(is_terminal);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
+    guard
 }
 
 /// A URL fit for logs: any `user:password@` part is replaced by `***@`.
