@@ -22,9 +22,11 @@ pub type LogGuard = tracing_appender::non_blocking::WorkerGuard;
 pub fn init_tracing(format: LogFormat) -> LogGuard {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let is_terminal = std::io::IsTerminal::is_terminal(&std::io::stdout());
-    // Not lossy: under a flood of lines requests slow down rather than lose logs.
+    // Not lossy: under a flood of lines requests slow down rather than lose logs;
+    // and a short queue, so a flood costs little memory.
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(false)
+        .buffered_lines_limit(4_096)
         .finish(std::io::stdout());
     // Colours only for a person at a terminal; escape codes cost time and clutter files.
     let builder = tracing_subscriber::fmt()
