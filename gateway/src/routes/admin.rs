@@ -5,7 +5,7 @@ use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, header};
-use prediction_contract::CacheKey;
+use prediction_contract::{CacheKey, ModelName};
 use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
 
@@ -28,19 +28,8 @@ pub async fn purge_model(
         .purge_model(&model)
         .await
         .map_err(|err| ApiError::CacheUnavailable(err.to_string()))?;
-    let gateways = purge::broadcast(
-        state.models.nats(),
-        &PurgeNotice {
-            key_prefix: state.predictor.key_prefix().to_owned(),
-            model: model.to_string(),
-            key: None,
-        },
-    )
-    .await;
-    tracing::info!(%model, purged, gateways, "purged the model's cached predictions");
-    Ok(Json(
-        json!({"model": model.as_str(), "purged": purged, "gateways": gateways}),
-    ))
+    tracing::info!(%model, purged, "purged the model's cached predictions");
+    Ok(tell_every_gateway(&state, &model, None, purged).await)
 }
 
 /// `POST /v1/models/{model}/cache/purge` with an input as the body: that one
@@ -60,18 +49,24 @@ pub async fn purge_input(
         .purge_key(&key)
         .await
         .map_err(|err| ApiError::CacheUnavailable(err.to_string()))?;
-    let gateways = purge::broadcast(
-        state.models.nats(),
-        &PurgeNotice {
-            key_prefix: state.predictor.key_prefix().to_owned(),
-            model: model.to_string(),
-            key: Some(key.as_str().to_owned()),
-        },
-    )
-    .await;
-    Ok(Json(
-        json!({"model": model.as_str(), "purged": u64::from(purged), "gateways": gateways}),
-    ))
+    Ok(tell_every_gateway(&state, &model, Some(&key), u64::from(purged)).await)
+}
+
+/// Broadcasts a purge Redis has done to every gateway's in-process tier and
+/// answers with what was purged and how many gateways acknowledged.
+async fn tell_every_gateway(
+    state: &AppState,
+    model: &ModelName,
+    key: Option<&CacheKey>,
+    purged: u64,
+) -> Json<Value> {
+    let notice = PurgeNotice {
+        key_prefix: state.predictor.key_prefix().to_owned(),
+        model: model.to_string(),
+        key: key.map(|key| key.as_str().to_owned()),
+    };
+    let gateways = purge::broadcast(state.models.nats(), &notice).await;
+    Json(json!({"model": model.as_str(), "purged": purged, "gateways": gateways}))
 }
 
 /// Checks `Authorization: Bearer <admin token>` when an admin token is configured,

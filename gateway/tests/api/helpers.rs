@@ -171,6 +171,15 @@ impl OtherGateway {
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.address)
     }
+
+    pub async fn post(&self, http: &reqwest::Client, path: &str, body: &str) -> reqwest::Response {
+        http.post(self.url(path))
+            .header("content-type", "application/json")
+            .body(body.to_owned())
+            .send()
+            .await
+            .expect("the other gateway answers")
+    }
 }
 
 /// Starts servers, one worker serving the stub model `echo` and the built-in `price`

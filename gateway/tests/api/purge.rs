@@ -14,13 +14,7 @@ async fn a_model_purge_is_seen_by_another_gateway_at_once() {
     app.post(path, r#"{"p":2}"#).await;
     // The other gateway now holds {"p":1} in its in-process tier.
     for _ in 0..2 {
-        let hit = app
-            .http
-            .post(other.url(path))
-            .body(r#"{"p":1}"#)
-            .send()
-            .await
-            .unwrap();
+        let hit = other.post(&app.http, path, r#"{"p":1}"#).await;
         assert_eq!(header(&hit, "x-cache"), "HIT");
     }
 
@@ -38,13 +32,7 @@ async fn a_model_purge_is_seen_by_another_gateway_at_once() {
         "both gateways acknowledged the purge"
     );
 
-    let after = app
-        .http
-        .post(other.url(path))
-        .body(r#"{"p":1}"#)
-        .send()
-        .await
-        .unwrap();
+    let after = other.post(&app.http, path, r#"{"p":1}"#).await;
     assert_eq!(header(&after, "x-cache"), "MISS");
     assert_eq!(app.echo.calls(), 3);
 }
@@ -56,12 +44,7 @@ async fn one_input_can_be_purged_alone() {
     let path = "/v1/models/echo/predict";
     app.post(path, r#"{"k":1}"#).await;
     app.post(path, r#"{"k":2}"#).await;
-    app.http
-        .post(other.url(path))
-        .body(r#"{"k":1}"#)
-        .send()
-        .await
-        .unwrap();
+    other.post(&app.http, path, r#"{"k":1}"#).await;
 
     let purge = app
         .post("/v1/models/echo/cache/purge", r#"{ "k": 1.0 }"#)
@@ -69,21 +52,9 @@ async fn one_input_can_be_purged_alone() {
     let body: Value = purge.json().await.unwrap();
     assert_eq!(body["purged"], 1);
 
-    let purged = app
-        .http
-        .post(other.url(path))
-        .body(r#"{"k":1}"#)
-        .send()
-        .await
-        .unwrap();
+    let purged = other.post(&app.http, path, r#"{"k":1}"#).await;
     assert_eq!(header(&purged, "x-cache"), "MISS");
-    let kept = app
-        .http
-        .post(other.url(path))
-        .body(r#"{"k":2}"#)
-        .send()
-        .await
-        .unwrap();
+    let kept = other.post(&app.http, path, r#"{"k":2}"#).await;
     assert_eq!(header(&kept, "x-cache"), "HIT");
 }
 
