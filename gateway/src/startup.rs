@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
+use prediction_contract::nats_connection;
 use prediction_contract::telemetry::redact_url;
 use tokio::net::TcpListener;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -41,11 +42,12 @@ impl Application {
     /// itself and `/readyz` says what is missing meanwhile.
     pub async fn build(config: GatewayConfig) -> anyhow::Result<Self> {
         let nats_url = redact_url(&config.nats_url);
-        let nats = async_nats::ConnectOptions::new()
+        let (nats_options, nats_servers) = nats_connection::connect_options(&config.nats_url)?;
+        let nats = nats_options
             .name("prediction-gateway")
             .retry_on_initial_connect()
             .event_callback(|event| async move { info!(%event, "NATS connection event") })
-            .connect(&config.nats_url)
+            .connect(nats_servers.as_slice())
             .await
             .with_context(|| format!("connecting to NATS at {nats_url}"))?;
         if tokio::time::timeout(NATS_STARTUP_WAIT, nats.flush())

@@ -9,12 +9,14 @@
 //! - [`headers`]: the NATS headers that carry a request's id and deadline one way and
 //!   the prediction's metadata (model version, freshness, compute time) the other way;
 //! - [`error_body`]: the JSON error body every HTTP error uses;
-//! - [`telemetry`] and [`shutdown`]: log setup and the stop signal both binaries use.
+//! - [`nats_connection`], [`telemetry`] and [`shutdown`]: connecting to NATS, log
+//!   setup and the stop signal, as both binaries do them.
 
 pub mod canonical;
 pub mod error_body;
 pub mod headers;
 pub mod model_name;
+pub mod nats_connection;
 pub mod shutdown;
 pub mod subjects;
 pub mod telemetry;

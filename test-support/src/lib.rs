@@ -157,6 +157,11 @@ impl NatsServer {
         format!("nats://127.0.0.1:{}", self.0.port)
     }
 
+    /// The server's port, for URLs with credentials.
+    pub fn port(&self) -> u16 {
+        self.0.port
+    }
+
     pub fn stop(&mut self) {
         self.0.stop();
     }
@@ -172,10 +177,16 @@ pub struct RedisServer(ServerProcess);
 
 impl RedisServer {
     pub fn start() -> Self {
+        Self::start_with_args(&[])
+    }
+
+    /// Starts with extra command line arguments (`--requirepass`, ...).
+    pub fn start_with_args(extra: &[&str]) -> Self {
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         Self(ServerProcess::start(
             binary("redis-server", "REDIS_SERVER_BIN"),
-            |port| {
-                [
+            move |port| {
+                let mut args: Vec<String> = [
                     "--port",
                     &port.to_string(),
                     "--bind",
@@ -188,9 +199,16 @@ impl RedisServer {
                     "no",
                 ]
                 .map(String::from)
-                .to_vec()
+                .to_vec();
+                args.extend(extra.iter().cloned());
+                args
             },
         ))
+    }
+
+    /// The server's port, for URLs with credentials.
+    pub fn port(&self) -> u16 {
+        self.0.port
     }
 
     pub fn url(&self) -> String {

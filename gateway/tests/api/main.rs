@@ -11,5 +11,6 @@ mod metrics;
 mod outage;
 mod purge;
 mod readiness;
+mod security;
 mod stampede;
 mod workers;

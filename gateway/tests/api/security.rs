@@ -1,0 +1,132 @@
+//! Credentials reach NATS and Redis and never the logs; foreign cache values are
+//! never served.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use prediction_contract::{CacheKey, CanonicalInput, ModelName};
+use test_support::{NatsServer, RedisServer};
+
+use crate::helpers::{StubModel, header, spawn_app, start_worker};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_foreign_value_under_a_cache_key_is_a_miss_and_is_overwritten() {
+    let app = spawn_app(&["--local-capacity", "0"]).await;
+    let key = CacheKey::new(
+        &app.key_prefix,
+        &ModelName::parse("echo").unwrap(),
+        &CanonicalInput::from_json_slice(br#"{"c":1}"#).unwrap(),
+    );
+    let mut redis = app.redis_connection().await;
+    for foreign in [
+        &b"\xff\x00garbage"[..],
+        br#"{"prediction":"not an entry"}"#,
+        &[b'x'; 100_000],
+    ] {
+        redis::cmd("SET")
+            .arg(key.as_str())
+            .arg(foreign)
+            .query_async::<()>(&mut redis)
+            .await
+            .unwrap();
+        let response = app.post("/v1/models/echo/predict", r#"{"c":1}"#).await;
+        assert_eq!(response.status(), 200);
+        assert_eq!(header(&response, "x-cache"), "MISS");
+        let again = app.post("/v1/models/echo/predict", r#"{"c":1}"#).await;
+        assert_eq!(
+            header(&again, "x-cache"),
+            "HIT",
+            "the foreign value was overwritten"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_in_urls_authenticate_and_never_reach_the_logs() {
+    const NATS_SECRET: &str = "n4ts-s3cret-pw";
+    const REDIS_SECRET: &str = "r3dis-s3cret-pw";
+    let nats = NatsServer::start_with_args(&["--user", "gateway", "--pass", NATS_SECRET]);
+    let redis = RedisServer::start_with_args(&["--requirepass", REDIS_SECRET]);
+    let nats_url = format!("nats://gateway:{NATS_SECRET}@127.0.0.1:{}", nats.port());
+    let redis_url = format!("redis://:{REDIS_SECRET}@127.0.0.1:{}", redis.port());
+    let _worker = start_worker(&nats_url, vec![StubModel::new("echo")]).await;
+
+    let port = test_support::free_port();
+    let log_path = std::env::temp_dir().join(format!("gateway-secrets-{}.log", std::process::id()));
+    let mut gateway = Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--nats-url",
+            &nats_url,
+            "--redis-url",
+            &redis_url,
+        ])
+        .stdout(std::fs::File::create(&log_path).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let http = reqwest::Client::new();
+    let url = format!("http://127.0.0.1:{port}");
+    let started = Instant::now();
+    while http.get(format!("{url}/healthz")).send().await.is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the gateway did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let ready: serde_json::Value = http
+        .get(format!("{url}/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        ready["status"], "ok",
+        "both credentials were accepted: {ready}"
+    );
+    for expected in ["MISS", "HIT"] {
+        let response = http
+            .post(format!("{url}/v1/models/echo/predict"))
+            .body(r#"{"s":1}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(header(&response, "x-cache"), expected);
+    }
+    let metrics = http
+        .get(format!("{url}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+
+    let _ = Command::new("kill")
+        .args(["-TERM", &gateway.id().to_string()])
+        .status();
+    gateway.wait().unwrap();
+    let logs = std::fs::read_to_string(&log_path).unwrap();
+    let _ = std::fs::remove_file(&log_path);
+    assert!(
+        logs.contains("gateway ready"),
+        "these are the gateway's logs:\n{logs}"
+    );
+    assert!(
+        logs.contains("***@127.0.0.1"),
+        "the URLs are logged redacted:\n{logs}"
+    );
+    for secret in [NATS_SECRET, REDIS_SECRET] {
+        assert!(
+            !logs.contains(secret),
+            "a secret leaked into the logs:\n{logs}"
+        );
+        assert!(!metrics.contains(secret), "a secret leaked into /metrics");
+    }
+}
