@@ -92,6 +92,12 @@ pub struct GatewayConfig {
     #[arg(long, env = "GATEWAY_MAX_BODY", default_value_t = 512 * 1024)]
     pub max_body: usize,
 
+    /// How long a client may take to send a request's headers, and then its body.
+    /// A client slower than that (a slowloris) is disconnected, so slow clients
+    /// cannot hold the gateway's connections.
+    #[arg(long, env = "GATEWAY_CLIENT_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub client_timeout: Duration,
+
     /// How long a Redis command may take before the gateway answers without the cache.
     #[arg(long, env = "GATEWAY_REDIS_TIMEOUT", default_value = "250ms", value_parser = humantime::parse_duration)]
     pub redis_timeout: Duration,

@@ -72,7 +72,9 @@ pub enum ApiError {
     InvalidQuery(String),
     #[error("the request body is larger than the limit of {limit} bytes")]
     BodyTooLarge { limit: usize },
-    #[error("the request body could not be read")]
+    #[error(
+        "the request body could not be read in full (it must arrive within the client timeout)"
+    )]
     BodyUnreadable,
     #[error("{0}")]
     Upstream(Arc<PublicFailure>),

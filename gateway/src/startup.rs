@@ -7,12 +7,18 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
+use axum::body::Body;
 use axum::extract::DefaultBodyLimit;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use prediction_contract::nats_connection;
 use prediction_contract::telemetry::redact_url;
 use tokio::net::TcpListener;
+use tower::ServiceExt;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tracing::{info, warn};
+use tower_http::timeout::RequestBodyTimeoutLayer;
+use tracing::{debug, info, warn};
 
 use crate::cache::{CacheSettings, ComputeLock, PredictionCache};
 use crate::config::GatewayConfig;
@@ -28,12 +34,17 @@ use crate::routes::{App, Settings, router};
 /// (from the cache) and connecting in the background.
 const NATS_STARTUP_WAIT: Duration = Duration::from_secs(2);
 
+/// How long shutdown waits for in-flight requests before closing what is left.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
 /// A gateway with its listener bound and its clients created, ready to run.
 #[derive(Debug)]
 pub struct Application {
     listener: TcpListener,
     router: Router,
     local_addr: SocketAddr,
+    /// See [`GatewayConfig::client_timeout`].
+    client_timeout: Duration,
 }
 
 impl Application {
@@ -106,6 +117,7 @@ impl Application {
         });
         let router = router(Arc::clone(&state))
             .layer(DefaultBodyLimit::max(config.max_body))
+            .layer(RequestBodyTimeoutLayer::new(config.client_timeout))
             .layer(axum::middleware::from_fn_with_state(state, log_request))
             .layer(PropagateRequestIdLayer::x_request_id())
             .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid));
@@ -126,6 +138,7 @@ impl Application {
             listener,
             router,
             local_addr,
+            client_timeout: config.client_timeout,
         })
     }
 
@@ -144,14 +157,54 @@ impl Application {
     }
 
     /// Serves until `shutdown` completes, then finishes the requests in flight.
+    ///
+    /// The accept loop is hyper's own rather than `axum::serve`, which sets no
+    /// timer and so no deadline for a client to send its headers.
     pub async fn run(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(shutdown)
+        let mut connections = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        connections
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(self.client_timeout);
+        let graceful = GracefulShutdown::new();
+        tokio::pin!(shutdown);
+        loop {
+            let stream = tokio::select! {
+                accepted = self.listener.accept() => match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(err) => {
+                        // Out of file descriptors, say: back off instead of spinning.
+                        warn!(error = %err, "could not accept a connection");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                () = &mut shutdown => break,
+            };
+            let service = TowerToHyperService::new(self.router.clone().map_request(
+                |request: hyper::Request<hyper::body::Incoming>| request.map(Body::new),
+            ));
+            let connection = connections
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                .into_owned();
+            let connection = graceful.watch(connection);
+            tokio::spawn(async move {
+                if let Err(err) = connection.await {
+                    debug!(error = %err, "connection ended with an error");
+                }
+            });
+        }
+        drop(self.listener);
+        info!("stopped accepting connections; finishing the requests in flight");
+        if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
             .await
-            .context("serving HTTP")?;
+            .is_err()
+        {
+            warn!(grace = ?SHUTDOWN_GRACE, "requests still in flight at the end of the grace period");
+        }
         info!("gateway stopped");
         Ok(())
     }

@@ -247,6 +247,13 @@ fn unique_suffix() -> String {
 }
 
 impl TestApp {
+    /// Tells the gateway to shut down (as SIGTERM would).
+    pub fn stop_gateway(&mut self) {
+        if let Some(shutdown) = self.gateway_shutdown.take() {
+            let _ = shutdown.send(());
+        }
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.address)
     }

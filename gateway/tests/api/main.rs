@@ -5,6 +5,7 @@ mod helpers;
 mod cache;
 mod capacity;
 mod compatibility;
+mod connections;
 mod errors;
 mod freshness;
 mod metrics;
