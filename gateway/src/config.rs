@@ -75,9 +75,23 @@ pub struct GatewayConfig {
     pub lock_ttl: Duration,
 
     /// Token the purge routes require (`Authorization: Bearer <token>`). Unset:
-    /// purges are open.
+    /// purges need an API token if there are any, else they are open.
     #[arg(long, env = "GATEWAY_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+
+    /// Tokens the prediction routes accept (`Authorization: Bearer <token>`):
+    /// repeat the flag or comma-separate, so tokens can be rotated. Unset: open.
+    #[arg(
+        long = "api-token",
+        env = "GATEWAY_API_TOKENS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub api_tokens: Vec<String>,
+
+    /// Whether `/metrics` needs a token too.
+    #[arg(long, env = "GATEWAY_PROTECT_METRICS")]
+    pub protect_metrics: bool,
 
     /// The model `POST /predict` (the original API) is routed to.
     #[arg(long, env = "GATEWAY_DEFAULT_MODEL", default_value = "price")]

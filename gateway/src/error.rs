@@ -84,6 +84,8 @@ pub enum ApiError {
     CacheUnavailable(String),
     #[error("{0}")]
     Unauthorized(&'static str),
+    #[error("{0}")]
+    Forbidden(&'static str),
     #[error("no route for {0}")]
     NotFound(String),
     #[error("method not allowed")]
@@ -106,6 +108,7 @@ impl ApiError {
             Self::NotCached => (StatusCode::GATEWAY_TIMEOUT, "not_cached"),
             Self::CacheUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "cache_unavailable"),
             Self::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            Self::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
         }
@@ -127,11 +130,22 @@ impl IntoResponse for ApiError {
             // Workers come and go; a short wait is worth a retry.
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
-        if status == StatusCode::UNAUTHORIZED {
-            headers.insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static(r#"Bearer realm="prediction-gateway""#),
-            );
+        match status {
+            StatusCode::UNAUTHORIZED => {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static(r#"Bearer realm="prediction-gateway""#),
+                );
+            }
+            StatusCode::FORBIDDEN => {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static(
+                        r#"Bearer realm="prediction-gateway", error="insufficient_scope""#,
+                    ),
+                );
+            }
+            _ => {}
         }
         response
     }

@@ -5,6 +5,7 @@
 //!
 //! - [`config`]: the command line and environment settings;
 //! - [`startup`]: builds the [`Application`] (listener, router, clients) and runs it;
+//! - [`auth`]: the bearer tokens in front of the prediction and purge routes;
 //! - [`routes`]: the HTTP handlers: predictions, purges, health, readiness, metrics;
 //! - [`freshness`]: the client's `Cache-Control` directives;
 //! - [`prediction`]: the read-through cache with coalescing, stale-while-revalidate
@@ -18,6 +19,7 @@
 //!   and a JSON body;
 //! - [`request_log`] and [`metrics`]: one log line per request, Prometheus metrics.
 
+pub mod auth;
 pub mod cache;
 pub mod coalesce;
 pub mod config;

@@ -20,6 +20,7 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::timeout::RequestBodyTimeoutLayer;
 use tracing::{debug, info, warn};
 
+use crate::auth::Tokens;
 use crate::cache::{CacheSettings, ComputeLock, PredictionCache};
 use crate::config::GatewayConfig;
 use crate::discovery::ModelDirectory;
@@ -112,7 +113,11 @@ impl Application {
             settings: Arc::new(Settings {
                 default_model: config.default_model.clone(),
                 max_body: config.max_body,
-                admin_token: config.admin_token.clone(),
+                tokens: Tokens {
+                    api: config.api_tokens.clone(),
+                    admin: config.admin_token.clone(),
+                    protect_metrics: config.protect_metrics,
+                },
             }),
         });
         let router = router(Arc::clone(&state))

@@ -9,10 +9,12 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::State;
 use axum::http::header;
+use axum::middleware::from_fn_with_state;
 use axum::response::IntoResponse;
 use axum::routing::{delete, get, post};
 use prediction_contract::ModelName;
 
+use crate::auth::{self, Tokens};
 use crate::cache::PredictionCache;
 use crate::discovery::ModelDirectory;
 use crate::error::ApiError;
@@ -42,24 +44,39 @@ pub struct Settings {
     /// Where `POST /predict`, the original API, goes.
     pub default_model: ModelName,
     pub max_body: usize,
-    /// Required by the purge routes when set.
-    pub admin_token: Option<String>,
+    /// Who may use which route.
+    pub tokens: Tokens,
 }
 
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    let predictions = Router::new()
         .route(
             "/v1/models/{model}/predict",
             get(predict::predict_from_query).post(predict::predict_from_body),
         )
         .route("/predict", post(predict::predict_default_model))
         .route("/v1/models", get(list_models))
+        .route_layer(from_fn_with_state(state.clone(), auth::require_api_token));
+    let purges = Router::new()
         .route("/v1/models/{model}/cache", delete(admin::purge_model))
         .route("/v1/models/{model}/cache/purge", post(admin::purge_input))
+        .route_layer(from_fn_with_state(state.clone(), auth::require_admin_token));
+    let metrics = Router::new()
+        .route("/metrics", get(metrics))
+        .route_layer(from_fn_with_state(
+            state.clone(),
+            auth::require_metrics_token,
+        ));
+    // Health checks stay open: orchestrators probe them without credentials.
+    let health = Router::new()
         .route("/health", get(health::health))
         .route("/healthz", get(health::health))
-        .route("/readyz", get(health::ready))
-        .route("/metrics", get(metrics))
+        .route("/readyz", get(health::ready));
+    Router::new()
+        .merge(predictions)
+        .merge(purges)
+        .merge(metrics)
+        .merge(health)
         .fallback(|uri: axum::http::Uri| async move { ApiError::NotFound(uri.path().to_owned()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .with_state(state)

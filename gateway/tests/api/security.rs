@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use prediction_contract::{CacheKey, CanonicalInput, ModelName};
 use test_support::{NatsServer, RedisServer};
 
-use crate::helpers::{StubModel, header, spawn_app, start_worker};
+use crate::helpers::{StubModel, assert_error, header, spawn_app, start_worker};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_foreign_value_under_a_cache_key_is_a_miss_and_is_overwritten() {
@@ -129,4 +129,70 @@ async fn credentials_in_urls_authenticate_and_never_reach_the_logs() {
         );
         assert!(!metrics.contains(secret), "a secret leaked into /metrics");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_tokens_configured_each_route_asks_for_the_right_one() {
+    let app = spawn_app(&[
+        "--api-token",
+        "api-one,api-two",
+        "--admin-token",
+        "admin-s3cret",
+        "--protect-metrics",
+    ])
+    .await;
+    let predict = |token: Option<&str>| {
+        let mut request = app
+            .http
+            .post(app.url("/v1/models/echo/predict"))
+            .body(r#"{"t":1}"#);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send()
+    };
+    let missing = predict(None).await.unwrap();
+    assert_eq!(
+        header(&missing, "www-authenticate"),
+        r#"Bearer realm="prediction-gateway""#
+    );
+    assert_error(missing, 401, "unauthorized").await;
+    assert_error(
+        predict(Some("api-thre")).await.unwrap(),
+        401,
+        "unauthorized",
+    )
+    .await;
+    for token in ["api-one", "api-two"] {
+        assert_eq!(predict(Some(token)).await.unwrap().status(), 200, "{token}");
+    }
+    assert_eq!(
+        app.echo.calls(),
+        1,
+        "refused requests never reached the model"
+    );
+
+    let purge = |token: &str| {
+        app.http
+            .delete(app.url("/v1/models/echo/cache"))
+            .bearer_auth(token)
+            .send()
+    };
+    let forbidden = purge("api-one").await.unwrap();
+    assert!(header(&forbidden, "www-authenticate").contains("insufficient_scope"));
+    assert_error(forbidden, 403, "forbidden").await;
+    assert_eq!(purge("admin-s3cret").await.unwrap().status(), 200);
+
+    for open in ["/healthz", "/health", "/readyz"] {
+        assert_eq!(app.get(open).await.status(), 200, "{open} stays open");
+    }
+    assert_error(app.get("/metrics").await, 401, "unauthorized").await;
+    let metrics = app
+        .http
+        .get(app.url("/metrics"))
+        .bearer_auth("api-two")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(metrics.status(), 200);
 }
