@@ -35,6 +35,10 @@ use crate::routes::{App, Settings, router};
 /// (from the cache) and connecting in the background.
 const NATS_STARTUP_WAIT: Duration = Duration::from_secs(2);
 
+/// The most a request line and headers may take (hyper answers 431 past it): room
+/// for long tokens and query strings, not for abuse.
+const MAX_HEADER_BYTES: usize = 64 * 1024;
+
 /// How long shutdown waits for in-flight requests before closing what is left.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
@@ -173,7 +177,9 @@ impl Application {
         connections
             .http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(self.client_timeout);
+            .header_read_timeout(self.client_timeout)
+            // Request line and headers together; larger ones get 431.
+            .max_buf_size(MAX_HEADER_BYTES);
         let graceful = GracefulShutdown::new();
         tokio::pin!(shutdown);
         loop {

@@ -85,3 +85,58 @@ async fn on_shutdown_the_gateway_finishes_requests_in_flight_and_takes_no_new_on
         "a stopped gateway accepts no new connection"
     );
 }
+
+/// Sends raw request bytes and returns the status line of the answer.
+async fn status_line_of(app: &crate::helpers::TestApp, request: Vec<u8>) -> String {
+    let mut stream = TcpStream::connect(address(app)).await.unwrap();
+    // The gateway may answer (and close) before it has read everything we send.
+    let _ = stream.write_all(&request).await;
+    let response = read_until_closed(&mut stream).await;
+    response
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .chars()
+        .take(80)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_headers_and_query_strings_are_refused_before_any_work() {
+    let app = spawn_app(&[]).await;
+    let long_query = format!(
+        "GET /v1/models/echo/predict?q={} HTTP/1.1\r\nHost: gateway\r\nConnection: close\r\n\r\n",
+        "x".repeat(100_000)
+    );
+    assert_eq!(
+        status_line_of(&app, long_query.into_bytes()).await,
+        "HTTP/1.1 431 Request Header Fields Too Large"
+    );
+    let huge_header = format!(
+        "GET /healthz HTTP/1.1\r\nHost: gateway\r\nX-Padding: {}\r\nConnection: close\r\n\r\n",
+        "y".repeat(100_000)
+    );
+    assert_eq!(
+        status_line_of(&app, huge_header.into_bytes()).await,
+        "HTTP/1.1 431 Request Header Fields Too Large"
+    );
+    assert_eq!(app.echo.calls(), 0);
+    assert_eq!(app.get("/healthz").await.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deeply_nested_input_is_a_bad_request() {
+    let app = spawn_app(&[]).await;
+    let nested = format!("{{\"a\":{}1{}}}", "[".repeat(10_000), "]".repeat(10_000));
+    let response = app.post("/v1/models/echo/predict", &nested).await;
+    assert_eq!(response.status(), 400);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "invalid_json");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("recursion limit"),
+        "{body}"
+    );
+}
