@@ -185,7 +185,14 @@ impl Application {
         loop {
             let stream = tokio::select! {
                 accepted = self.listener.accept() => match accepted {
-                    Ok((stream, _)) => stream,
+                    Ok((stream, _)) => {
+                        // Responses are small: send them at once, not when Nagle's
+                        // algorithm has waited for the previous one's ACK.
+                        if let Err(err) = stream.set_nodelay(true) {
+                            debug!(error = %err, "could not set TCP_NODELAY");
+                        }
+                        stream
+                    }
                     Err(err) => {
                         // Out of file descriptors, say: back off instead of spinning.
                         warn!(error = %err, "could not accept a connection");
