@@ -1,5 +1,5 @@
 # One entry point for everything: `make help` lists the targets.
-.PHONY: help run test test-deps requests build lint fmt compose-check bench bench-micro
+.PHONY: help run test test-deps requests build lint fmt compose-check bench bench-micro fuzz
 
 help: ## list the targets
 	@awk -F':.*## ' '/^[a-z-]+:.*## / {printf "  make %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -34,6 +34,9 @@ bench: ## load benchmarks against same-run baselines (wrk); writes bench/results
 
 bench-micro: ## criterion micro-benchmarks of the hot pure functions
 	cargo bench --locked -p prediction-contract -p gateway
+
+fuzz: ## schemathesis against every route, from the gateway's own /openapi.json (pip-installs schemathesis)
+	scripts/fuzz.sh
 
 compose-check: ## validate docker-compose.yml and the Dockerfile offline
 	scripts/check-compose.sh

@@ -17,7 +17,8 @@
 //! - [`purge`]: purges broadcast to every gateway;
 //! - [`error`]: [`ApiError`](error::ApiError), every failure mapped to one status
 //!   and a JSON body;
-//! - [`request_log`] and [`metrics`]: one log line per request, Prometheus metrics.
+//! - [`request_log`] and [`metrics`]: one log line per request, Prometheus metrics;
+//! - [`openapi`]: the OpenAPI document, generated from the handlers.
 
 pub mod auth;
 pub mod cache;
@@ -28,6 +29,7 @@ pub mod error;
 pub mod freshness;
 pub mod metrics;
 pub mod model_client;
+pub mod openapi;
 pub mod prediction;
 pub mod purge;
 pub mod request_log;

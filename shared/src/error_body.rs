@@ -5,12 +5,15 @@ use serde::{Deserialize, Serialize};
 /// `{"error": {"code": "...", "message": "..."}}`: a stable machine-readable `code`
 /// for clients to branch on, and a `message` for the human reading it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorBody {
     pub error: ErrorDetail,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorDetail {
+    /// Stable, machine-readable: `invalid_json`, `no_worker`, `timeout`, ...
     pub code: String,
     pub message: String,
 }

@@ -15,6 +15,16 @@ use crate::purge::{self, PurgeNotice};
 
 /// `DELETE /v1/models/{model}/cache`: every cached prediction of the model, on
 /// every gateway.
+#[utoipa::path(delete, path = "/v1/models/{model}/cache", tag = "cache",
+    params(("model" = String, Path, description = "Model name", pattern = "^[a-z0-9][a-z0-9_-]{0,63}$")),
+    responses(
+        (status = 200, description = "What was purged: {\"model\", \"purged\": n, \"gateways\": k}", body = serde_json::Value),
+        (status = 400, description = "An invalid model name or input", body = prediction_contract::ErrorBody),
+        (status = 401, description = "A token is required and missing or wrong", body = prediction_contract::ErrorBody),
+        (status = 403, description = "An API token on a route that needs the admin token", body = prediction_contract::ErrorBody),
+        (status = 503, description = "Redis is unavailable", body = prediction_contract::ErrorBody),
+    ),
+    security((), ("bearer" = [])))]
 pub async fn purge_model(
     State(state): State<AppState>,
     model: Result<Path<String>, PathRejection>,
@@ -31,6 +41,18 @@ pub async fn purge_model(
 
 /// `POST /v1/models/{model}/cache/purge` with an input as the body: that one
 /// cached prediction, on every gateway.
+#[utoipa::path(post, path = "/v1/models/{model}/cache/purge", tag = "cache",
+    params(("model" = String, Path, description = "Model name", pattern = "^[a-z0-9][a-z0-9_-]{0,63}$")),
+    request_body(content = serde_json::Value, description = "The input whose prediction to purge", content_type = "application/json"),
+    responses(
+        (status = 200, description = "What was purged: {\"model\", \"purged\": n, \"gateways\": k}", body = serde_json::Value),
+        (status = 400, description = "An invalid model name or input", body = prediction_contract::ErrorBody),
+        (status = 401, description = "A token is required and missing or wrong", body = prediction_contract::ErrorBody),
+        (status = 403, description = "An API token on a route that needs the admin token", body = prediction_contract::ErrorBody),
+        (status = 503, description = "Redis is unavailable", body = prediction_contract::ErrorBody),
+        (status = 413, description = "The body is over `--max-body`", body = prediction_contract::ErrorBody),
+    ),
+    security((), ("bearer" = [])))]
 pub async fn purge_input(
     State(state): State<AppState>,
     model: Result<Path<String>, PathRejection>,

@@ -9,6 +9,8 @@ use serde_json::{Value, json};
 use super::AppState;
 
 /// `GET /healthz` (and `/health`, the original API's): the process is up.
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "The process is up: {\"status\":\"ok\"}", body = serde_json::Value)))]
 pub async fn health() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
@@ -20,6 +22,11 @@ enum Dependency {
     Down,
 }
 
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses(
+        (status = 200, description = "Ready: {\"status\":\"ok\"|\"degraded\",\"nats\",\"redis\"}", body = serde_json::Value),
+        (status = 503, description = "Neither NATS nor Redis is reachable", body = serde_json::Value),
+    ))]
 /// `GET /readyz`: whether the gateway can answer predictions. With one of NATS and
 /// Redis down it still can (from the cache, or from the workers) and says
 /// `degraded`; only with both down is it not ready.

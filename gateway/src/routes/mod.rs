@@ -1,8 +1,8 @@
 //! HTTP routes and the state they share.
 
-mod admin;
-mod health;
-mod predict;
+pub(crate) mod admin;
+pub(crate) mod health;
+pub(crate) mod predict;
 
 use std::sync::Arc;
 
@@ -69,6 +69,7 @@ pub fn router(state: AppState) -> Router {
         ));
     // Health checks stay open: orchestrators probe them without credentials.
     let health = Router::new()
+        .route("/openapi.json", get(crate::openapi::openapi_json))
         .route("/health", get(health::health))
         .route("/healthz", get(health::health))
         .route("/readyz", get(health::ready));
@@ -83,7 +84,13 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// `GET /metrics`: Prometheus text format.
-async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses(
+        (status = 200, description = "Prometheus text exposition format", content_type = "text/plain"),
+        (status = 401, description = "`--protect-metrics` is set and the token is missing or wrong", body = prediction_contract::ErrorBody),
+    ),
+    security((), ("bearer" = [])))]
+pub(crate) async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.metrics.render(),
@@ -92,6 +99,12 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
 
 /// `GET /v1/models`: the models served right now, their versions and how many
 /// workers serve each, as the workers themselves report.
-async fn list_models(State(state): State<AppState>) -> impl IntoResponse {
+#[utoipa::path(get, path = "/v1/models", tag = "predictions",
+    responses(
+        (status = 200, description = "{\"models\":[{\"name\",\"versions\":[...],\"workers\":n}]}", body = serde_json::Value),
+        (status = 401, description = "A token is required and missing or wrong", body = prediction_contract::ErrorBody),
+    ),
+    security((), ("bearer" = [])))]
+pub(crate) async fn list_models(State(state): State<AppState>) -> impl IntoResponse {
     axum::Json(serde_json::json!({ "models": state.directory.models().await }))
 }

@@ -29,6 +29,27 @@ pub struct PredictionOutcome {
 }
 
 /// `POST /v1/models/{model}/predict` with the input as a JSON object body.
+#[utoipa::path(post, path = "/v1/models/{model}/predict", tag = "predictions",
+    params(("model" = String, Path, description = "Model name", pattern = "^[a-z0-9][a-z0-9_-]{0,63}$"), ("cache-control" = Option<String>, Header, description = "no-cache, no-store, max-age=N, only-if-cached")),
+    request_body(content = serde_json::Value, description = "The input: a JSON object", content_type = "application/json"),
+    responses(
+        (status = 200, description = "The prediction, as the model computed it", body = serde_json::Value,
+            headers(
+                ("x-cache" = String, description = "HIT, STALE, MISS or BYPASS"),
+                ("age" = u64, description = "Whole seconds since the prediction was computed"),
+                ("cache-control" = String, description = "max-age=<freshness>, or no-store"),
+                ("cache-status" = String, description = "RFC 9211 cache status"),
+                ("x-model-version" = String, description = "Version of the model that computed it"),
+                ("x-request-id" = String, description = "The request's id, also in the worker's log"),
+            )),
+        (status = 400, description = "Malformed JSON, an input that is not an object, an invalid model name or query", body = prediction_contract::ErrorBody),
+        (status = 401, description = "A token is required (`--api-token`) and missing or wrong", body = prediction_contract::ErrorBody),
+        (status = 413, description = "The body is over `--max-body`", body = prediction_contract::ErrorBody),
+        (status = 422, description = "The worker rejected the input; its message is passed on", body = prediction_contract::ErrorBody),
+        (status = 503, description = "No worker serves the model, workers are busy, the gateway is overloaded or not connected to NATS", body = prediction_contract::ErrorBody),
+        (status = 504, description = "No answer within the deadline, or `only-if-cached` and nothing fresh is cached", body = prediction_contract::ErrorBody),
+    ),
+    security((), ("bearer" = [])))]
 pub async fn predict_from_body(
     State(state): State<AppState>,
     model: Result<Path<String>, PathRejection>,
@@ -45,6 +66,27 @@ pub async fn predict_from_body(
 
 /// `POST /predict`: the original API, `{"product_id": "ETH/EUR"}`, answered by the
 /// default model.
+#[utoipa::path(post, path = "/predict", tag = "predictions",
+    params(("cache-control" = Option<String>, Header, description = "no-cache, no-store, max-age=N, only-if-cached")),
+    request_body(content = serde_json::Value, description = "The input of the default model, e.g. {\"product_id\": \"ETH/EUR\"}", content_type = "application/json"),
+    responses(
+        (status = 200, description = "The prediction, as the model computed it", body = serde_json::Value,
+            headers(
+                ("x-cache" = String, description = "HIT, STALE, MISS or BYPASS"),
+                ("age" = u64, description = "Whole seconds since the prediction was computed"),
+                ("cache-control" = String, description = "max-age=<freshness>, or no-store"),
+                ("cache-status" = String, description = "RFC 9211 cache status"),
+                ("x-model-version" = String, description = "Version of the model that computed it"),
+                ("x-request-id" = String, description = "The request's id, also in the worker's log"),
+            )),
+        (status = 400, description = "Malformed JSON, an input that is not an object, an invalid model name or query", body = prediction_contract::ErrorBody),
+        (status = 401, description = "A token is required (`--api-token`) and missing or wrong", body = prediction_contract::ErrorBody),
+        (status = 413, description = "The body is over `--max-body`", body = prediction_contract::ErrorBody),
+        (status = 422, description = "The worker rejected the input; its message is passed on", body = prediction_contract::ErrorBody),
+        (status = 503, description = "No worker serves the model, workers are busy, the gateway is overloaded or not connected to NATS", body = prediction_contract::ErrorBody),
+        (status = 504, description = "No answer within the deadline, or `only-if-cached` and nothing fresh is cached", body = prediction_contract::ErrorBody),
+    ),
+    security((), ("bearer" = [])))]
 pub async fn predict_default_model(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -57,6 +99,27 @@ pub async fn predict_default_model(
 
 /// `GET /v1/models/{model}/predict?key=value&...`: the query becomes an object of
 /// strings, for trying things with curl.
+#[utoipa::path(get, path = "/v1/models/{model}/predict", tag = "predictions",
+    params(("model" = String, Path, description = "Model name", pattern = "^[a-z0-9][a-z0-9_-]{0,63}$"),
+        ("product_id" = Option<String>, Query, description = "Every query parameter becomes a string field of the input")),
+    responses(
+        (status = 200, description = "The prediction, as the model computed it", body = serde_json::Value,
+            headers(
+                ("x-cache" = String, description = "HIT, STALE, MISS or BYPASS"),
+                ("age" = u64, description = "Whole seconds since the prediction was computed"),
+                ("cache-control" = String, description = "max-age=<freshness>, or no-store"),
+                ("cache-status" = String, description = "RFC 9211 cache status"),
+                ("x-model-version" = String, description = "Version of the model that computed it"),
+                ("x-request-id" = String, description = "The request's id, also in the worker's log"),
+            )),
+        (status = 400, description = "Malformed JSON, an input that is not an object, an invalid model name or query", body = prediction_contract::ErrorBody),
+        (status = 401, description = "A token is required (`--api-token`) and missing or wrong", body = prediction_contract::ErrorBody),
+        (status = 413, description = "The body is over `--max-body`", body = prediction_contract::ErrorBody),
+        (status = 422, description = "The worker rejected the input; its message is passed on", body = prediction_contract::ErrorBody),
+        (status = 503, description = "No worker serves the model, workers are busy, the gateway is overloaded or not connected to NATS", body = prediction_contract::ErrorBody),
+        (status = 504, description = "No answer within the deadline, or `only-if-cached` and nothing fresh is cached", body = prediction_contract::ErrorBody),
+    ),
+    security((), ("bearer" = [])))]
 pub async fn predict_from_query(
     State(state): State<AppState>,
     model: Result<Path<String>, PathRejection>,

@@ -1,0 +1,56 @@
+//! The OpenAPI 3 document of the gateway, generated from the handlers' own
+//! annotations so that it cannot drift from the code; served at `/openapi.json`.
+
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use crate::routes;
+
+#[derive(Debug, OpenApi)]
+#[openapi(
+    info(
+        title = "Prediction gateway",
+        description = "Answers ML predictions from a cache and asks NATS model workers only on a miss. \
+                       Every error is `{\"error\":{\"code\",\"message\"}}`."
+    ),
+    paths(
+        routes::predict::predict_from_body,
+        routes::predict::predict_from_query,
+        routes::predict::predict_default_model,
+        routes::list_models,
+        routes::admin::purge_model,
+        routes::admin::purge_input,
+        routes::health::health,
+        routes::health::ready,
+        routes::metrics,
+        openapi_json,
+    ),
+    components(schemas(prediction_contract::ErrorBody, prediction_contract::error_body::ErrorDetail)),
+    modifiers(&BearerToken),
+    tags(
+        (name = "predictions", description = "Predictions, from the cache or a model worker"),
+        (name = "cache", description = "Purging cached predictions"),
+        (name = "operations", description = "Health, readiness, metrics"),
+    )
+)]
+pub struct ApiDoc;
+
+/// The `bearer` security scheme the token-guarded routes refer to.
+struct BearerToken;
+
+impl Modify for BearerToken {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// `GET /openapi.json`: this document.
+#[utoipa::path(get, path = "/openapi.json", tag = "operations",
+    responses((status = 200, description = "The OpenAPI 3 document of this gateway", content_type = "application/json")))]
+pub async fn openapi_json() -> axum::Json<utoipa::openapi::OpenApi> {
+    axum::Json(ApiDoc::openapi())
+}
