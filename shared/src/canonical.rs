@@ -463,4 +463,67 @@ mod tests {
         assert_ne!(a, b);
         assert!(a.len() == 64 && a.bytes().all(|c| c.is_ascii_hexdigit()));
     }
+
+    mod properties {
+        use proptest::prelude::*;
+        use serde_json::{Map, Value};
+
+        use super::super::*;
+
+        /// Any JSON value, numbers written in assorted spellings.
+        fn json_value() -> impl Strategy<Value = Value> {
+            let number = prop_oneof![
+                any::<i64>().prop_map(|n| n.to_string()),
+                any::<u64>().prop_map(|n| format!("{n}.000")),
+                (any::<i32>(), -30i32..30).prop_map(|(m, e)| format!("{m}e{e}")),
+                any::<f64>()
+                    .prop_filter("finite", |f| f.is_finite())
+                    .prop_map(|f| format!("{f:?}")),
+            ]
+            .prop_map(|text| Value::Number(serde_json::from_str(&text).unwrap()));
+            let leaf = prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::Bool),
+                number,
+                ".{0,12}".prop_map(Value::String),
+            ];
+            leaf.prop_recursive(4, 48, 6, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                    prop::collection::btree_map(".{0,8}", inner, 0..6)
+                        .prop_map(|entries| Value::Object(entries.into_iter().collect())),
+                ]
+            })
+        }
+
+        fn json_object() -> impl Strategy<Value = Map<String, Value>> {
+            prop::collection::btree_map(".{0,8}", json_value(), 0..8)
+                .prop_map(|entries| entries.into_iter().collect())
+        }
+
+        proptest! {
+            #[test]
+            fn the_canonical_form_is_a_fixed_point(object in json_object()) {
+                let once = CanonicalInput::from_value(&Value::Object(object)).unwrap();
+                let twice = CanonicalInput::from_json_slice(once.as_str().as_bytes()).unwrap();
+                prop_assert_eq!(once, twice);
+            }
+
+            #[test]
+            fn spelling_and_key_order_do_not_change_the_form(object in json_object()) {
+                let compact = serde_json::to_string(&object).unwrap();
+                let pretty = serde_json::to_string_pretty(&object).unwrap();
+                let reversed: Map<String, Value> = object.clone().into_iter().rev().collect();
+                let reversed = serde_json::to_string(&reversed).unwrap();
+                let canonical = |text: &str| CanonicalInput::from_json_slice(text.as_bytes()).unwrap();
+                prop_assert_eq!(canonical(&compact), canonical(&pretty));
+                prop_assert_eq!(canonical(&compact), canonical(&reversed));
+            }
+
+            #[test]
+            fn any_bytes_give_an_input_or_an_error_never_a_panic(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+                let _ = CanonicalInput::from_json_slice(&bytes);
+            }
+        }
+    }
 }

@@ -4,6 +4,7 @@
 //! gateway can tell the client its `Age` and never serve a prediction past its
 //! freshness (or past its stale period) whatever the store still holds.
 
+use std::borrow::Cow;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -26,7 +27,10 @@ pub struct CachedPrediction {
 /// into the response without parsing it.
 #[derive(Serialize, Deserialize)]
 struct StoredEntry<'a> {
-    model_version: &'a str,
+    /// Borrowed unless the JSON string holds escapes (a version with a control
+    /// character, say), which a plain `&str` could not decode.
+    #[serde(borrow)]
+    model_version: Cow<'a, str>,
     computed_at_ms: u64,
     fresh_ms: u64,
     #[serde(borrow)]
@@ -43,7 +47,7 @@ impl CachedPrediction {
         let prediction: &RawValue = serde_json::from_slice(&self.prediction)
             .expect("predictions are validated as JSON before they are cached");
         serde_json::to_vec(&StoredEntry {
-            model_version: &self.model_version,
+            model_version: Cow::Borrowed(&self.model_version),
             computed_at_ms: self.computed_at_ms,
             fresh_ms: u64::try_from(self.fresh_for.as_millis()).unwrap_or(u64::MAX),
             prediction,
@@ -55,7 +59,7 @@ impl CachedPrediction {
         let stored: StoredEntry<'_> = serde_json::from_slice(bytes)?;
         Ok(Self {
             prediction: Bytes::copy_from_slice(stored.prediction.get().as_bytes()),
-            model_version: stored.model_version.to_owned(),
+            model_version: stored.model_version.into_owned(),
             computed_at_ms: stored.computed_at_ms,
             fresh_for: Duration::from_millis(stored.fresh_ms),
         })
@@ -144,5 +148,34 @@ mod tests {
         assert!(!entry.is_within_stale_period(1_090_000, stale_for));
         assert_eq!(entry.staleness(1_065_000), Duration::from_secs(5));
         assert!(!entry.is_within_stale_period(1_060_000, Duration::ZERO));
+    }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::super::*;
+
+        proptest! {
+            #[test]
+            fn decoding_any_bytes_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..1024)) {
+                let _ = CachedPrediction::decode(&bytes);
+            }
+
+            #[test]
+            fn entries_round_trip(
+                text in ".{0,40}",
+                version in ".{0,12}",
+                computed_at_ms in any::<u64>(),
+                fresh_ms in 0u64..u64::from(u32::MAX),
+            ) {
+                let entry = CachedPrediction {
+                    prediction: Bytes::from(serde_json::to_vec(&serde_json::json!({"p": text})).unwrap()),
+                    model_version: version,
+                    computed_at_ms,
+                    fresh_for: Duration::from_millis(fresh_ms),
+                };
+                prop_assert_eq!(CachedPrediction::decode(&entry.encode()).unwrap(), entry);
+            }
+        }
     }
 }

@@ -64,3 +64,42 @@ async fn redis_killed_under_load_fails_no_request_and_caching_resumes_after_rest
     let second = app.post("/v1/models/echo/predict", r#"{"after":1}"#).await;
     assert_eq!(header(&second, "x-cache"), "HIT");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_a_nats_restart_hits_are_served_misses_fail_fast_and_service_resumes() {
+    let mut app = spawn_app(&["--request-timeout", "30s"]).await;
+    let warm = app.post("/v1/models/echo/predict", r#"{"n":1}"#).await;
+    assert_eq!(warm.status(), 200);
+
+    app.nats.stop();
+    // Wait until the gateway has noticed (its readiness says so).
+    for _ in 0..50 {
+        let ready: serde_json::Value = app.get("/readyz").await.json().await.unwrap();
+        if ready["nats"] == "down" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let hit = app.post("/v1/models/echo/predict", r#"{"n":1}"#).await;
+    assert_eq!(hit.status(), 200, "cached predictions are still served");
+    assert_eq!(header(&hit, "x-cache"), "HIT");
+    // A miss fails at once (the HTTP client would give up long before the 30 s timeout).
+    let miss = app.post("/v1/models/echo/predict", r#"{"n":2}"#).await;
+    assert_eq!(miss.status(), 503);
+    let body: serde_json::Value = miss.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "nats_unavailable");
+
+    app.nats.restart();
+    // Gateway and worker reconnect by themselves; no restart of ours.
+    let mut recovered = None;
+    for _ in 0..100 {
+        let response = app.post("/v1/models/echo/predict", r#"{"n":3}"#).await;
+        if response.status() == 200 {
+            recovered = Some(response);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let recovered = recovered.expect("predictions resume after NATS is back");
+    assert_eq!(header(&recovered, "x-cache"), "MISS");
+}

@@ -512,3 +512,77 @@ async fn an_independent_python_client_sees_what_nats_req_and_nats_micro_info_sho
     assert_eq!(seen["stats"]["endpoints"][0]["num_requests"], 2);
     assert_eq!(seen["stats"]["endpoints"][0]["num_errors"], 1);
 }
+
+/// Hostile payloads straight to the worker's endpoint: random bytes, invalid UTF-8,
+/// deep nesting, huge numbers, strings near NATS's payload limit. Every one gets an
+/// answer (a prediction or a 400), and the worker goes on serving.
+#[test]
+fn hostile_payloads_get_an_answer_every_time_and_the_worker_goes_on() {
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, TestRunner};
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (running, client) = runtime.block_on(async {
+        let running = start(&[]).await;
+        let client = async_nats::ConnectOptions::new()
+            .request_timeout(Some(Duration::from_secs(5)))
+            .connect(format!(
+                "nats://127.0.0.1:{}",
+                running.client.server_info().port
+            ))
+            .await
+            .unwrap();
+        (running, client)
+    });
+
+    let ask = |payload: Vec<u8>| -> Result<async_nats::Message, async_nats::RequestError> {
+        runtime.block_on(client.request("predict.price", payload.into()))
+    };
+    let answered_properly =
+        |reply: &async_nats::Message| match header(reply, "Nats-Service-Error-Code") {
+            Some(code) => code == "400" && reply.payload.is_empty(),
+            None => serde_json::from_slice::<Value>(&reply.payload).is_ok(),
+        };
+
+    let max_payload = client.server_info().max_payload;
+    let fixed: Vec<Vec<u8>> = vec![
+        format!("{}{}", "[".repeat(100_000), "]".repeat(100_000)).into_bytes(),
+        br#"{"product_id": 1e999999999}"#.to_vec(),
+        format!(r#"{{"product_id": {}}}"#, "9".repeat(10_000)).into_bytes(),
+        b"\xff\xfe\xfd{\"product_id\":\"\xc3\x28\"}".to_vec(),
+        format!(r#"{{"product_id": "{}"}}"#, "x".repeat(max_payload - 1_024)).into_bytes(),
+        Vec::new(),
+    ];
+    for payload in fixed {
+        let reply = ask(payload).expect("a hostile payload still gets a reply");
+        assert!(
+            answered_properly(&reply),
+            "improper reply {:?}",
+            reply.headers
+        );
+    }
+
+    let mut runner = TestRunner::new(Config {
+        cases: 200,
+        ..Config::default()
+    });
+    runner
+        .run(&prop::collection::vec(any::<u8>(), 0..4_096), |payload| {
+            let reply = ask(payload).map_err(|err| TestCaseError::fail(err.to_string()))?;
+            prop_assert!(answered_properly(&reply));
+            Ok(())
+        })
+        .unwrap();
+
+    let reply = ask(br#"{"product_id":"ETH/EUR"}"#.to_vec()).unwrap();
+    assert_eq!(
+        header(&reply, "Nats-Service-Error-Code"),
+        None,
+        "the worker goes on serving"
+    );
+    drop(running);
+}
