@@ -1,5 +1,5 @@
 # One entry point for everything: `make help` lists the targets.
-.PHONY: help run test test-deps requests build lint fmt compose-check bench bench-micro fuzz
+.PHONY: help run test test-deps requests build lint fmt compose-check bench bench-micro fuzz soak
 
 help: ## list the targets
 	@awk -F':.*## ' '/^[a-z-]+:.*## / {printf "  make %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -31,6 +31,11 @@ bench: ## load benchmarks against same-run baselines (wrk); writes bench/results
 	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq wrk; } || { echo "install wrk: apt-get install wrk" >&2; exit 1; }
 	cargo build --release --locked --bin gateway --bin worker --bin bench
 	ulimit -n 65536 2>/dev/null; target/release/bench
+
+soak: ## 10 minutes of mixed load (SOAK_MINUTES to change); memory reported along the way
+	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq wrk; } || { echo "install wrk: apt-get install wrk" >&2; exit 1; }
+	cargo build --release --locked --bin gateway --bin worker --bin bench
+	target/release/bench soak
 
 bench-micro: ## criterion micro-benchmarks of the hot pure functions
 	cargo bench --locked -p prediction-contract -p gateway

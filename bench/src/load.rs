@@ -16,6 +16,9 @@ pub struct Measured {
     pub errors: u64,
     /// Responses with a status >= 400.
     pub status_errors: u64,
+    /// Responses with a 5xx status, counted only when [`Load::count_server_errors`].
+    #[serde(default)]
+    pub server_errors: u64,
     pub p50_us: f64,
     pub p90_us: f64,
     pub p99_us: f64,
@@ -36,22 +39,43 @@ pub struct Load {
     /// A Lua expression for the request path, evaluated per request; `n` counts
     /// this thread's requests (so `"/p?k=" .. n` makes every request distinct).
     pub path: String,
+    /// Count 5xx responses apart from 4xx ones (slows wrk a little: it then looks
+    /// at every response).
+    pub count_server_errors: bool,
 }
 
 /// Runs wrk against `port` and returns what it measured.
 pub fn run(port: u16, load: &Load) -> anyhow::Result<Measured> {
+    let counting = if load.count_server_errors {
+        r#"
+local worker_thread
+setup = function(thread) worker_thread = thread end
+server_errors = 0
+response = function(status, headers, body)
+  if status >= 500 then server_errors = server_errors + 1 end
+end
+"#
+    } else {
+        ""
+    };
+    let server_errors = if load.count_server_errors {
+        r#"tonumber(worker_thread:get("server_errors"))"#
+    } else {
+        "0"
+    };
     let script = format!(
         r#"
 math.randomseed(os.time())
 local n = 0
+{counting}
 request = function()
   n = n + 1
   return wrk.format("GET", {path})
 end
 done = function(summary, latency, requests)
   local e = summary.errors
-  io.write(string.format('WRKJSON {{"requests":%d,"duration_us":%d,"errors":%d,"status_errors":%d,"p50_us":%f,"p90_us":%f,"p99_us":%f,"max_us":%f}}\n',
-    summary.requests, summary.duration, e.connect + e.read + e.write + e.timeout, e.status,
+  io.write(string.format('WRKJSON {{"requests":%d,"duration_us":%d,"errors":%d,"status_errors":%d,"server_errors":%d,"p50_us":%f,"p90_us":%f,"p99_us":%f,"max_us":%f}}\n',
+    summary.requests, summary.duration, e.connect + e.read + e.write + e.timeout, e.status, {server_errors},
     latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max))
 end
 "#,

@@ -4,9 +4,12 @@
 //!
 //! Settings: `BENCH_SECONDS` (per wrk run, default 5), `BENCH_CONNECTIONS`
 //! (default 64), `BENCH_RUST_LOG` (the services' log level, default `info`).
+//!
+//! `bench soak` (`make soak`) runs the long mixed load instead; see [`soak`].
 
 mod load;
 mod report;
+mod soak;
 mod stack;
 
 use std::path::Path;
@@ -137,6 +140,9 @@ fn version_of(command: &str, arg: &str) -> String {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    if std::env::args().nth(1).as_deref() == Some("soak") {
+        return soak::run().await;
+    }
     let seconds = Duration::from_secs(env_number("BENCH_SECONDS", 5));
     let connections = env_number("BENCH_CONNECTIONS", 64) as u32;
     if Command::new("wrk").arg("--version").output().is_err() {
@@ -167,6 +173,7 @@ async fn main() -> anyhow::Result<()> {
         connections,
         duration: seconds,
         path: path.to_owned(),
+        count_server_errors: false,
     };
 
     say("baseline: GET /healthz");
@@ -307,6 +314,7 @@ async fn main() -> anyhow::Result<()> {
             path: format!(
                 r#""/v1/models/price/predict?product_id=R{run_id}-" .. math.random(0, 99999)"#
             ),
+            count_server_errors: false,
         },
     )?;
     check_clean("256 connections", &wide)?;
@@ -450,6 +458,7 @@ async fn main() -> anyhow::Result<()> {
                 connections: 16,
                 duration: seconds * 2,
                 path: format!(r#""/v1/models/price/predict?product_id=W{run_id}-{count}-" .. n"#),
+                count_server_errors: false,
             },
         )?;
         check_clean("scale-out", &measured)?;
