@@ -1,5 +1,5 @@
 # One entry point for everything: `make help` lists the targets.
-.PHONY: help run test test-deps requests build lint fmt compose-check bench bench-micro fuzz soak
+.PHONY: help run test test-deps requests build lint fmt compose-check bench bench-micro fuzz soak audit
 
 help: ## list the targets
 	@awk -F':.*## ' '/^[a-z-]+:.*## / {printf "  make %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -42,6 +42,10 @@ bench-micro: ## criterion micro-benchmarks of the hot pure functions
 
 fuzz: ## schemathesis against every route, from the gateway's own /openapi.json (pip-installs schemathesis)
 	scripts/fuzz.sh
+
+audit: ## licenses, banned crates and sources of every dependency (cargo-deny, installed if missing)
+	@command -v cargo-deny >/dev/null || cargo install cargo-deny --locked
+	cargo deny check licenses bans sources
 
 compose-check: ## validate docker-compose.yml and the Dockerfile offline
 	scripts/check-compose.sh

@@ -25,7 +25,8 @@ pub async fn run() -> anyhow::Result<()> {
         stack::worker(&nats.url(), &["--latency-ms", "5"]).await?,
     ];
     // A short freshness, so entries keep expiring and being recomputed.
-    let (gateway, port) = stack::gateway(&nats.url(), &redis.url(), &["--cache-ttl", "20s"]).await?;
+    let (gateway, port) =
+        stack::gateway(&nats.url(), &redis.url(), &["--cache-ttl", "20s"]).await?;
     // 70% hits on 200 hot inputs, 25% misses on fresh inputs, 5% requests the
     // worker rejects (422): expected errors, not failures.
     let path = r#"(function()
@@ -38,7 +39,7 @@ pub async fn run() -> anyhow::Result<()> {
     let started = Instant::now();
     let mut rows = Vec::new();
     let (mut requests, mut failures, mut server_errors) = (0u64, 0u64, 0u64);
-    println!("| minute | requests so far | gateway RSS | worker RSS (largest) |");
+    println!("| minute | requests so far | gateway peak RSS | worker peak RSS (largest) |");
     println!("|---:|---:|---:|---:|");
     for minute in 1..=minutes {
         let measured = load::run(
@@ -61,7 +62,8 @@ pub async fn run() -> anyhow::Result<()> {
                 .max()
                 .unwrap_or(0) as f64
                 / (1 << 20) as f64;
-            let row = format!("| {minute} | {requests} | {gateway_rss:.1} MiB | {worker_rss:.1} MiB |");
+            let row =
+                format!("| {minute} | {requests} | {gateway_rss:.1} MiB | {worker_rss:.1} MiB |");
             println!("{row}");
             rows.push(row);
         }

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use prediction_contract::ModelName;
+use prediction_contract::nats_connection::NatsArgs;
 use prediction_contract::telemetry::LogFormat;
 
 #[derive(Debug, Clone, Parser)]
@@ -18,13 +19,18 @@ pub struct GatewayConfig {
     #[arg(long, env = "GATEWAY_LISTEN", default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
 
-    /// NATS server(s) to connect to, comma-separated.
-    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
-    pub nats_url: String,
+    #[command(flatten)]
+    pub nats: NatsArgs,
 
-    /// Redis holding the cached predictions.
+    /// Redis holding the cached predictions. Credentials may go in the URL
+    /// (`redis://user:password@host:6379`); `rediss://` asks for TLS.
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     pub redis_url: String,
+
+    /// PEM file of the CA that signed the Redis server's certificate (for
+    /// `rediss://` URLs); the system's trust store is used otherwise.
+    #[arg(long, env = "REDIS_TLS_CA")]
+    pub redis_tls_ca: Option<std::path::PathBuf>,
 
     /// How long a client waits for a model's answer before getting 504.
     #[arg(long, env = "GATEWAY_REQUEST_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]

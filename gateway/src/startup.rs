@@ -12,7 +12,6 @@ use axum::extract::DefaultBodyLimit;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
-use prediction_contract::nats_connection;
 use prediction_contract::telemetry::redact_url;
 use tokio::net::TcpListener;
 use tower::ServiceExt;
@@ -57,8 +56,8 @@ impl Application {
     /// Neither being down stops the gateway from starting: it reconnects to both by
     /// itself and `/readyz` says what is missing meanwhile.
     pub async fn build(config: GatewayConfig) -> anyhow::Result<Self> {
-        let nats_url = redact_url(&config.nats_url);
-        let (nats_options, nats_servers) = nats_connection::connect_options(&config.nats_url)?;
+        let nats_url = config.nats.redacted_url();
+        let (nats_options, nats_servers) = config.nats.connect_options().await?;
         let nats = nats_options
             .name("prediction-gateway")
             .retry_on_initial_connect()
@@ -78,6 +77,7 @@ impl Application {
         let cache = PredictionCache::new(
             &CacheSettings {
                 redis_url: config.redis_url.clone(),
+                redis_tls_ca: config.redis_tls_ca.clone(),
                 redis_timeout: config.redis_timeout,
                 stale_ttl: config.stale_ttl,
                 local_capacity: config.local_capacity,

@@ -5,8 +5,85 @@
 //! authenticates with a user and password, `nats://token@host` with a token (the
 //! NATS CLI's conventions). The servers are then given without credentials.
 
+use std::path::PathBuf;
+
 use async_nats::{ConnectOptions, ServerAddr};
 use percent_encoding::percent_decode_str;
+
+/// How to reach and authenticate to NATS; every flag also reads an environment
+/// variable. Shared by the gateway and the worker.
+#[derive(Clone, clap::Args)]
+pub struct NatsArgs {
+    /// NATS server(s), comma-separated. Credentials may go in the URL:
+    /// `nats://user:password@host:4222` or `nats://token@host:4222`; `tls://` asks
+    /// for TLS.
+    #[arg(
+        long = "nats-url",
+        env = "NATS_URL",
+        default_value = "nats://127.0.0.1:4222"
+    )]
+    pub url: String,
+
+    /// A `.creds` file (user JWT and NKey seed) to authenticate with.
+    #[arg(long = "nats-creds", env = "NATS_CREDS")]
+    pub creds: Option<PathBuf>,
+
+    /// An NKey seed (`SU...`) to authenticate with.
+    #[arg(long = "nats-nkey", env = "NATS_NKEY", hide_env_values = true)]
+    pub nkey: Option<String>,
+
+    /// PEM file of the CA that signed the NATS server's certificate; makes TLS
+    /// required.
+    #[arg(long = "nats-tls-ca", env = "NATS_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for NatsArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsArgs")
+            .field("url", &crate::telemetry::redact_url(&self.url))
+            .field("creds", &self.creds)
+            .field("nkey", &self.nkey.as_ref().map(|_| "***"))
+            .field("tls_ca", &self.tls_ca)
+            .finish()
+    }
+}
+
+impl NatsArgs {
+    /// The servers to connect to and the options that authenticate (and secure)
+    /// the connection.
+    pub async fn connect_options(&self) -> Result<(ConnectOptions, Vec<ServerAddr>), NatsUrlError> {
+        let (mut options, servers) = connect_options(&self.url)?;
+        if let Some(creds) = &self.creds {
+            options = options
+                .credentials_file(creds)
+                .await
+                .map_err(|err| NatsUrlError::Credentials(format!("{}: {err}", creds.display())))?;
+        }
+        if let Some(seed) = &self.nkey {
+            options = options.nkey(seed.clone());
+        }
+        if let Some(ca) = &self.tls_ca {
+            if !ca.is_file() {
+                return Err(NatsUrlError::Credentials(format!(
+                    "the NATS CA file {} does not exist",
+                    ca.display()
+                )));
+            }
+            options = options.add_root_certificates(ca.clone()).require_tls(true);
+        }
+        Ok((options, servers))
+    }
+
+    /// The URLs, fit for logs.
+    pub fn redacted_url(&self) -> String {
+        self.url
+            .split(',')
+            .map(|url| crate::telemetry::redact_url(url.trim()))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
 
 /// Why a NATS URL list cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -17,6 +94,8 @@ pub enum NatsUrlError {
     ConflictingCredentials,
     #[error("no NATS server URL given")]
     Empty,
+    #[error("cannot use the NATS credentials: {0}")]
+    Credentials(String),
 }
 
 /// The servers of a comma-separated URL list, and connect options carrying the

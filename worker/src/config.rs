@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use prediction_contract::ModelName;
+use prediction_contract::nats_connection::NatsArgs;
 use prediction_contract::telemetry::LogFormat;
 
 #[derive(Debug, Clone, Parser)]
@@ -13,9 +14,8 @@ use prediction_contract::telemetry::LogFormat;
     about = "Serves model predictions on NATS (predict.<model>)."
 )]
 pub struct WorkerConfig {
-    /// NATS server(s) to connect to, comma-separated.
-    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
-    pub nats_url: String,
+    #[command(flatten)]
+    pub nats: NatsArgs,
 
     /// Models to serve: repeat the flag or give a comma-separated list.
     #[arg(

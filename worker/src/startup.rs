@@ -9,9 +9,7 @@ use async_nats::service::{self, Service, ServiceExt, endpoint::Endpoint};
 use futures::StreamExt;
 use prediction_contract::ReplyMetadata;
 use prediction_contract::headers::{self, error_codes};
-use prediction_contract::nats_connection;
 use prediction_contract::subjects::{PREDICT_SUBJECT_PREFIX, QUEUE_GROUP, SERVICE_NAME};
-use prediction_contract::telemetry::redact_url;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tracing::{info, warn};
@@ -83,8 +81,8 @@ impl Worker {
         if config.concurrency == 0 {
             bail!("--concurrency must be at least 1");
         }
-        let nats_url = redact_url(&config.nats_url);
-        let (nats_options, nats_servers) = nats_connection::connect_options(&config.nats_url)?;
+        let nats_url = config.nats.redacted_url();
+        let (nats_options, nats_servers) = config.nats.connect_options().await?;
         let client = nats_options
             .name(SERVICE_NAME)
             .event_callback(|event| async move { info!(%event, "NATS connection event") })
@@ -215,13 +213,13 @@ pub async fn health_check(config: &WorkerConfig) -> anyhow::Result<()> {
         .context("--health-check needs --id-file")?;
     let id = std::fs::read_to_string(path)
         .with_context(|| format!("reading the worker id from {}", path.display()))?;
-    let (nats_options, nats_servers) = nats_connection::connect_options(&config.nats_url)?;
+    let (nats_options, nats_servers) = config.nats.connect_options().await?;
     let client = nats_options
         .connection_timeout(Duration::from_secs(2))
         .request_timeout(Some(Duration::from_secs(2)))
         .connect(nats_servers.as_slice())
         .await
-        .with_context(|| format!("connecting to NATS at {}", redact_url(&config.nats_url)))?;
+        .with_context(|| format!("connecting to NATS at {}", config.nats.redacted_url()))?;
     client
         .request(format!("$SRV.PING.{SERVICE_NAME}.{}", id.trim()), "".into())
         .await

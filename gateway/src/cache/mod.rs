@@ -39,6 +39,8 @@ pub enum Lookup {
 #[derive(Debug, Clone)]
 pub struct CacheSettings {
     pub redis_url: String,
+    /// CA of the Redis server's certificate, for `rediss://`.
+    pub redis_tls_ca: Option<std::path::PathBuf>,
     pub redis_timeout: Duration,
     /// How long entries are kept after their freshness, to be served stale.
     pub stale_ttl: Duration,
@@ -78,7 +80,25 @@ impl PredictionCache {
         let connection_info =
             redis::IntoConnectionInfo::into_connection_info(settings.redis_url.as_str())?
                 .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
-        let client = redis::Client::open(connection_info)?;
+        let client = match &settings.redis_tls_ca {
+            None => redis::Client::open(connection_info)?,
+            Some(ca) => {
+                let root_cert = std::fs::read(ca).map_err(|err| {
+                    redis::RedisError::from((
+                        redis::ErrorKind::Io,
+                        "cannot read the Redis CA file",
+                        format!("{}: {err}", ca.display()),
+                    ))
+                })?;
+                redis::Client::build_with_tls(
+                    connection_info,
+                    redis::TlsCertificates {
+                        client_tls: None,
+                        root_cert: Some(root_cert),
+                    },
+                )?
+            }
+        };
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(settings.redis_timeout))
             .set_response_timeout(Some(settings.redis_timeout))

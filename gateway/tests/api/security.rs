@@ -4,6 +4,7 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use clap::Parser;
 use prediction_contract::{CacheKey, CanonicalInput, ModelName};
 use test_support::{NatsServer, RedisServer};
 
@@ -195,4 +196,135 @@ async fn with_tokens_configured_each_route_asks_for_the_right_one() {
         .await
         .unwrap();
     assert_eq!(metrics.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_and_redis_over_tls_with_a_private_ca() {
+    let certificates = test_support::Certificates::generate();
+    let (cert, key, ca) = (
+        certificates.server_cert.to_str().unwrap(),
+        certificates.server_key.to_str().unwrap(),
+        certificates.ca.to_str().unwrap(),
+    );
+    let nats = NatsServer::start_with_args(&["--tls", "--tlscert", cert, "--tlskey", key]);
+    let redis = RedisServer::start_tls(&certificates);
+    let nats_url = format!("tls://127.0.0.1:{}", nats.port());
+    let redis_url = format!("rediss://127.0.0.1:{}", redis.port());
+
+    let worker_config = worker::WorkerConfig::try_parse_from([
+        "worker",
+        "--nats-url",
+        &nats_url,
+        "--nats-tls-ca",
+        ca,
+    ])
+    .unwrap();
+    let worker = worker::Worker::build_with_models(&worker_config, vec![StubModel::new("echo")])
+        .await
+        .expect("the worker connects over TLS");
+    let (stop_worker, stopped) = tokio::sync::oneshot::channel::<()>();
+    let worker_task = tokio::spawn(worker.run(async {
+        let _ = stopped.await;
+    }));
+
+    let config = gateway::GatewayConfig::try_parse_from([
+        "gateway",
+        "--listen",
+        "127.0.0.1:0",
+        "--nats-url",
+        &nats_url,
+        "--nats-tls-ca",
+        ca,
+        "--redis-url",
+        &redis_url,
+        "--redis-tls-ca",
+        ca,
+    ])
+    .unwrap();
+    let app = gateway::Application::build(config).await.unwrap();
+    let url = format!("http://127.0.0.1:{}", app.port());
+    let (stop_gateway, gateway_stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(app.run(async {
+        let _ = gateway_stopped.await;
+    }));
+
+    let http = reqwest::Client::new();
+    let ready: serde_json::Value = http
+        .get(format!("{url}/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        ready["status"], "ok",
+        "both TLS connections are up: {ready}"
+    );
+    for expected in ["MISS", "HIT"] {
+        let response = http
+            .post(format!("{url}/v1/models/echo/predict"))
+            .body(r#"{"tls":true}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(header(&response, "x-cache"), expected);
+    }
+    let _ = stop_gateway.send(());
+    let _ = stop_worker.send(());
+    worker_task.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_and_gateways_authenticate_with_an_nkey() {
+    let user = nkeys::KeyPair::new_user();
+    let seed = user.seed().unwrap();
+    let config_file = std::env::temp_dir().join(format!("nats-nkey-{}.conf", std::process::id()));
+    std::fs::write(
+        &config_file,
+        format!(
+            "authorization {{ users = [ {{ nkey: \"{}\" }} ] }}\n",
+            user.public_key()
+        ),
+    )
+    .unwrap();
+    let nats = NatsServer::start_with_args(&["-c", config_file.to_str().unwrap()]);
+    let redis = RedisServer::start();
+
+    let refused =
+        worker::WorkerConfig::try_parse_from(["worker", "--nats-url", &nats.url()]).unwrap();
+    let err = worker::Worker::build_with_models(&refused, vec![StubModel::new("echo")])
+        .await
+        .expect_err("without the NKey the server refuses the worker");
+    assert!(format!("{err:#}").contains("authorization"), "{err:#}");
+
+    let worker_config = worker::WorkerConfig::try_parse_from([
+        "worker",
+        "--nats-url",
+        &nats.url(),
+        "--nats-nkey",
+        &seed,
+    ])
+    .unwrap();
+    let worker = worker::Worker::build_with_models(&worker_config, vec![StubModel::new("echo")])
+        .await
+        .expect("with the NKey the worker connects");
+    let (stop_worker, stopped) = tokio::sync::oneshot::channel::<()>();
+    let worker_task = tokio::spawn(worker.run(async {
+        let _ = stopped.await;
+    }));
+    let (address, _stop_gateway) =
+        crate::helpers::start_gateway(&nats.url(), &redis.url(), "nkey:", &["--nats-nkey", &seed])
+            .await;
+    let response = reqwest::Client::new()
+        .post(format!("{address}/v1/models/echo/predict"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let _ = stop_worker.send(());
+    worker_task.await.unwrap().unwrap();
+    let _ = std::fs::remove_file(config_file);
 }
