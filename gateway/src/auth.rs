@@ -20,7 +20,7 @@ pub struct Tokens {
     pub api: Vec<String>,
     /// May purge; an API token on a purge route is refused with 403.
     pub admin: Option<String>,
-    /// Whether `/metrics` needs a token too.
+    /// Whether `/metrics` and `/openapi.json` need a token too.
     pub protect_metrics: bool,
 }
 
@@ -109,7 +109,7 @@ pub async fn require_api_token(
     guard(&state, Access::Predict, request, next).await
 }
 
-/// Middleware of `/metrics`.
+/// Middleware of `/metrics` and `/openapi.json`.
 pub async fn require_metrics_token(
     State(state): State<AppState>,
     request: Request,

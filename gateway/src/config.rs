@@ -95,7 +95,7 @@ pub struct GatewayConfig {
     )]
     pub api_tokens: Vec<String>,
 
-    /// Whether `/metrics` needs a token too.
+    /// Whether `/metrics` and `/openapi.json` need a token too.
     #[arg(long, env = "GATEWAY_PROTECT_METRICS")]
     pub protect_metrics: bool,
 

@@ -50,7 +50,11 @@ impl Modify for BearerToken {
 
 /// `GET /openapi.json`: this document.
 #[utoipa::path(get, path = "/openapi.json", tag = "operations",
-    responses((status = 200, description = "The OpenAPI 3 document of this gateway", content_type = "application/json")))]
+    responses(
+        (status = 200, description = "The OpenAPI 3 document of this gateway", content_type = "application/json"),
+        (status = 401, description = "`--protect-metrics` is set and the token is missing or wrong", body = prediction_contract::ErrorBody),
+    ),
+    security((), ("bearer" = [])))]
 pub async fn openapi_json() -> axum::Json<utoipa::openapi::OpenApi> {
     axum::Json(ApiDoc::openapi())
 }

@@ -61,22 +61,22 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/models/{model}/cache", delete(admin::purge_model))
         .route("/v1/models/{model}/cache/purge", post(admin::purge_input))
         .route_layer(from_fn_with_state(state.clone(), auth::require_admin_token));
-    let metrics = Router::new()
+    let operations = Router::new()
         .route("/metrics", get(metrics))
+        .route("/openapi.json", get(crate::openapi::openapi_json))
         .route_layer(from_fn_with_state(
             state.clone(),
             auth::require_metrics_token,
         ));
     // Health checks stay open: orchestrators probe them without credentials.
     let health = Router::new()
-        .route("/openapi.json", get(crate::openapi::openapi_json))
         .route("/health", get(health::health))
         .route("/healthz", get(health::health))
         .route("/readyz", get(health::ready));
     Router::new()
         .merge(predictions)
         .merge(purges)
-        .merge(metrics)
+        .merge(operations)
         .merge(health)
         .fallback(|uri: axum::http::Uri| async move { ApiError::NotFound(uri.path().to_owned()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })

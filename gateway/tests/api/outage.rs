@@ -7,7 +7,7 @@ use std::time::Duration;
 use crate::helpers::{header, spawn_app};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_killed_under_load_fails_no_request_and_caching_resumes_after_restart() {
+async fn redis_killed_or_flushed_under_load_fails_no_request_and_caching_resumes() {
     let mut app = spawn_app(&[]).await;
     let running = Arc::new(AtomicBool::new(true));
     let load = (0..4).map(|client| {
@@ -34,6 +34,13 @@ async fn redis_killed_under_load_fails_no_request_and_caching_resumes_after_rest
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     app.redis.restart();
     tokio::time::sleep(Duration::from_millis(1_500)).await;
+    // And flushed under load: everything is a miss for a moment, nothing fails.
+    let mut redis = app.redis_connection().await;
+    redis::cmd("FLUSHALL")
+        .query_async::<()>(&mut redis)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
     running.store(false, Ordering::SeqCst);
 
     let mut outcomes = Vec::new();
@@ -71,6 +78,40 @@ async fn through_a_nats_restart_hits_are_served_misses_fail_fast_and_service_res
     let warm = app.post("/v1/models/echo/predict", r#"{"n":1}"#).await;
     assert_eq!(warm.status(), 200);
 
+    // Steady load throughout: hits and misses, each request bounded by the HTTP
+    // client's 20 s timeout, so a hanging request fails the test.
+    let running = Arc::new(AtomicBool::new(true));
+    let load: Vec<_> = (0..3)
+        .map(|client| {
+            let (http, url, running) = (
+                app.http.clone(),
+                app.url("/v1/models/echo/predict"),
+                Arc::clone(&running),
+            );
+            tokio::spawn(async move {
+                let mut statuses = Vec::new();
+                let mut i = 0;
+                while running.load(Ordering::SeqCst) {
+                    let body = if i % 2 == 0 {
+                        r#"{"n":1}"#.to_owned()
+                    } else {
+                        format!(r#"{{"c":{client},"i":{i}}}"#)
+                    };
+                    let response = http
+                        .post(&url)
+                        .body(body)
+                        .send()
+                        .await
+                        .expect("no request hangs");
+                    statuses.push(response.status().as_u16());
+                    i += 1;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                statuses
+            })
+        })
+        .collect();
+
     app.nats.stop();
     // Wait until the gateway has noticed (its readiness says so).
     for _ in 0..50 {
@@ -102,4 +143,18 @@ async fn through_a_nats_restart_hits_are_served_misses_fail_fast_and_service_res
     }
     let recovered = recovered.expect("predictions resume after NATS is back");
     assert_eq!(header(&recovered, "x-cache"), "MISS");
+
+    running.store(false, Ordering::SeqCst);
+    let mut statuses = Vec::new();
+    for task in load {
+        statuses.extend(task.await.unwrap());
+    }
+    assert!(statuses.len() > 20, "the load ran");
+    assert!(
+        statuses
+            .iter()
+            .all(|status| *status == 200 || *status == 503),
+        "only answers and fast 503s during the outage: {statuses:?}"
+    );
+    assert!(statuses.contains(&503), "the outage was seen");
 }

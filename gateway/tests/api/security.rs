@@ -188,6 +188,7 @@ async fn with_tokens_configured_each_route_asks_for_the_right_one() {
         assert_eq!(app.get(open).await.status(), 200, "{open} stays open");
     }
     assert_error(app.get("/metrics").await, 401, "unauthorized").await;
+    assert_error(app.get("/openapi.json").await, 401, "unauthorized").await;
     let metrics = app
         .http
         .get(app.url("/metrics"))
@@ -327,4 +328,20 @@ async fn workers_and_gateways_authenticate_with_an_nkey() {
     let _ = stop_worker.send(());
     worker_task.await.unwrap().unwrap();
     let _ = std::fs::remove_file(config_file);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nats_token_in_the_url_authenticates() {
+    let nats = NatsServer::start_with_args(&["--auth", "t0ken-s3cret"]);
+    let redis = RedisServer::start();
+    let url = format!("nats://t0ken-s3cret@127.0.0.1:{}", nats.port());
+    let _worker = start_worker(&url, vec![StubModel::new("echo")]).await;
+    let (address, _stop) = crate::helpers::start_gateway(&url, &redis.url(), "token:", &[]).await;
+    let response = reqwest::Client::new()
+        .post(format!("{address}/v1/models/echo/predict"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
 }
