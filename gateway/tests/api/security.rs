@@ -345,3 +345,42 @@ async fn a_nats_token_in_the_url_authenticates() {
         .unwrap();
     assert_eq!(response.status(), 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_acl_user_and_password_in_the_url_authenticate() {
+    let redis = RedisServer::start_with_args(&[
+        "--user",
+        "default",
+        "off",
+        "--user",
+        "gateway",
+        "on",
+        ">acl-s3cret",
+        "~*",
+        "+@all",
+    ]);
+    let nats = NatsServer::start();
+    let _worker = start_worker(&nats.url(), vec![StubModel::new("echo")]).await;
+    let redis_url = format!("redis://gateway:acl-s3cret@127.0.0.1:{}", redis.port());
+    let (address, _stop) =
+        crate::helpers::start_gateway(&nats.url(), &redis_url, "acl:", &[]).await;
+    let http = reqwest::Client::new();
+    let ready: serde_json::Value = http
+        .get(format!("{address}/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ready["redis"], "up", "{ready}");
+    for expected in ["MISS", "HIT"] {
+        let response = http
+            .post(format!("{address}/v1/models/echo/predict"))
+            .body(r#"{"acl":1}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(header(&response, "x-cache"), expected);
+    }
+}
