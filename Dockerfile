@@ -3,22 +3,9 @@
 
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
-# Build the dependencies first, from the manifests alone, so that editing the
-# code does not rebuild them.
-COPY Cargo.toml Cargo.lock ./
-COPY shared/Cargo.toml shared/Cargo.toml
-COPY gateway/Cargo.toml gateway/Cargo.toml
-COPY worker/Cargo.toml worker/Cargo.toml
-COPY test-support/Cargo.toml test-support/Cargo.toml
-RUN for crate in shared gateway worker test-support; do \
-        mkdir -p $crate/src && echo 'fn main() {}' > $crate/src/main.rs && touch $crate/src/lib.rs; \
-    done \
-    && cargo build --release --locked --bin gateway --bin worker \
-    && rm -rf shared gateway worker test-support
 COPY . .
-# Make cargo see the real sources as newer than the placeholder build.
-RUN touch shared/src/lib.rs gateway/src/lib.rs gateway/src/main.rs worker/src/lib.rs worker/src/main.rs \
-    && cargo build --release --locked --bin gateway --bin worker \
+# The workspace's lock file pins every dependency; only the two binaries are built.
+RUN cargo build --release --locked --bin gateway --bin worker \
     && mkdir -p /out && cp target/release/gateway target/release/worker /out/
 
 FROM debian:bookworm-slim AS runtime
