@@ -19,6 +19,9 @@ use crate::echo::{ECHO_MODEL_NAME, EchoModel};
 use crate::model::{Input, Model, ModelError};
 use crate::price::{PRICE_MODEL_NAME, PriceModel};
 
+/// How long a stopping worker waits for its last replies to reach NATS.
+const FLUSH_ON_STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// A connected worker, its service registered and its endpoints subscribed.
 pub struct Worker {
     client: async_nats::Client,
@@ -174,7 +177,10 @@ impl Worker {
             }));
         let mut in_flight = JoinSet::new();
         let mut service = Some(service);
-        tokio::pin!(shutdown);
+        // Set at shutdown: the request streams normally end at once, but not while
+        // NATS is unreachable (the unsubscribe cannot be processed then).
+        let streams_deadline = tokio::time::sleep(Duration::MAX);
+        tokio::pin!(shutdown, streams_deadline);
         loop {
             tokio::select! {
                 () = &mut shutdown, if service.is_some() => {
@@ -183,7 +189,14 @@ impl Worker {
                     if let Some(service) = service.take() {
                         let _ = service.stop().await;
                     }
+                    streams_deadline
+                        .as_mut()
+                        .reset(tokio::time::Instant::now() + FLUSH_ON_STOP_TIMEOUT);
                     info!(in_flight = in_flight.len(), "stopped taking requests; finishing those received");
+                }
+                () = &mut streams_deadline => {
+                    warn!("the request streams did not end (NATS unreachable?); stopping anyway");
+                    break;
                 }
                 next = requests.next() => {
                     let Some((model, request)) = next else { break };
@@ -194,7 +207,19 @@ impl Worker {
             }
         }
         while in_flight.join_next().await.is_some() {}
-        client.flush().await.context("flushing replies to NATS")?;
+        // With NATS unreachable a flush would wait for a reconnection forever; a
+        // stopping worker gives up after a while rather than hang its host.
+        let flushed = if client.connection_state() == async_nats::connection::State::Connected {
+            tokio::time::timeout(FLUSH_ON_STOP_TIMEOUT, client.flush())
+                .await
+                .ok()
+        } else {
+            None
+        };
+        match flushed {
+            Some(flushed) => flushed.context("flushing replies to NATS")?,
+            None => warn!("NATS unreachable while stopping; replies not yet sent are lost"),
+        }
         client
             .drain()
             .await

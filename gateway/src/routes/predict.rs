@@ -7,7 +7,7 @@ use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use prediction_contract::{CanonicalInput, ModelName};
+use prediction_contract::{CanonicalInput, ErrorBody, ModelName};
 
 use super::AppState;
 use crate::cache::unix_now_ms;
@@ -19,6 +19,43 @@ pub const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
 pub const X_MODEL_VERSION: HeaderName = HeaderName::from_static("x-model-version");
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
+
+/// What the prediction routes answer, for the OpenAPI document (never built).
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+pub(crate) enum PredictionResponses {
+    /// The prediction, as the model computed it
+    #[response(status = 200, headers(
+        ("x-cache" = String, description = "HIT, STALE, MISS or BYPASS"),
+        ("age" = u64, description = "Whole seconds since the prediction was computed"),
+        ("cache-control" = String, description = "max-age=<freshness>, or no-store"),
+        ("cache-status" = String, description = "RFC 9211 cache status"),
+        ("x-model-version" = String, description = "Version of the model that computed it"),
+        ("x-request-id" = String, description = "The request's id, also in the worker's log"),
+    ))]
+    Prediction(#[to_schema] serde_json::Value),
+    /// Malformed JSON, an input that is not an object, an invalid model name or query
+    #[response(status = 400)]
+    BadRequest(#[to_schema] ErrorBody),
+    /// A token is required (`--api-token`) and missing or wrong
+    #[response(status = 401)]
+    Unauthorized(#[to_schema] ErrorBody),
+    /// The body is over `--max-body`
+    #[response(status = 413)]
+    TooLarge(#[to_schema] ErrorBody),
+    /// The worker rejected the input; its message is passed on
+    #[response(status = 422)]
+    Rejected(#[to_schema] ErrorBody),
+    /// The model failed (details in the gateway's logs only)
+    #[response(status = 500)]
+    ModelFailed(#[to_schema] ErrorBody),
+    /// No worker serves the model, workers are busy, the gateway is overloaded or not connected to NATS
+    #[response(status = 503)]
+    Unavailable(#[to_schema] ErrorBody),
+    /// No answer within the deadline, or `only-if-cached` and nothing fresh is cached
+    #[response(status = 504)]
+    Timeout(#[to_schema] ErrorBody),
+}
 
 /// Attached to each prediction response so the request log and the metrics can
 /// name the model and the cache outcome (`None` for an error).
@@ -32,24 +69,7 @@ pub struct PredictionOutcome {
 #[utoipa::path(post, path = "/v1/models/{model}/predict", tag = "predictions",
     params(("model" = String, Path, description = "Model name", pattern = "^[a-z0-9][a-z0-9_-]{0,63}$"), ("cache-control" = Option<String>, Header, description = "no-cache, no-store, max-age=N, only-if-cached")),
     request_body(content = serde_json::Value, description = "The input: a JSON object", content_type = "application/json"),
-    responses(
-        (status = 200, description = "The prediction, as the model computed it", body = serde_json::Value,
-            headers(
-                ("x-cache" = String, description = "HIT, STALE, MISS or BYPASS"),
-                ("age" = u64, description = "Whole seconds since the prediction was computed"),
-                ("cache-control" = String, description = "max-age=<freshness>, or no-store"),
-                ("cache-status" = String, description = "RFC 9211 cache status"),
-                ("x-model-version" = String, description = "Version of the model that computed it"),
-                ("x-request-id" = String, description = "The request's id, also in the worker's log"),
-            )),
-        (status = 400, description = "Malformed JSON, an input that is not an object, an invalid model name or query", body = prediction_contract::ErrorBody),
-        (status = 401, description = "A token is required (`--api-token`) and missing or wrong", body = prediction_contract::ErrorBody),
-        (status = 413, description = "The body is over `--max-body`", body = prediction_contract::ErrorBody),
-        (status = 422, description = "The worker rejected the input; its message is passed on", body = prediction_contract::ErrorBody),
-        (status = 500, description = "The model failed (details in the gateway's logs only)", body = prediction_contract::ErrorBody),
-        (status = 503, description = "No worker serves the model, workers are busy, the gateway is overloaded or not connected to NATS", body = prediction_contract::ErrorBody),
-        (status = 504, description = "No answer within the deadline, or `only-if-cached` and nothing fresh is cached", body = prediction_contract::ErrorBody),
-    ),
+    responses(PredictionResponses),
     security((), ("bearer" = [])))]
 pub async fn predict_from_body(
     State(state): State<AppState>,
@@ -70,24 +90,7 @@ pub async fn predict_from_body(
 #[utoipa::path(post, path = "/predict", tag = "predictions",
     params(("cache-control" = Option<String>, Header, description = "no-cache, no-store, max-age=N, only-if-cached")),
     request_body(content = serde_json::Value, description = "The input of the default model, e.g. {\"product_id\": \"ETH/EUR\"}", content_type = "application/json"),
-    responses(
-        (status = 200, description = "The prediction, as the model computed it", body = serde_json::Value,
-            headers(
-                ("x-cache" = String, description = "HIT, STALE, MISS or BYPASS"),
-                ("age" = u64, description = "Whole seconds since the prediction was computed"),
-                ("cache-control" = String, description = "max-age=<freshness>, or no-store"),
-                ("cache-status" = String, description = "RFC 9211 cache status"),
-                ("x-model-version" = String, description = "Version of the model that computed it"),
-                ("x-request-id" = String, description = "The request's id, also in the worker's log"),
-            )),
-        (status = 400, description = "Malformed JSON, an input that is not an object, an invalid model name or query", body = prediction_contract::ErrorBody),
-        (status = 401, description = "A token is required (`--api-token`) and missing or wrong", body = prediction_contract::ErrorBody),
-        (status = 413, description = "The body is over `--max-body`", body = prediction_contract::ErrorBody),
-        (status = 422, description = "The worker rejected the input; its message is passed on", body = prediction_contract::ErrorBody),
-        (status = 500, description = "The model failed (details in the gateway's logs only)", body = prediction_contract::ErrorBody),
-        (status = 503, description = "No worker serves the model, workers are busy, the gateway is overloaded or not connected to NATS", body = prediction_contract::ErrorBody),
-        (status = 504, description = "No answer within the deadline, or `only-if-cached` and nothing fresh is cached", body = prediction_contract::ErrorBody),
-    ),
+    responses(PredictionResponses),
     security((), ("bearer" = [])))]
 pub async fn predict_default_model(
     State(state): State<AppState>,
@@ -104,24 +107,7 @@ pub async fn predict_default_model(
 #[utoipa::path(get, path = "/v1/models/{model}/predict", tag = "predictions",
     params(("model" = String, Path, description = "Model name", pattern = "^[a-z0-9][a-z0-9_-]{0,63}$"),
         ("product_id" = Option<String>, Query, description = "Every query parameter becomes a string field of the input")),
-    responses(
-        (status = 200, description = "The prediction, as the model computed it", body = serde_json::Value,
-            headers(
-                ("x-cache" = String, description = "HIT, STALE, MISS or BYPASS"),
-                ("age" = u64, description = "Whole seconds since the prediction was computed"),
-                ("cache-control" = String, description = "max-age=<freshness>, or no-store"),
-                ("cache-status" = String, description = "RFC 9211 cache status"),
-                ("x-model-version" = String, description = "Version of the model that computed it"),
-                ("x-request-id" = String, description = "The request's id, also in the worker's log"),
-            )),
-        (status = 400, description = "Malformed JSON, an input that is not an object, an invalid model name or query", body = prediction_contract::ErrorBody),
-        (status = 401, description = "A token is required (`--api-token`) and missing or wrong", body = prediction_contract::ErrorBody),
-        (status = 413, description = "The body is over `--max-body`", body = prediction_contract::ErrorBody),
-        (status = 422, description = "The worker rejected the input; its message is passed on", body = prediction_contract::ErrorBody),
-        (status = 500, description = "The model failed (details in the gateway's logs only)", body = prediction_contract::ErrorBody),
-        (status = 503, description = "No worker serves the model, workers are busy, the gateway is overloaded or not connected to NATS", body = prediction_contract::ErrorBody),
-        (status = 504, description = "No answer within the deadline, or `only-if-cached` and nothing fresh is cached", body = prediction_contract::ErrorBody),
-    ),
+    responses(PredictionResponses),
     security((), ("bearer" = [])))]
 pub async fn predict_from_query(
     State(state): State<AppState>,

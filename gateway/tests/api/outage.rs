@@ -130,6 +130,8 @@ async fn through_a_nats_restart_hits_are_served_misses_fail_fast_and_service_res
     let body: serde_json::Value = miss.json().await.unwrap();
     assert_eq!(body["error"]["code"], "nats_unavailable");
 
+    // Let the load meet the outage for a while.
+    tokio::time::sleep(Duration::from_millis(300)).await;
     app.nats.restart();
     // Gateway and worker reconnect by themselves; no restart of ours.
     let mut recovered = None;
@@ -144,6 +146,7 @@ async fn through_a_nats_restart_hits_are_served_misses_fail_fast_and_service_res
     let recovered = recovered.expect("predictions resume after NATS is back");
     assert_eq!(header(&recovered, "x-cache"), "MISS");
 
+    tokio::time::sleep(Duration::from_millis(200)).await;
     running.store(false, Ordering::SeqCst);
     let mut statuses = Vec::new();
     for task in load {

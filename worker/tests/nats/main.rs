@@ -586,3 +586,12 @@ fn hostile_payloads_get_an_answer_every_time_and_the_worker_goes_on() {
     );
     drop(running);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_stopping_while_nats_is_down_still_exits() {
+    let mut running = start(&[]).await;
+    running._nats.stop();
+    // The test gives up after 30 s: a worker that waited for NATS forever fails it.
+    let stopped = tokio::time::timeout(Duration::from_secs(30), running.stop()).await;
+    assert!(stopped.is_ok(), "the worker hung waiting for NATS");
+}
