@@ -72,22 +72,9 @@ impl Drop for Process {
     }
 }
 
-/// Starts a gateway on a free port and waits until it answers `/healthz`.
-pub async fn gateway(
-    nats_url: &str,
-    redis_url: &str,
-    args: &[&str],
-) -> anyhow::Result<(Process, u16)> {
-    let port = test_support::free_port();
-    let child = Command::new(binary("gateway")?)
-        .args([
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--nats-url",
-            nats_url,
-            "--redis-url",
-            redis_url,
-        ])
+/// Starts one of the release binaries with `args`, its logs discarded.
+fn spawn(name: &str, args: &[&std::ffi::OsStr]) -> anyhow::Result<Process> {
+    let child = Command::new(binary(name)?)
         .args(args)
         .env(
             "RUST_LOG",
@@ -96,8 +83,31 @@ pub async fn gateway(
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .context("starting the gateway")?;
-    let process = Process { child };
+        .with_context(|| format!("starting the {name}"))?;
+    Ok(Process { child })
+}
+
+/// Starts a gateway on a free port and waits until it answers `/healthz`.
+pub async fn gateway(
+    nats_url: &str,
+    redis_url: &str,
+    args: &[&str],
+) -> anyhow::Result<(Process, u16)> {
+    let port = test_support::free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let argv: Vec<&std::ffi::OsStr> = [
+        "--listen",
+        &listen,
+        "--nats-url",
+        nats_url,
+        "--redis-url",
+        redis_url,
+    ]
+    .into_iter()
+    .chain(args.iter().copied())
+    .map(std::ffi::OsStr::new)
+    .collect();
+    let process = spawn("gateway", &argv)?;
     let http = reqwest::Client::new();
     let started = Instant::now();
     while http
@@ -123,19 +133,13 @@ pub async fn worker(nats_url: &str, args: &[&str]) -> anyhow::Result<Process> {
         COUNTER.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
     ));
     let _ = std::fs::remove_file(&id_file);
-    let child = Command::new(binary("worker")?)
-        .args(["--nats-url", nats_url, "--id-file"])
-        .arg(&id_file)
-        .args(args)
-        .env(
-            "RUST_LOG",
-            std::env::var("BENCH_RUST_LOG").unwrap_or_else(|_| "info".into()),
-        )
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("starting a worker")?;
-    let process = Process { child };
+    let mut argv: Vec<&std::ffi::OsStr> = ["--nats-url", nats_url, "--id-file"]
+        .into_iter()
+        .map(std::ffi::OsStr::new)
+        .collect();
+    argv.push(id_file.as_os_str());
+    argv.extend(args.iter().map(std::ffi::OsStr::new));
+    let process = spawn("worker", &argv)?;
     let started = Instant::now();
     while !id_file.exists() {
         if started.elapsed() > Duration::from_secs(10) {

@@ -5,7 +5,7 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{Path, State};
-use prediction_contract::{CacheKey, ModelName};
+use prediction_contract::{CacheKey, ErrorBody, ModelName};
 use serde_json::{Value, json};
 
 use super::AppState;
@@ -13,17 +13,35 @@ use super::predict::{parse_model, read_json_body};
 use crate::error::ApiError;
 use crate::purge::{self, PurgeNotice};
 
+/// What the purge routes answer, for the OpenAPI document (never built).
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+pub(crate) enum PurgeResponses {
+    /// What was purged: {"model", "purged": n, "gateways": k}
+    #[response(status = 200)]
+    Purged(#[to_schema] Value),
+    /// An invalid model name or input
+    #[response(status = 400)]
+    BadRequest(#[to_schema] ErrorBody),
+    /// A token is required and missing or wrong
+    #[response(status = 401)]
+    Unauthorized(#[to_schema] ErrorBody),
+    /// An API token on a route that needs the admin token
+    #[response(status = 403)]
+    Forbidden(#[to_schema] ErrorBody),
+    /// The body is over `--max-body`
+    #[response(status = 413)]
+    TooLarge(#[to_schema] ErrorBody),
+    /// Redis is unavailable
+    #[response(status = 503)]
+    Unavailable(#[to_schema] ErrorBody),
+}
+
 /// `DELETE /v1/models/{model}/cache`: every cached prediction of the model, on
 /// every gateway.
 #[utoipa::path(delete, path = "/v1/models/{model}/cache", tag = "cache",
     params(("model" = String, Path, description = "Model name", pattern = "^[a-z0-9][a-z0-9_-]{0,63}$")),
-    responses(
-        (status = 200, description = "What was purged: {\"model\", \"purged\": n, \"gateways\": k}", body = serde_json::Value),
-        (status = 400, description = "An invalid model name or input", body = prediction_contract::ErrorBody),
-        (status = 401, description = "A token is required and missing or wrong", body = prediction_contract::ErrorBody),
-        (status = 403, description = "An API token on a route that needs the admin token", body = prediction_contract::ErrorBody),
-        (status = 503, description = "Redis is unavailable", body = prediction_contract::ErrorBody),
-    ),
+    responses(PurgeResponses),
     security((), ("bearer" = [])))]
 pub async fn purge_model(
     State(state): State<AppState>,
@@ -44,14 +62,7 @@ pub async fn purge_model(
 #[utoipa::path(post, path = "/v1/models/{model}/cache/purge", tag = "cache",
     params(("model" = String, Path, description = "Model name", pattern = "^[a-z0-9][a-z0-9_-]{0,63}$")),
     request_body(content = serde_json::Value, description = "The input whose prediction to purge", content_type = "application/json"),
-    responses(
-        (status = 200, description = "What was purged: {\"model\", \"purged\": n, \"gateways\": k}", body = serde_json::Value),
-        (status = 400, description = "An invalid model name or input", body = prediction_contract::ErrorBody),
-        (status = 401, description = "A token is required and missing or wrong", body = prediction_contract::ErrorBody),
-        (status = 403, description = "An API token on a route that needs the admin token", body = prediction_contract::ErrorBody),
-        (status = 503, description = "Redis is unavailable", body = prediction_contract::ErrorBody),
-        (status = 413, description = "The body is over `--max-body`", body = prediction_contract::ErrorBody),
-    ),
+    responses(PurgeResponses),
     security((), ("bearer" = [])))]
 pub async fn purge_input(
     State(state): State<AppState>,
