@@ -19,12 +19,19 @@ use crate::echo::{ECHO_MODEL_NAME, EchoModel};
 use crate::model::{Input, Model, ModelError};
 use crate::price::{PRICE_MODEL_NAME, PriceModel};
 
-/// How long a stopping worker waits for its last replies to reach NATS.
+/// How long a stopping worker waits for its last replies to reach NATS, and then
+/// for its connection to finish draining.
 const FLUSH_ON_STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long after the stop signal the request streams may take to end. They end
+/// as soon as the unsubscribes are processed, well under this, unless NATS is
+/// unreachable.
+const STREAMS_END_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A connected worker, its service registered and its endpoints subscribed.
 pub struct Worker {
     client: async_nats::Client,
+    /// Turns true when the connection is closed (a drain has completed).
+    closed: tokio::sync::watch::Receiver<bool>,
     service: Service,
     endpoints: Vec<(Arc<dyn Model>, Endpoint)>,
     slots: Slots,
@@ -86,9 +93,15 @@ impl Worker {
         }
         let nats_url = config.nats.redacted_url();
         let (nats_options, nats_servers) = config.nats.connect_options().await?;
+        let (closed_tx, closed) = tokio::sync::watch::channel(false);
         let client = nats_options
             .name(SERVICE_NAME)
-            .event_callback(|event| async move { info!(%event, "NATS connection event") })
+            .event_callback(move |event| {
+                if matches!(event, async_nats::Event::Closed) {
+                    let _ = closed_tx.send(true);
+                }
+                async move { info!(%event, "NATS connection event") }
+            })
             .connect(nats_servers.as_slice())
             .await
             .with_context(|| format!("connecting to NATS at {nats_url}"))?;
@@ -132,6 +145,7 @@ impl Worker {
         }
         let worker = Self {
             client,
+            closed,
             service,
             endpoints,
             slots: Slots {
@@ -167,6 +181,7 @@ impl Worker {
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let Self {
             client,
+            mut closed,
             service,
             endpoints,
             slots,
@@ -191,7 +206,7 @@ impl Worker {
                     }
                     streams_deadline
                         .as_mut()
-                        .reset(tokio::time::Instant::now() + FLUSH_ON_STOP_TIMEOUT);
+                        .reset(tokio::time::Instant::now() + STREAMS_END_TIMEOUT);
                     info!(in_flight = in_flight.len(), "stopped taking requests; finishing those received");
                 }
                 () = &mut streams_deadline => {
@@ -216,6 +231,7 @@ impl Worker {
         } else {
             None
         };
+        let reachable = flushed.is_some();
         match flushed {
             Some(flushed) => flushed.context("flushing replies to NATS")?,
             None => warn!("NATS unreachable while stopping; replies not yet sent are lost"),
@@ -224,6 +240,17 @@ impl Worker {
             .drain()
             .await
             .context("draining the NATS connection")?;
+        // `drain` only starts draining; return once the connection is closed, so
+        // the server has dropped this worker's subscriptions by then.
+        let drained = !reachable
+            || matches!(
+                tokio::time::timeout(FLUSH_ON_STOP_TIMEOUT, closed.wait_for(|closed| *closed))
+                    .await,
+                Ok(Ok(_))
+            );
+        if !drained {
+            warn!("the NATS connection did not finish draining in time");
+        }
         info!("worker stopped");
         Ok(())
     }
