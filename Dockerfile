@@ -26,6 +26,9 @@ ENTRYPOINT ["/usr/local/bin/gateway"]
 
 FROM runtime AS worker
 COPY --from=build /out/worker /usr/local/bin/worker
+# The example ONNX models; serve them with WORKER_MODEL_CONFIG=/models/models.toml,
+# or mount a directory of your own over /models.
+COPY models/models.toml models/*.onnx /models/
 ENV WORKER_ID_FILE=/tmp/worker.id
 HEALTHCHECK --interval=5s --timeout=3s --retries=5 \
     CMD ["/usr/local/bin/worker", "--health-check"]

@@ -1,5 +1,5 @@
 # One entry point for everything: `make help` lists the targets.
-.PHONY: help run test test-deps requests build lint fmt compose-check bench bench-micro fuzz soak audit
+.PHONY: help run test test-deps requests build lint fmt compose-check bench bench-micro bench-model models python-models fuzz soak audit
 
 help: ## list the targets
 	@awk -F':.*## ' '/^[a-z-]+:.*## / {printf "  make %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -27,7 +27,7 @@ lint: ## formatting and clippy, as CI would want them
 fmt: ## format the code
 	cargo fmt --all
 
-bench: ## load benchmarks against same-run baselines (wrk); writes bench/results.md and bench/latency.svg
+bench: bench-model ## load benchmarks against same-run baselines (wrk); writes bench/results.md and bench/latency.svg
 	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq wrk; } || { echo "install wrk: apt-get install wrk" >&2; exit 1; }
 	cargo build --release --locked --bin gateway --bin worker --bin bench
 	ulimit -n 65536 2>/dev/null; target/release/bench
@@ -37,8 +37,17 @@ soak: ## 10 minutes of mixed load (SOAK_MINUTES to change); memory reported alon
 	cargo build --release --locked --bin gateway --bin worker --bin bench
 	target/release/bench soak
 
-bench-micro: ## criterion micro-benchmarks of the hot pure functions
-	cargo bench --locked -p prediction-contract -p gateway
+bench-micro: ## criterion micro-benchmarks of the hot pure functions and of ONNX inference
+	cargo bench --locked -p prediction-contract -p gateway -p worker
+
+bench-model: ## the large bench-only MLP (models/bench/bench-mlp.onnx), trained once
+	@[ -f models/bench/bench-mlp.onnx ] || { $(MAKE) --no-print-directory python-models && python3 models/train.py --bench-only; }
+
+models: python-models ## retrain the example ONNX models and their onnxruntime reference outputs
+	python3 models/train.py
+
+python-models:
+	@python3 -c 'import skl2onnx, onnxruntime, sklearn' 2>/dev/null || python3 -m pip install --quiet --disable-pip-version-check -r models/requirements.txt
 
 fuzz: ## schemathesis against every route, from the gateway's own /openapi.json (pip-installs schemathesis)
 	scripts/fuzz.sh

@@ -77,7 +77,9 @@ for _ in $(seq 50); do reachable "$NATS_URL" && reachable "$REDIS_URL" && break;
 
 for i in $(seq "$WORKERS"); do
   say "starting worker $i (logs: $RUN_DIR/worker-$i.log)"
-  target/release/worker >"$RUN_DIR/worker-$i.log" 2>&1 &
+  # The stand-in `price` model and the example ONNX models of models/.
+  WORKER_MODELS=${WORKER_MODELS:-price} WORKER_MODEL_CONFIG=${WORKER_MODEL_CONFIG:-models/models.toml} \
+    target/release/worker >"$RUN_DIR/worker-$i.log" 2>&1 &
   pids+=($!)
 done
 
@@ -95,6 +97,9 @@ Ready. Try (the first answer takes the model's second, the next comes from the c
 
   curl -i -X POST http://127.0.0.1:$port/predict -H 'content-type: application/json' -d '{"product_id":"ETH/EUR"}'
   curl -i 'http://127.0.0.1:$port/v1/models/price/predict?product_id=BTC/EUR'
+  curl -i http://127.0.0.1:$port/v1/models/price-gbt/predict -H 'content-type: application/json' \
+       -d '{"features":[2001.5,2002.1,2001.8,2003.0,2004.2,2003.9,2005.1,2006.0,2005.5,2007.3]}'
+  curl -s http://127.0.0.1:$port/v1/models    # what the workers serve, with versions
   make requests        # the original demo: 100 requests, timed
 
 Ctrl-C stops everything this started.

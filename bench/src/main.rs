@@ -6,7 +6,9 @@
 //! (default 64), `BENCH_RUST_LOG` (the services' log level, default `info`).
 //!
 //! `bench soak` (`make soak`) runs the long mixed load instead; see [`soak`].
+//! `bench inference` runs only the ONNX worker's scenarios; see [`inference`].
 
+mod inference;
 mod load;
 mod report;
 mod soak;
@@ -140,8 +142,18 @@ fn version_of(command: &str, arg: &str) -> String {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    if std::env::args().nth(1).as_deref() == Some("soak") {
-        return soak::run().await;
+    match std::env::args().nth(1).as_deref() {
+        Some("soak") => return soak::run().await,
+        // Only the ONNX scenarios (quick, while working on the worker).
+        Some("inference") => {
+            let started = Instant::now();
+            let say = |text: &str| eprintln!("[{:>5.1}s] {text}", started.elapsed().as_secs_f64());
+            let seconds = Duration::from_secs(env_number("BENCH_SECONDS", 5));
+            let rows = inference::scenarios(seconds, &say).await?;
+            println!("{}", report::markdown("## ONNX scenarios", &rows));
+            return Ok(());
+        }
+        _ => {}
     }
     let seconds = Duration::from_secs(env_number("BENCH_SECONDS", 5));
     let connections = env_number("BENCH_CONNECTIONS", 64) as u32;
@@ -484,6 +496,9 @@ async fn main() -> anyhow::Result<()> {
     }
     drop(scale_gateway);
     drop(scale_workers);
+
+    // ONNX models: inference on one core, and dynamic batching in the worker.
+    rows.extend(inference::scenarios(seconds, &say).await?);
 
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()

@@ -33,6 +33,9 @@ pub struct ServedModel {
     pub name: String,
     /// Every version some worker serves; more than one during a rollout.
     pub versions: BTreeSet<String>,
+    /// The highest of `versions` (see [`compare_versions`]): only its predictions
+    /// are served from the cache.
+    pub current_version: Option<String>,
     /// How many workers serve it.
     pub workers: usize,
 }
@@ -72,6 +75,20 @@ impl ModelDirectory {
             .models
             .into_values()
             .collect()
+    }
+
+    /// The version of `model` whose cached predictions may be served: the highest
+    /// one served, from the latest snapshot. `None` when the model is not in it
+    /// (or serves no version), so cached answers keep flowing while no worker is
+    /// known, as in an outage.
+    pub fn current_version(&self, model: &ModelName) -> Option<String> {
+        let latest = self.latest.read().expect("not poisoned");
+        latest
+            .as_ref()?
+            .models
+            .get(model.as_str())?
+            .current_version
+            .clone()
     }
 
     /// Whether some worker serves `model`. A known model answers at once (an old
@@ -150,8 +167,41 @@ impl ModelDirectory {
                 }
             }
         }
+        for served in models.values_mut() {
+            served.current_version = served
+                .versions
+                .iter()
+                .max_by(|a, b| compare_versions(a, b))
+                .cloned();
+        }
         models
     }
+}
+
+/// Orders versions the way people number them: split at `.`, `-`, `+` and `_`,
+/// numeric parts compared as numbers (1.10 after 1.9), other parts as text, and a
+/// version that extends another after it (1.0.1 after 1.0). Every gateway orders
+/// the same way, so they all agree on which version is current.
+pub fn compare_versions(a: &str, b: &str) -> std::cmp::Ordering {
+    let parts = |v: &'_ str| {
+        v.split(['.', '-', '+', '_'])
+            .map(|part| (part.parse::<u64>().ok(), part.to_owned()))
+            .collect::<Vec<_>>()
+    };
+    let (a_parts, b_parts) = (parts(a), parts(b));
+    for ((a_number, a_text), (b_number, b_text)) in a_parts.iter().zip(&b_parts) {
+        let order = match (a_number, b_number) {
+            (Some(x), Some(y)) => x.cmp(y),
+            // A number sorts before a word: arbitrary, but the same everywhere.
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (None, None) => a_text.cmp(b_text),
+        };
+        if order.is_ne() {
+            return order;
+        }
+    }
+    a_parts.len().cmp(&b_parts.len()).then_with(|| a.cmp(b))
 }
 
 /// Publishes `payload` on `subject` and gathers every reply: waits
@@ -183,4 +233,20 @@ pub async fn gather_replies(
         wait = NEXT_REPLY_WAIT;
     }
     gathered
+}
+
+#[cfg(test)]
+mod tests {
+    use super::compare_versions;
+
+    #[test]
+    fn versions_order_numerically_then_by_length() {
+        let mut versions = vec!["1.10.0", "1.9.2", "2", "1.9", "1.9.10", "v3", "1.9.2-a"];
+        versions.sort_by(|a, b| compare_versions(a, b));
+        assert_eq!(
+            versions,
+            ["1.9", "1.9.2", "1.9.2-a", "1.9.10", "1.10.0", "2", "v3"]
+        );
+        assert!(compare_versions("2026-11-26", "2026-02-01").is_gt());
+    }
 }

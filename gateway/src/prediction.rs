@@ -201,7 +201,7 @@ impl Predictor {
         let mut wants_new = directives.skips_lookup();
         if !directives.skips_lookup() {
             match self.cache.lookup(&key).await {
-                Lookup::Found(entry) => {
+                Lookup::Found(entry) if self.is_current(model, &entry) => {
                     let now = unix_now_ms();
                     let age_accepted = directives.accepts_age(entry.age(now));
                     if entry.is_fresh(now) {
@@ -223,7 +223,7 @@ impl Predictor {
                         });
                     }
                 }
-                Lookup::Missing | Lookup::Unavailable => {}
+                Lookup::Found(_) | Lookup::Missing | Lookup::Unavailable => {}
             }
         }
         if directives.only_if_cached {
@@ -273,6 +273,21 @@ impl Predictor {
             }),
             Err(failure) => Err(ApiError::Upstream(failure)),
         }
+    }
+
+    /// Whether `entry` was computed by the version of `model` the workers serve
+    /// now (the highest one, during a rollout). An entry of another version is
+    /// never served, fresh or stale: the next request computes it anew. While
+    /// no worker is known every entry is served, as in an outage.
+    fn is_current(&self, model: &ModelName, entry: &CachedPrediction) -> bool {
+        self.directory
+            .current_version(model)
+            .is_none_or(|current| current == entry.model_version)
+    }
+
+    /// Whether `entry` can answer a request for `model` now.
+    fn is_fresh_and_current(&self, model: &ModelName, entry: &CachedPrediction) -> bool {
+        entry.is_fresh(unix_now_ms()) && self.is_current(model, entry)
     }
 
     /// Starts one refresh of a stale entry, unless one is already running.
@@ -330,7 +345,7 @@ impl Predictor {
                         if recheck
                             && let Some(bytes) = peeked
                             && let Some(entry) = self.cache.accept_peeked(&key, &bytes).await
-                            && entry.is_fresh(unix_now_ms())
+                            && self.is_fresh_and_current(&model, &entry)
                         {
                             if let LockAttempt::Acquired(guard) = attempt {
                                 tokio::spawn(guard.release());
@@ -347,6 +362,7 @@ impl Predictor {
                                 match self
                                     .wait_for_other_gateway(
                                         &key,
+                                        &model,
                                         &mut announcements,
                                         expires_in,
                                         deadline,
@@ -367,7 +383,7 @@ impl Predictor {
             if recheck
                 && !rechecked
                 && let Lookup::Found(entry) = self.cache.lookup(&key).await
-                && entry.is_fresh(unix_now_ms())
+                && self.is_fresh_and_current(&model, &entry)
             {
                 return Ok(Resolved {
                     entry,
@@ -543,6 +559,7 @@ impl Predictor {
     async fn wait_for_other_gateway(
         &self,
         key: &CacheKey,
+        model: &ModelName,
         announcements: &mut Option<async_nats::Subscriber>,
         expires_in: Duration,
         deadline: Instant,
@@ -565,7 +582,7 @@ impl Predictor {
             let _ = nats.flush().await;
             if recheck
                 && let Lookup::Found(entry) = self.cache.lookup(key).await
-                && entry.is_fresh(unix_now_ms())
+                && self.is_fresh_and_current(model, &entry)
             {
                 return Waited::Done(Ok(Resolved {
                     entry,

@@ -4,6 +4,8 @@
 //! and is killed when its handle is dropped. A test can [`stop`](NatsServer::stop)
 //! and [`restart`](NatsServer::restart) one on the same port to inject an outage.
 
+pub mod example_models;
+
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};

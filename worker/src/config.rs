@@ -17,20 +17,31 @@ pub struct WorkerConfig {
     #[command(flatten)]
     pub nats: NatsArgs,
 
-    /// Models to serve: repeat the flag or give a comma-separated list.
-    #[arg(
-        long = "model",
-        env = "WORKER_MODELS",
-        value_delimiter = ',',
-        default_value = "price"
-    )]
+    /// Built-in models to serve (`price`, `echo`): repeat the flag or give a
+    /// comma-separated list. Without it the worker serves `price`, unless it is
+    /// given a `--model-config`, which then says everything it serves.
+    #[arg(long = "model", env = "WORKER_MODELS", value_delimiter = ',')]
     pub models: Vec<ModelName>,
+
+    /// A TOML manifest of ONNX models to serve (see models/models.toml).
+    #[arg(long, env = "WORKER_MODEL_CONFIG")]
+    pub model_config: Option<std::path::PathBuf>,
+
+    /// How long a request for a batching model (ONNX) waits for others to join
+    /// its batch.
+    #[arg(long, env = "WORKER_BATCH_WINDOW", default_value = "1ms", value_parser = humantime::parse_duration)]
+    pub batch_window: Duration,
+
+    /// The most requests one inference call computes together; 1 turns batching off.
+    #[arg(long, env = "WORKER_MAX_BATCH", default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..))]
+    pub max_batch: u16,
 
     /// Simulated compute time of the built-in `price` model.
     #[arg(long, env = "WORKER_LATENCY_MS", default_value_t = 1000)]
     pub latency_ms: u64,
 
-    /// How many predictions this worker computes at once.
+    /// How many inference calls this worker runs at once (each of up to
+    /// `--max-batch` requests for a batching model, one request otherwise).
     #[arg(long, env = "WORKER_CONCURRENCY", default_value_t = 64)]
     pub concurrency: usize,
 
@@ -59,6 +70,16 @@ impl WorkerConfig {
     pub fn latency(&self) -> Duration {
         Duration::from_millis(self.latency_ms)
     }
+
+    /// The built-in models to serve: those named, else `price` when there is no
+    /// manifest either.
+    pub fn builtin_model_names(&self) -> Vec<ModelName> {
+        if self.models.is_empty() && self.model_config.is_none() {
+            vec![ModelName::parse("price").expect("a valid constant name")]
+        } else {
+            self.models.clone()
+        }
+    }
 }
 
 #[cfg(test)]
@@ -71,13 +92,42 @@ mod tests {
             WorkerConfig::try_parse_from(["worker", "--model", "price,a", "--model", "b"]).unwrap();
         let names: Vec<_> = config.models.iter().map(ModelName::as_str).collect();
         assert_eq!(names, ["price", "a", "b"]);
+        assert_eq!(config.builtin_model_names(), config.models);
     }
 
     #[test]
     fn defaults_serve_price_with_a_one_second_model() {
         let config = WorkerConfig::try_parse_from(["worker"]).unwrap();
-        assert_eq!(config.models, [ModelName::parse("price").unwrap()]);
+        assert_eq!(
+            config.builtin_model_names(),
+            [ModelName::parse("price").unwrap()]
+        );
         assert_eq!(config.latency(), Duration::from_secs(1));
+        assert_eq!(config.batch_window, Duration::from_millis(1));
+        assert_eq!(config.max_batch, 64);
+    }
+
+    #[test]
+    fn a_manifest_alone_serves_only_its_models_and_builtins_can_join_it() {
+        let alone = WorkerConfig::try_parse_from(["worker", "--model-config", "m.toml"]).unwrap();
+        assert!(alone.builtin_model_names().is_empty());
+        let both = WorkerConfig::try_parse_from([
+            "worker",
+            "--model-config",
+            "m.toml",
+            "--model",
+            "price",
+        ])
+        .unwrap();
+        assert_eq!(
+            both.builtin_model_names(),
+            [ModelName::parse("price").unwrap()]
+        );
+    }
+
+    #[test]
+    fn max_batch_zero_is_refused() {
+        assert!(WorkerConfig::try_parse_from(["worker", "--max-batch", "0"]).is_err());
     }
 
     #[test]

@@ -51,6 +51,13 @@ pub trait Model: Send + Sync + 'static {
         None
     }
 
+    /// Whether concurrent requests should reach [`predict_batch`](Model::predict_batch)
+    /// together (dynamic batching, `--batch-window`/`--max-batch`). Worth it when
+    /// one call over many rows costs much less than as many calls over one.
+    fn batches(&self) -> bool {
+        false
+    }
+
     /// Computes one prediction. Must not block the async runtime: CPU-heavy work
     /// belongs in `tokio::task::spawn_blocking`.
     async fn predict(&self, input: &Input) -> Result<Value, ModelError>;

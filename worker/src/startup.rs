@@ -14,6 +14,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tracing::{info, warn};
 
+use crate::batching::{BatchSettings, Runner};
 use crate::config::WorkerConfig;
 use crate::echo::{ECHO_MODEL_NAME, EchoModel};
 use crate::model::{Input, Model, ModelError};
@@ -33,20 +34,13 @@ pub struct Worker {
     /// Turns true when the connection is closed (a drain has completed).
     closed: tokio::sync::watch::Receiver<bool>,
     service: Service,
-    endpoints: Vec<(Arc<dyn Model>, Endpoint)>,
-    slots: Slots,
-}
-
-/// Core NATS has no server-side queue: a queue group hands each request to a
-/// random member, busy or not. So a worker bounds what it holds itself: at most
-/// `concurrency` predictions run, at most `queue_depth` more wait, and the rest are
-/// refused at once as busy.
-#[derive(Clone)]
-struct Slots {
-    /// Permits for requests held (running or waiting): concurrency + queue depth.
+    endpoints: Vec<(Runner, Endpoint)>,
+    /// Core NATS has no server-side queue: a queue group hands each request to a
+    /// random member, busy or not. So a worker bounds what it holds itself: at
+    /// most `concurrency` inference calls run (see [`Runner`]), at most
+    /// `queue_depth` more requests wait, and the rest are refused at once as busy.
+    /// These are the permits for requests held, running or waiting.
     admitted: Arc<Semaphore>,
-    /// Permits for predictions running.
-    running: Arc<Semaphore>,
 }
 
 impl std::fmt::Debug for Worker {
@@ -57,10 +51,19 @@ impl std::fmt::Debug for Worker {
     }
 }
 
+/// The models the configuration names: built-in ones and those of its manifest.
+pub fn configured_models(config: &WorkerConfig) -> anyhow::Result<Vec<Arc<dyn Model>>> {
+    let mut models = builtin_models(config)?;
+    if let Some(manifest) = &config.model_config {
+        models.extend(crate::onnx::load_manifest(manifest)?);
+    }
+    Ok(models)
+}
+
 /// The built-in models named in the configuration.
 pub fn builtin_models(config: &WorkerConfig) -> anyhow::Result<Vec<Arc<dyn Model>>> {
     config
-        .models
+        .builtin_model_names()
         .iter()
         .map(|name| match name.as_str() {
             PRICE_MODEL_NAME => Ok(Arc::new(PriceModel::new(config.latency())) as Arc<dyn Model>),
@@ -73,9 +76,9 @@ pub fn builtin_models(config: &WorkerConfig) -> anyhow::Result<Vec<Arc<dyn Model
 }
 
 impl Worker {
-    /// Connects to NATS and serves the built-in models the configuration names.
+    /// Connects to NATS and serves the models the configuration names.
     pub async fn build(config: &WorkerConfig) -> anyhow::Result<Self> {
-        let models = builtin_models(config)?;
+        let models = configured_models(config)?;
         Self::build_with_models(config, models).await
     }
 
@@ -91,6 +94,37 @@ impl Worker {
         if config.concurrency == 0 {
             bail!("--concurrency must be at least 1");
         }
+        let mut names = std::collections::HashSet::new();
+        if let Some(model) = models
+            .iter()
+            .find(|model| !names.insert(model.name().clone()))
+        {
+            bail!("model {} is configured twice", model.name());
+        }
+        let batching = BatchSettings {
+            window: config.batch_window,
+            max_batch: usize::from(config.max_batch),
+        };
+        let running = Arc::new(Semaphore::new(config.concurrency));
+        let runners: Vec<Runner> = models
+            .into_iter()
+            .map(|model| Runner::new(model, Arc::clone(&running), batching))
+            .collect();
+        // A slot runs one request, or a batch of up to `max_batch` of them.
+        let per_slot = if runners.iter().any(|runner| runner.model().batches()) {
+            batching.max_batch
+        } else {
+            1
+        };
+        let stats_by_endpoint: std::collections::HashMap<String, _> = runners
+            .iter()
+            .map(|runner| {
+                (
+                    runner.model().name().to_string(),
+                    Arc::clone(runner.stats()),
+                )
+            })
+            .collect();
         let nats_url = config.nats.redacted_url();
         let (nats_options, nats_servers) = config.nats.connect_options().await?;
         let (closed_tx, closed) = tokio::sync::watch::channel(false);
@@ -106,14 +140,22 @@ impl Worker {
             .await
             .with_context(|| format!("connecting to NATS at {nats_url}"))?;
 
-        let metadata = models
+        let metadata = runners
             .iter()
-            .map(|model| (model.name().to_string(), model.version().to_owned()))
+            .map(|runner| {
+                let model = runner.model();
+                (model.name().to_string(), model.version().to_owned())
+            })
             .collect();
         let service = client
             .service_builder()
             .description("Serves model predictions on predict.<model>")
             .metadata(metadata)
+            .stats_handler(move |endpoint, _| {
+                stats_by_endpoint
+                    .get(&endpoint)
+                    .map_or(serde_json::Value::Null, |stats| stats.to_json())
+            })
             .queue_group(QUEUE_GROUP)
             .start(SERVICE_NAME, env!("CARGO_PKG_VERSION"))
             .await
@@ -121,8 +163,9 @@ impl Worker {
             .context("registering the NATS service")?;
 
         let group = service.group(PREDICT_SUBJECT_PREFIX);
-        let mut endpoints = Vec::with_capacity(models.len());
-        for model in models {
+        let mut endpoints = Vec::with_capacity(runners.len());
+        for runner in runners {
+            let model = runner.model();
             let endpoint = group
                 .endpoint_builder()
                 .name(model.name())
@@ -131,7 +174,7 @@ impl Worker {
                 .await
                 .map_err(|err| anyhow::anyhow!(err))
                 .with_context(|| format!("subscribing to predictions of {}", model.name()))?;
-            endpoints.push((model, endpoint));
+            endpoints.push((runner, endpoint));
         }
         // Make sure the subscriptions reached the server before we report ready.
         client
@@ -148,16 +191,17 @@ impl Worker {
             closed,
             service,
             endpoints,
-            slots: Slots {
-                admitted: Arc::new(Semaphore::new(config.concurrency + config.queue_depth)),
-                running: Arc::new(Semaphore::new(config.concurrency)),
-            },
+            admitted: Arc::new(Semaphore::new(
+                config.concurrency * per_slot + config.queue_depth,
+            )),
         };
         info!(
             nats = %nats_url,
             models = ?worker.model_names(),
             concurrency = config.concurrency,
             queue_depth = config.queue_depth,
+            max_batch = batching.max_batch,
+            batch_window = ?batching.window,
             "worker ready"
         );
         Ok(worker)
@@ -166,7 +210,7 @@ impl Worker {
     pub fn model_names(&self) -> Vec<&str> {
         self.endpoints
             .iter()
-            .map(|(model, _)| model.name().as_str())
+            .map(|(runner, _)| runner.model().name().as_str())
             .collect()
     }
 
@@ -184,12 +228,13 @@ impl Worker {
             mut closed,
             service,
             endpoints,
-            slots,
+            admitted,
         } = self;
-        let mut requests =
-            futures::stream::select_all(endpoints.into_iter().map(|(model, endpoint)| {
-                endpoint.map(move |request| (Arc::clone(&model), request))
-            }));
+        let mut requests = futures::stream::select_all(
+            endpoints
+                .into_iter()
+                .map(|(runner, endpoint)| endpoint.map(move |request| (runner.clone(), request))),
+        );
         let mut in_flight = JoinSet::new();
         let mut service = Some(service);
         // Set at shutdown: the request streams normally end at once, but not while
@@ -214,9 +259,9 @@ impl Worker {
                     break;
                 }
                 next = requests.next() => {
-                    let Some((model, request)) = next else { break };
-                    let slots = slots.clone();
-                    in_flight.spawn(async move { admit(model.as_ref(), request, slots).await });
+                    let Some((runner, request)) = next else { break };
+                    let admitted = Arc::clone(&admitted);
+                    in_flight.spawn(async move { admit(&runner, request, &admitted).await });
                 }
                 Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
             }
@@ -281,8 +326,9 @@ pub async fn health_check(config: &WorkerConfig) -> anyhow::Result<()> {
 
 /// Holds `request` until a slot frees up and answers it, or refuses it at once as
 /// busy when the worker already holds all it may.
-async fn admit(model: &dyn Model, request: service::Request, slots: Slots) {
-    let Ok(_admitted) = slots.admitted.try_acquire_owned() else {
+async fn admit(runner: &Runner, request: service::Request, admitted: &Semaphore) {
+    let model = runner.model();
+    let Ok(_admitted) = admitted.try_acquire() else {
         let busy = service::error::Error {
             status: "the worker is at capacity; try again or another worker".to_owned(),
             code: error_codes::BUSY.into(),
@@ -292,17 +338,13 @@ async fn admit(model: &dyn Model, request: service::Request, slots: Slots) {
         }
         return;
     };
-    let _running = slots
-        .running
-        .acquire()
-        .await
-        .expect("the semaphore is never closed");
-    answer(model, request).await;
+    answer(runner, request).await;
 }
 
 /// Computes and sends the reply to one request. Never fails: every problem becomes
 /// an error reply (or, if even that cannot be sent, a log line).
-async fn answer(model: &dyn Model, request: service::Request) {
+async fn answer(runner: &Runner, request: service::Request) {
+    let model = runner.model();
     let started = Instant::now();
     let message_headers = request.message.headers.as_ref();
     let request_id = message_headers
@@ -316,8 +358,8 @@ async fn answer(model: &dyn Model, request: service::Request) {
         ))
     } else {
         match parse_input(&request.message.payload) {
-            Ok(input) => model
-                .predict(&input)
+            Ok(input) => runner
+                .predict(input)
                 .await
                 .map_err(|err| (err.code(), err.to_string())),
             Err(err) => Err((err.code(), err.to_string())),

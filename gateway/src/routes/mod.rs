@@ -101,7 +101,7 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> impl IntoResponse 
 /// workers serve each, as the workers themselves report.
 #[utoipa::path(get, path = "/v1/models", tag = "predictions",
     responses(
-        (status = 200, description = "{\"models\":[{\"name\",\"versions\":[...],\"workers\":n}]}", body = serde_json::Value),
+        (status = 200, description = "{\"models\":[{\"name\",\"versions\":[...],\"current_version\",\"workers\":n}]}", body = serde_json::Value),
         (status = 401, description = "A token is required and missing or wrong", body = prediction_contract::ErrorBody),
     ),
     security((), ("bearer" = [])))]

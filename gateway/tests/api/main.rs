@@ -9,6 +9,7 @@ mod connections;
 mod errors;
 mod freshness;
 mod metrics;
+mod onnx;
 mod outage;
 mod purge;
 mod readiness;

@@ -1,6 +1,7 @@
 //! The worker as any NATS client sees it (what `nats req` and `nats micro` show),
 //! against a real nats-server.
 
+mod onnx;
 mod processes;
 
 use std::sync::Arc;

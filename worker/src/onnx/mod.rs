@@ -1,0 +1,530 @@
+//! ONNX models, served by pure-Rust inference ([tract]).
+//!
+//! A [`manifest`] lists the `.onnx` files; each becomes an [`OnnxModel`]: its
+//! graph checked and optimised once at startup for a batch of any size, its JSON
+//! input read into one row of the input tensor, its outputs mapped back to JSON
+//! fields. Models are loaded in full before the worker subscribes, so a model the
+//! worker cannot run stops it at startup with the model's name and the reason,
+//! never at the first request.
+//!
+//! tract runs the standard operators (MatMul, Gemm, Relu, ...) and some of
+//! `ai.onnx.ml` (LinearRegressor, ...); [`ops`] adds the ones scikit-learn needs
+//! beyond that, with a fast tree evaluator in [`tree`].
+//!
+//! [tract]: https://github.com/sonos/tract
+
+pub mod manifest;
+mod ops;
+pub mod tree;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail, ensure};
+use async_trait::async_trait;
+use prediction_contract::ModelName;
+use serde_json::{Map, Number, Value};
+use tract_onnx::prelude::*;
+use tract_onnx::tract_hir::infer::Factoid;
+use tract_onnx::tract_hir::internal::DimLike;
+
+use crate::model::{Input, Model, ModelError};
+pub use manifest::{InputLayout, ModelEntry, OutputField};
+
+/// Loads every model of the manifest at `path`.
+pub fn load_manifest(path: &std::path::Path) -> anyhow::Result<Vec<Arc<dyn Model>>> {
+    manifest::load(path)?
+        .iter()
+        .map(|entry| Ok(Arc::new(OnnxModel::load(entry)?) as Arc<dyn Model>))
+        .collect()
+}
+
+/// An ONNX model served under a name and version.
+#[derive(Debug)]
+pub struct OnnxModel {
+    name: ModelName,
+    version: String,
+    freshness_ttl: Option<Duration>,
+    inference: Arc<Inference>,
+}
+
+/// What inference needs, shared with the blocking threads that run it.
+#[derive(Debug)]
+struct Inference {
+    plan: Arc<TypedRunnableModel>,
+    input: InputReader,
+    /// The model's input element type: f32, or f64 for double-precision models.
+    input_type: DatumType,
+    outputs: Vec<OutputWriter>,
+}
+
+/// Reads one JSON input into one row of numbers.
+#[derive(Debug)]
+struct InputReader {
+    layout: InputLayout,
+    width: usize,
+}
+
+/// Writes one JSON field of a prediction from one output tensor.
+#[derive(Debug)]
+struct OutputWriter {
+    field: String,
+    /// Index among the model's outputs.
+    output: usize,
+    /// `None`: the whole row, as an array.
+    index: Option<usize>,
+}
+
+impl OnnxModel {
+    /// Loads, checks and optimises the model `entry` describes. Every error names
+    /// the model and the file.
+    pub fn load(entry: &ModelEntry) -> anyhow::Result<Self> {
+        let inference = Inference::load(entry).with_context(|| {
+            format!("model {:?} ({})", entry.name.as_str(), entry.path.display())
+        })?;
+        Ok(Self {
+            name: entry.name.clone(),
+            version: entry.version.clone(),
+            freshness_ttl: entry.freshness_ttl,
+            inference: Arc::new(inference),
+        })
+    }
+
+    /// The width of the model's input rows.
+    pub fn input_width(&self) -> usize {
+        self.inference.input.width
+    }
+}
+
+impl Inference {
+    fn load(entry: &ModelEntry) -> anyhow::Result<Self> {
+        let mut onnx = tract_onnx::onnx();
+        ops::register(&mut onnx.op_register);
+        if !entry.path.is_file() {
+            bail!("the model file does not exist");
+        }
+        let mut model = onnx
+            .model_for_path(&entry.path)
+            .map_err(|err| anyhow::anyhow!("{err:?}"))
+            .context("the file is not an ONNX model tract can read")?;
+
+        let unsupported: Vec<String> = model
+            .nodes()
+            .iter()
+            .filter_map(|node| {
+                let name = node.op.name();
+                name.strip_prefix("Unimplemented(")
+                    .and_then(|rest| rest.strip_suffix(')'))
+                    .map(str::to_owned)
+            })
+            .collect();
+        if !unsupported.is_empty() {
+            bail!(
+                "unsupported ONNX operator(s): {}; this worker runs the standard operators tract supports plus TreeEnsembleRegressor, LinearRegressor and Scaler from ai.onnx.ml",
+                unsupported.join(", ")
+            );
+        }
+
+        ensure!(
+            model.inputs.len() == 1,
+            "the model has {} inputs; only models with one input tensor are supported",
+            model.inputs.len()
+        );
+        let fact = model.input_fact(0)?.clone();
+        let rank = fact.shape.rank().concretize();
+        ensure!(
+            rank == Some(2),
+            "the input tensor must have shape [batch, features], not rank {}",
+            rank.map_or("unknown".to_owned(), |rank| rank.to_string())
+        );
+        let width = fact
+            .shape
+            .dim(1)
+            .and_then(|dim| dim.concretize())
+            .and_then(|dim| dim.to_usize().ok())
+            .filter(|&width| width > 0)
+            .context(
+                "the input tensor's second dimension (features) must be a fixed number above 0",
+            )?;
+        let input_type = fact.datum_type.concretize().unwrap_or(f32::datum_type());
+        ensure!(
+            input_type == f32::datum_type() || input_type == f64::datum_type(),
+            "the input tensor holds {input_type:?}; only float and double inputs are supported"
+        );
+        let input = InputReader::new(entry.input.clone(), width)?;
+
+        let output_names: Vec<String> = model
+            .outputs
+            .iter()
+            .map(|outlet| {
+                model
+                    .outlet_label(*outlet)
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| format!("output {}", outlet.slot))
+            })
+            .collect();
+
+        let batch = model.sym("batch");
+        model.set_input_fact(
+            0,
+            InferenceFact::dt_shape(input_type, [batch.to_dim(), width.to_dim()]),
+        )?;
+        let model = model
+            .into_optimized()
+            .map_err(|err| anyhow::anyhow!("{err:?}"))
+            .context("tract could not prepare the model")?;
+
+        let mut outputs = Vec::with_capacity(entry.output.len());
+        for (field, spec) in &entry.output {
+            let output = match &spec.tensor {
+                None => 0,
+                Some(name) => output_names.iter().position(|n| n == name).with_context(|| {
+                    format!(
+                        "output field {field:?} reads tensor {name:?}, but the model's outputs are {output_names:?}"
+                    )
+                })?,
+            };
+            let fact = model.output_fact(output)?;
+            ensure!(
+                fact.datum_type.is_number(),
+                "output field {field:?}: tensor {:?} holds {:?}, not numbers",
+                output_names[output],
+                fact.datum_type
+            );
+            ensure!(
+                (1..=2).contains(&fact.rank()),
+                "output field {field:?}: tensor {:?} has rank {}; [batch] or [batch, n] is supported",
+                output_names[output],
+                fact.rank()
+            );
+            let columns = if fact.rank() == 1 {
+                Some(1)
+            } else {
+                fact.shape[1].to_usize().ok()
+            };
+            if let (Some(index), Some(columns)) = (spec.index, columns) {
+                ensure!(
+                    index < columns,
+                    "output field {field:?}: index {index} is past the {columns} column(s) of tensor {:?}",
+                    output_names[output]
+                );
+            }
+            outputs.push(OutputWriter {
+                field: field.clone(),
+                output,
+                index: spec.index,
+            });
+        }
+        let plan = model
+            .into_runnable()
+            .map_err(|err| anyhow::anyhow!("{err:?}"))
+            .context("tract could not plan the model")?;
+        let inference = Self {
+            plan,
+            input,
+            input_type,
+            outputs,
+        };
+        // Run it once: a model that loads but cannot run fails here, not later.
+        inference
+            .run(&vec![0.0; width], 1)
+            .context("a trial inference failed")?;
+        Ok(inference)
+    }
+
+    /// Runs the model over `rows` (row-major, `n` rows) and returns one prediction
+    /// per row; a row whose outputs are not all finite numbers fails alone.
+    fn run(&self, rows: &[f32], n: usize) -> anyhow::Result<Vec<Result<Value, ModelError>>> {
+        let shape = [n, self.input.width];
+        let input = if self.input_type == f64::datum_type() {
+            let doubles: Vec<f64> = rows.iter().map(|&v| f64::from(v)).collect();
+            Tensor::from_shape(&shape, &doubles)?
+        } else {
+            Tensor::from_shape(&shape, rows)?
+        };
+        let results = self
+            .plan
+            .run(tvec!(input.into()))
+            .map_err(|err| anyhow::anyhow!("{err:?}"))?;
+        let mut predictions: Vec<Option<Map<String, Value>>> = vec![Some(Map::new()); n];
+        for writer in &self.outputs {
+            let tensor = &results[writer.output];
+            let columns = if tensor.rank() == 1 {
+                1
+            } else {
+                tensor.shape()[1]
+            };
+            ensure!(
+                tensor.shape()[0] == n,
+                "output {} has {} rows for {n} inputs",
+                writer.output,
+                tensor.shape()[0]
+            );
+            let values = numbers(tensor)?;
+            for (row, prediction) in values.chunks_exact(columns).zip(&mut predictions) {
+                let value = match writer.index {
+                    Some(index) => row[index].clone(),
+                    None => row
+                        .iter()
+                        .cloned()
+                        .collect::<Option<Vec<_>>>()
+                        .map(Value::Array),
+                };
+                match (value, prediction.as_mut()) {
+                    (Some(value), Some(prediction)) => {
+                        prediction.insert(writer.field.clone(), value);
+                    }
+                    _ => *prediction = None,
+                }
+            }
+        }
+        Ok(predictions
+            .into_iter()
+            .map(|prediction| {
+                prediction.map(Value::Object).ok_or_else(|| {
+                    ModelError::Failed(
+                        "the model produced a value that is not a finite number".into(),
+                    )
+                })
+            })
+            .collect())
+    }
+}
+
+/// The numbers of `tensor` as JSON values (`None` where not finite). An f32 is
+/// written with the fewest digits that read back as the same f32 (2034.1234, not
+/// 2034.123413085937).
+fn numbers(tensor: &Tensor) -> anyhow::Result<Vec<Option<Value>>> {
+    let finite = |value: f64| Number::from_f64(value).map(Value::Number);
+    Ok(if tensor.datum_type() == f32::datum_type() {
+        tensor
+            .try_as_plain_ram()?
+            .as_slice::<f32>()?
+            .iter()
+            .map(|value| finite(value.to_string().parse::<f64>().unwrap_or(f64::NAN)))
+            .collect()
+    } else {
+        let doubles = tensor.cast_to::<f64>()?;
+        doubles
+            .try_as_plain_ram()?
+            .as_slice::<f64>()?
+            .iter()
+            .map(|&v| finite(v))
+            .collect()
+    })
+}
+
+impl InputReader {
+    fn new(layout: InputLayout, width: usize) -> anyhow::Result<Self> {
+        if let InputLayout::Fields(fields) = &layout {
+            ensure!(
+                fields.len() == width,
+                "the input maps {} field(s) but the model takes {width} features",
+                fields.len()
+            );
+        }
+        Ok(Self { layout, width })
+    }
+
+    /// What an input must look like, for error messages.
+    fn expected(&self) -> String {
+        match &self.layout {
+            InputLayout::Array { field } => {
+                format!("{{\"{field}\": [{} numbers]}}", self.width)
+            }
+            InputLayout::Fields(fields) => format!(
+                "an object with the number fields {}",
+                fields
+                    .iter()
+                    .map(|field| format!("`{field}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        }
+    }
+
+    /// Appends the row of `input` to `row`, or says what is wrong with it.
+    fn read(&self, input: &Input, row: &mut Vec<f32>) -> Result<(), ModelError> {
+        let invalid = |problem: String| {
+            ModelError::InvalidInput(format!("{problem}; expected {}", self.expected()))
+        };
+        let allowed = |key: &str| match &self.layout {
+            InputLayout::Array { field } => key == field,
+            InputLayout::Fields(fields) => fields.iter().any(|f| f == key),
+        };
+        // An ignored field would still split the cache; refuse it.
+        if let Some(unknown) = input.keys().find(|key| !allowed(key)) {
+            return Err(invalid(format!("unexpected field `{unknown}`")));
+        }
+        let start = row.len();
+        match &self.layout {
+            InputLayout::Array { field } => {
+                let values = match input.get(field) {
+                    None => return Err(invalid(format!("missing field `{field}`"))),
+                    Some(Value::Array(values)) => values,
+                    Some(other) => {
+                        return Err(invalid(format!(
+                            "`{field}` is {}, not an array",
+                            json_type(other)
+                        )));
+                    }
+                };
+                if values.len() != self.width {
+                    return Err(invalid(format!(
+                        "`{field}` has {} element(s)",
+                        values.len()
+                    )));
+                }
+                for (index, value) in values.iter().enumerate() {
+                    match number(value) {
+                        Ok(value) => row.push(value),
+                        Err(what) => {
+                            row.truncate(start);
+                            return Err(invalid(format!("`{field}[{index}]` is {what}")));
+                        }
+                    }
+                }
+            }
+            InputLayout::Fields(fields) => {
+                for field in fields {
+                    let value = input
+                        .get(field)
+                        .ok_or_else(|| invalid(format!("missing field `{field}`")));
+                    let value = value.and_then(|value| {
+                        number(value).map_err(|what| invalid(format!("`{field}` is {what}")))
+                    });
+                    match value {
+                        Ok(value) => row.push(value),
+                        Err(err) => {
+                            row.truncate(start);
+                            return Err(err);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A JSON number as an f32, or what the value is instead.
+fn number(value: &Value) -> Result<f32, String> {
+    let Value::Number(number) = value else {
+        return Err(format!("{}, not a number", json_type(value)));
+    };
+    let double = number
+        .as_f64()
+        .filter(|v| v.is_finite())
+        .ok_or("not a finite number")?;
+    let single = double as f32;
+    if single.is_infinite() {
+        return Err(format!("{number}, beyond the range of a 32-bit float"));
+    }
+    Ok(single)
+}
+
+fn json_type(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+impl OnnxModel {
+    /// Predicts `inputs` on the calling thread, as one inference call: what
+    /// [`Model::predict_batch`] does on a blocking thread. For benchmarks and
+    /// callers outside an async runtime.
+    pub fn predict_blocking(&self, inputs: &[Input]) -> Vec<Result<Value, ModelError>> {
+        let (rows, results) = self.read_inputs(inputs);
+        let valid = results.iter().filter(|result| result.is_none()).count();
+        let outcome = match valid {
+            0 => Ok(Vec::new()),
+            _ => self.inference.run(&rows, valid),
+        };
+        self.merge(results, outcome)
+    }
+
+    /// The rows of the valid inputs, and the error of each invalid one (`None`
+    /// where the input is valid): a bad input fails alone, the rest run.
+    #[allow(clippy::type_complexity)]
+    fn read_inputs(&self, inputs: &[Input]) -> (Vec<f32>, Vec<Option<Result<Value, ModelError>>>) {
+        let mut rows = Vec::with_capacity(inputs.len() * self.inference.input.width);
+        let results = inputs
+            .iter()
+            .map(|input| self.inference.input.read(input, &mut rows).err().map(Err))
+            .collect();
+        (rows, results)
+    }
+
+    /// Fills the results of the valid inputs from the inference `outcome`.
+    fn merge(
+        &self,
+        results: Vec<Option<Result<Value, ModelError>>>,
+        outcome: anyhow::Result<Vec<Result<Value, ModelError>>>,
+    ) -> Vec<Result<Value, ModelError>> {
+        let valid = results.iter().filter(|result| result.is_none()).count();
+        let mut predictions = match outcome {
+            Ok(predictions) => predictions,
+            Err(err) => {
+                tracing::error!(model = %self.name, error = format!("{err:#}"), "inference failed");
+                vec![Err(ModelError::Failed("inference failed".to_owned())); valid]
+            }
+        }
+        .into_iter();
+        results
+            .into_iter()
+            .map(|result| {
+                result.or_else(|| predictions.next()).unwrap_or_else(|| {
+                    Err(ModelError::Failed(
+                        "inference returned too few rows".to_owned(),
+                    ))
+                })
+            })
+            .collect()
+    }
+}
+
+#[async_trait]
+impl Model for OnnxModel {
+    fn name(&self) -> &ModelName {
+        &self.name
+    }
+
+    fn version(&self) -> &str {
+        &self.version
+    }
+
+    fn freshness_ttl(&self) -> Option<Duration> {
+        self.freshness_ttl
+    }
+
+    fn batches(&self) -> bool {
+        true
+    }
+
+    async fn predict(&self, input: &Input) -> Result<Value, ModelError> {
+        self.predict_batch(std::slice::from_ref(input))
+            .await
+            .pop()
+            .expect("one result per input")
+    }
+
+    async fn predict_batch(&self, inputs: &[Input]) -> Vec<Result<Value, ModelError>> {
+        let (rows, results) = self.read_inputs(inputs);
+        let inference = Arc::clone(&self.inference);
+        let valid = results.iter().filter(|result| result.is_none()).count();
+        // Inference is CPU work: off the async threads.
+        let outcome = match valid {
+            0 => Ok(Vec::new()),
+            _ => tokio::task::spawn_blocking(move || inference.run(&rows, valid))
+                .await
+                .map_err(|err| anyhow::anyhow!("inference panicked: {err}"))
+                .and_then(|outcome| outcome),
+        };
+        self.merge(results, outcome)
+    }
+}

@@ -1,0 +1,302 @@
+//! The ONNX models of `models/`: compared with the outputs onnxruntime computed
+//! for them (`models/reference.json`), in process and over plain NATS; dynamic
+//! batching as the worker counts it; and every startup error.
+
+use std::path::Path;
+use std::process::Command;
+
+use serde_json::{Map, Value, json};
+use test_support::example_models::{manifest, models_dir, references};
+use worker::onnx::load_manifest;
+
+use super::{gather, header, request_owned, start};
+
+#[tokio::test]
+async fn every_example_model_matches_onnxruntime_one_by_one_and_batched() {
+    let models = load_manifest(Path::new(&manifest())).unwrap();
+    let names: Vec<_> = models.iter().map(|model| model.name().as_str()).collect();
+    assert_eq!(names, ["price-mlp", "price-gbt", "price-linear"]);
+    let references = references();
+    for model in &models {
+        let cases: Vec<_> = references
+            .iter()
+            .filter(|reference| reference.model == model.name().as_str())
+            .collect();
+        assert_eq!(cases.len(), 32, "references of {}", model.name());
+        let inputs: Vec<_> = cases.iter().map(|case| case.input.clone()).collect();
+        let batched = model.predict_batch(&inputs).await;
+        for (case, batched) in cases.iter().zip(batched) {
+            let single = model.predict(&case.input).await.unwrap();
+            assert_eq!(
+                single,
+                batched.unwrap(),
+                "{}: batch and single differ",
+                model.name()
+            );
+            case.assert_matches(&single);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_example_models_answer_plain_nats_requests_with_their_versions() {
+    let mut running = start(&["--model-config", &manifest()]).await;
+    for reference in references().iter().step_by(3) {
+        let subject = format!("predict.{}", reference.model);
+        let payload = serde_json::to_string(&reference.input).unwrap();
+        let reply = request_owned(&running.client, &subject, payload).await;
+        assert_eq!(header(&reply, "Nats-Service-Error-Code"), None);
+        assert_eq!(header(&reply, "Model-Version"), Some("1.0.0"));
+        assert_eq!(header(&reply, "Freshness-Ttl-Ms"), Some("60000"));
+        let prediction: Value = serde_json::from_slice(&reply.payload).unwrap();
+        reference.assert_matches(&prediction);
+    }
+
+    let infos = gather(&running.client, "$SRV.INFO.prediction-worker").await;
+    assert_eq!(infos.len(), 1);
+    let mut endpoints: Vec<_> = infos[0]["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["name"].as_str().unwrap(),
+                e["metadata"]["model_version"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    endpoints.sort_unstable();
+    assert_eq!(
+        endpoints,
+        [
+            ("price-gbt", "1.0.0"),
+            ("price-linear", "1.0.0"),
+            ("price-mlp", "1.0.0")
+        ],
+        "a worker given only a manifest serves only its models"
+    );
+    running.stop().await.unwrap();
+}
+
+/// `inference_calls` and `predictions` of `model` in the worker's service stats.
+async fn inference_counts(client: &async_nats::Client, model: &str) -> (u64, u64) {
+    let stats = gather(client, "$SRV.STATS.prediction-worker").await;
+    let endpoint = stats[0]["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == model)
+        .unwrap()
+        .clone();
+    (
+        endpoint["data"]["inference_calls"].as_u64().unwrap(),
+        endpoint["data"]["predictions"].as_u64().unwrap(),
+    )
+}
+
+/// 64 distinct inputs, the 10th malformed, sent at once; returns the replies.
+async fn sixty_four_at_once(client: &async_nats::Client) -> Vec<async_nats::Message> {
+    let requests = sixty_four_inputs()
+        .into_iter()
+        .enumerate()
+        .map(|(i, body)| {
+            let body = if i == 9 {
+                json!({ "features": [1, 2, 3] }).to_string()
+            } else {
+                String::from_utf8(body).unwrap()
+            };
+            request_owned(client, "predict.price-gbt", body)
+        });
+    futures::future::join_all(requests).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_share_inference_calls_and_a_bad_input_fails_alone() {
+    let reference_model = load_manifest(Path::new(&manifest()))
+        .unwrap()
+        .into_iter()
+        .find(|model| model.name().as_str() == "price-gbt")
+        .unwrap();
+    let mut running = start(&["--model-config", &manifest(), "--batch-window", "20ms"]).await;
+    let replies = sixty_four_at_once(&running.client).await;
+    for (i, reply) in replies.iter().enumerate() {
+        if i == 9 {
+            assert_eq!(header(reply, "Nats-Service-Error-Code"), Some("400"));
+            let message = header(reply, "Nats-Service-Error").unwrap();
+            assert!(message.contains("`features` has 3 element(s)"), "{message}");
+            assert!(
+                message.contains(r#"expected {"features": [10 numbers]}"#),
+                "{message}"
+            );
+            continue;
+        }
+        assert_eq!(header(reply, "Nats-Service-Error"), None, "request {i}");
+        let prediction: Value = serde_json::from_slice(&reply.payload).unwrap();
+        let input: Map<String, Value> = serde_json::from_slice(&sixty_four_inputs()[i]).unwrap();
+        let alone = reference_model.predict(&input).await.unwrap();
+        assert_eq!(prediction, alone, "request {i} got another row's answer");
+    }
+    let (calls, predictions) = inference_counts(&running.client, "price-gbt").await;
+    assert_eq!(predictions, 64);
+    assert!(calls < 64 / 4, "64 requests took {calls} inference calls");
+    running.stop().await.unwrap();
+
+    // Batching off: one call per request.
+    let mut unbatched = start(&["--model-config", &manifest(), "--max-batch", "1"]).await;
+    let replies = sixty_four_at_once(&unbatched.client).await;
+    assert_eq!(replies.len(), 64);
+    assert_eq!(
+        inference_counts(&unbatched.client, "price-gbt").await,
+        (64, 64)
+    );
+    unbatched.stop().await.unwrap();
+}
+
+/// The request bodies of [`sixty_four_at_once`], as bytes.
+fn sixty_four_inputs() -> Vec<Vec<u8>> {
+    (0..64)
+        .map(|i| {
+            let features: Vec<f64> = (0..10)
+                .map(|j| 2000.0 + f64::from(i) + f64::from(j) / 10.0)
+                .collect();
+            serde_json::to_vec(&json!({ "features": features })).unwrap()
+        })
+        .collect()
+}
+
+/// Runs the worker binary on a manifest written from `toml` (model files are
+/// looked up in `models/` and in the test fixtures) and returns what it printed,
+/// asserting it exited with an error before serving.
+fn startup_failure(case: &str, toml: &str, extra_files: &[(&str, &[u8])]) -> String {
+    let directory = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("startup-{case}"));
+    std::fs::create_dir_all(&directory).unwrap();
+    for (name, bytes) in extra_files {
+        std::fs::write(directory.join(name), bytes).unwrap();
+    }
+    let manifest = directory.join("models.toml");
+    std::fs::write(&manifest, toml).unwrap();
+    // No NATS server at this address: the models are loaded before connecting.
+    let output = Command::new(env!("CARGO_BIN_EXE_worker"))
+        .args(["--nats-url", "nats://127.0.0.1:1", "--model-config"])
+        .arg(&manifest)
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(
+        !output.status.success(),
+        "{case}: the worker started:\n{printed}"
+    );
+    printed
+}
+
+fn entry(name: &str, path: &str, input: &str, output: &str) -> String {
+    format!(
+        "[[model]]\nname = \"{name}\"\nversion = \"1\"\npath = \"{path}\"\ninput = {input}\noutput = {output}\n"
+    )
+}
+
+#[test]
+fn a_model_the_worker_cannot_serve_stops_it_at_startup_naming_the_model_and_why() {
+    let gbt = models_dir().join("price-gbt.onnx").display().to_string();
+    let svr = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/svr.onnx")
+        .display()
+        .to_string();
+    let features = r#"{ field = "features" }"#;
+    let price = r#"{ predicted_price = { index = 0 } }"#;
+    // (case, manifest, files beside it, what the error must say)
+    type Case<'a> = (&'a str, String, &'a [(&'a str, &'a [u8])], &'a [&'a str]);
+    let cases: [Case; 7] = [
+        (
+            "missing-file",
+            entry("ghost", "nowhere.onnx", features, price),
+            &[],
+            &[r#"model "ghost""#, "nowhere.onnx", "does not exist"],
+        ),
+        (
+            "corrupt-file",
+            entry("garbled", "garbled.onnx", features, price),
+            &[("garbled.onnx", b"this is not protobuf \x00\xff\xfe")],
+            &[r#"model "garbled""#, "not an ONNX model"],
+        ),
+        (
+            "unsupported-operator",
+            entry("svr", &svr, features, price),
+            &[],
+            &[
+                r#"model "svr""#,
+                "unsupported ONNX operator(s): SVMRegressor",
+            ],
+        ),
+        (
+            "manifest-syntax",
+            "[[model]]\nname = \"broken\"\nversion = ".to_owned(),
+            &[],
+            &["models.toml", "TOML"],
+        ),
+        (
+            "manifest-input",
+            entry(
+                "both",
+                &gbt,
+                r#"{ field = "features", fields = ["a"] }"#,
+                price,
+            ),
+            &[],
+            &[r#"model "both""#, "exactly one of `field`"],
+        ),
+        (
+            "wrong-width",
+            entry("narrow", &gbt, r#"{ fields = ["open", "close"] }"#, price),
+            &[],
+            &[
+                r#"model "narrow""#,
+                "maps 2 field(s) but the model takes 10 features",
+            ],
+        ),
+        (
+            "wrong-output",
+            entry(
+                "misread",
+                &gbt,
+                features,
+                r#"{ y = { tensor = "probabilities" } }"#,
+            ),
+            &[],
+            &[
+                r#"model "misread""#,
+                r#"reads tensor "probabilities""#,
+                r#"["variable"]"#,
+            ],
+        ),
+    ];
+    for (case, toml, files, expected) in cases {
+        let printed = startup_failure(case, &toml, files);
+        for text in expected {
+            assert!(
+                printed.contains(text),
+                "{case}: {text:?} not in:\n{printed}"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn builtin_models_are_served_beside_a_manifest() {
+    let mut running = start(&["--model-config", &manifest(), "--model", "echo"]).await;
+    let infos = gather(&running.client, "$SRV.INFO.prediction-worker").await;
+    let mut names: Vec<_> = infos[0]["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap().to_owned())
+        .collect();
+    names.sort_unstable();
+    assert_eq!(names, ["echo", "price-gbt", "price-linear", "price-mlp"]);
+    let reply = request_owned(&running.client, "predict.echo", r#"{"a":1}"#.into()).await;
+    assert_eq!(
+        serde_json::from_slice::<Value>(&reply.payload).unwrap(),
+        json!({"echo": {"a": 1}})
+    );
+    running.stop().await.unwrap();
+}
