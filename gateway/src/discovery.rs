@@ -77,18 +77,18 @@ impl ModelDirectory {
             .collect()
     }
 
-    /// The version of `model` whose cached predictions may be served: the highest
-    /// one served, from the latest snapshot. `None` when the model is not in it
-    /// (or serves no version), so cached answers keep flowing while no worker is
-    /// known, as in an outage.
-    pub fn current_version(&self, model: &ModelName) -> Option<String> {
+    /// Whether cached predictions of `model` computed by `version` may be served:
+    /// `version` is the highest one served, in the latest snapshot. Also true when
+    /// the model is not in it (or declares no version), so cached answers keep
+    /// flowing while no worker is known, as in an outage. On every cache hit, so
+    /// it reads the snapshot in place rather than cloning anything.
+    pub fn is_current_version(&self, model: &ModelName, version: &str) -> bool {
         let latest = self.latest.read().expect("not poisoned");
         latest
-            .as_ref()?
-            .models
-            .get(model.as_str())?
-            .current_version
-            .clone()
+            .as_ref()
+            .and_then(|snapshot| snapshot.models.get(model.as_str()))
+            .and_then(|served| served.current_version.as_deref())
+            .is_none_or(|current| current == version)
     }
 
     /// Whether some worker serves `model`. A known model answers at once (an old

@@ -281,8 +281,7 @@ impl Predictor {
     /// no worker is known every entry is served, as in an outage.
     fn is_current(&self, model: &ModelName, entry: &CachedPrediction) -> bool {
         self.directory
-            .current_version(model)
-            .is_none_or(|current| current == entry.model_version)
+            .is_current_version(model, &entry.model_version)
     }
 
     /// Whether `entry` can answer a request for `model` now.

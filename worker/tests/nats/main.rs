@@ -275,15 +275,22 @@ struct GaugedModel {
     running: AtomicUsize,
     most_at_once: AtomicUsize,
     calls: AtomicUsize,
+    /// Whether it asks for dynamic batching (its batches run their rows at once).
+    batches: bool,
 }
 
 impl GaugedModel {
     fn new() -> Arc<Self> {
+        Self::with_batching(false)
+    }
+
+    fn with_batching(batches: bool) -> Arc<Self> {
         Arc::new(Self {
             name: ModelName::parse("gauged").unwrap(),
             running: AtomicUsize::new(0),
             most_at_once: AtomicUsize::new(0),
             calls: AtomicUsize::new(0),
+            batches,
         })
     }
 }
@@ -296,6 +303,10 @@ impl Model for GaugedModel {
 
     fn version(&self) -> &str {
         "1.0.0"
+    }
+
+    fn batches(&self) -> bool {
+        self.batches
     }
 
     async fn predict(&self, input: &Input) -> Result<Value, ModelError> {
@@ -385,12 +396,34 @@ async fn the_concurrency_cap_holds_and_requests_past_the_queue_are_refused_as_bu
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopping_worker_answers_every_request_it_holds_running_or_waiting() {
+    stop_while_holding_requests(GaugedModel::new()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_worker_finishes_the_batches_in_flight() {
+    let model = GaugedModel::with_batching(true);
+    stop_while_holding_requests(model.clone()).await;
+    assert!(
+        model.most_at_once.load(Ordering::SeqCst) > 2,
+        "the requests ran in batches, beyond the two slots"
+    );
+}
+
+/// Six requests of 200 ms each on a worker with two slots; the stop signal comes
+/// while they run or wait. Every one must be answered, and the worker exit cleanly.
+async fn stop_while_holding_requests(model: Arc<GaugedModel>) {
     let nats = NatsServer::start();
-    let model = GaugedModel::new();
     let (shutdown, task) = start_with_model(
         &nats,
         model.clone(),
-        &["--concurrency", "2", "--queue-depth", "10"],
+        &[
+            "--concurrency",
+            "2",
+            "--queue-depth",
+            "10",
+            "--batch-window",
+            "20ms",
+        ],
     )
     .await;
     let client = async_nats::connect(nats.url()).await.unwrap();

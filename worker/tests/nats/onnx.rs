@@ -300,3 +300,75 @@ async fn builtin_models_are_served_beside_a_manifest() {
     );
     running.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn named_input_fields_feed_the_same_tensor_as_an_array() {
+    let directory = Path::new(env!("CARGO_TARGET_TMPDIR")).join("named-fields");
+    std::fs::create_dir_all(&directory).unwrap();
+    let manifest_path = directory.join("models.toml");
+    let names: Vec<String> = (1..=10).map(|minute| format!("t{minute}")).collect();
+    std::fs::write(
+        &manifest_path,
+        format!(
+            "[[model]]\nname = \"named\"\nversion = \"1\"\npath = \"{}\"\n\
+             input = {{ fields = {names:?} }}\noutput = {{ predicted_price = {{ index = 0 }}, row = {{}} }}\n",
+            models_dir().join("price-linear.onnx").display()
+        ),
+    )
+    .unwrap();
+    let named = load_manifest(&manifest_path).unwrap().remove(0);
+    for reference in references()
+        .iter()
+        .filter(|r| r.model == "price-linear")
+        .take(8)
+    {
+        let values = reference.input["features"].as_array().unwrap();
+        let input: Map<String, Value> = names.iter().cloned().zip(values.iter().cloned()).collect();
+        let prediction = named.predict(&input).await.unwrap();
+        reference.assert_matches(&prediction);
+        assert_eq!(prediction["row"], json!([prediction["predicted_price"]]));
+    }
+    let mut missing: Map<String, Value> = names.iter().map(|n| (n.clone(), json!(1.0))).collect();
+    missing.remove("t4");
+    let err = named.predict(&missing).await.unwrap_err().to_string();
+    assert!(err.contains("missing field `t4`"), "{err}");
+    assert!(err.contains("the number fields `t1`, `t2`"), "{err}");
+}
+
+#[tokio::test]
+async fn a_random_forest_with_two_targets_matches_onnxruntime() {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let directory = Path::new(env!("CARGO_TARGET_TMPDIR")).join("forest");
+    std::fs::create_dir_all(&directory).unwrap();
+    let manifest_path = directory.join("models.toml");
+    std::fs::write(
+        &manifest_path,
+        format!(
+            "[[model]]\nname = \"forest\"\nversion = \"1\"\npath = \"{}\"\n\
+             input = {{ field = \"x\" }}\noutput = {{ y = {{}} }}\n",
+            fixtures.join("forest.onnx").display()
+        ),
+    )
+    .unwrap();
+    let forest = load_manifest(&manifest_path).unwrap().remove(0);
+    let text = std::fs::read_to_string(fixtures.join("forest-reference.json")).unwrap();
+    let cases: Vec<Value> = serde_json::from_str(&text).unwrap();
+    assert_eq!(cases.len(), 16);
+    let inputs: Vec<Map<String, Value>> = cases
+        .iter()
+        .map(|case| case["input"].as_object().unwrap().clone())
+        .collect();
+    let predictions = forest.predict_batch(&inputs).await;
+    for (case, prediction) in cases.iter().zip(predictions) {
+        let actual = prediction.unwrap()["y"].clone();
+        let (actual, expected) = (actual.as_array().unwrap(), case["y"].as_array().unwrap());
+        assert_eq!(actual.len(), 2);
+        for (a, e) in actual.iter().zip(expected) {
+            let (a, e) = (a.as_f64().unwrap(), e.as_f64().unwrap());
+            assert!(
+                (a - e).abs() <= 1e-5 * e.abs().max(1e-3),
+                "{a} vs onnxruntime {e}"
+            );
+        }
+    }
+}
