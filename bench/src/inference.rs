@@ -124,7 +124,7 @@ pub async fn scenarios(seconds: Duration, say: &dyn Fn(&str)) -> anyhow::Result<
     say("ONNX: the example GBT on one core");
     let rows_per_second = gbt_rows_per_second(seconds).await?;
     rows.push(Row {
-        scenario: "ONNX price-gbt in process, 1 core, batches of 256".into(),
+        scenario: "ONNX price-gbt, 1 core, batches of 256".into(),
         load: "1 thread".into(),
         throughput: Some(rows_per_second),
         latency_ms: None,
@@ -139,10 +139,7 @@ pub async fn scenarios(seconds: Duration, say: &dyn Fn(&str)) -> anyhow::Result<
     let manifest = manifest.to_str().context("a UTF-8 temp path")?;
     let client = async_nats::connect(nats.url()).await?;
     let mut measured = Vec::new();
-    for (label, max_batch) in [
-        ("batching off (--max-batch 1)", "1"),
-        ("batching on (1 ms window, max 64)", "64"),
-    ] {
+    for (label, max_batch) in [("batching off", "1"), ("batching on", "64")] {
         // One inference call per core at a time, in both runs.
         let worker = stack::worker(
             &nats.url(),
@@ -175,7 +172,7 @@ pub async fn scenarios(seconds: Duration, say: &dyn Fn(&str)) -> anyhow::Result<
         (on_label, on_busy, on_alone),
     ] = <[_; 2]>::try_from(measured).map_err(|_| anyhow::anyhow!("two runs"))?;
     let mut off = row_from(
-        &format!("ONNX worker, bench-mlp over NATS, {off_label}"),
+        &format!("ONNX bench-mlp, 64 in flight, {off_label}"),
         &off_busy,
         64,
         None,
@@ -184,16 +181,16 @@ pub async fn scenarios(seconds: Duration, say: &dyn Fn(&str)) -> anyhow::Result<
     off.load = "64 in flight".into();
     rows.push(off);
     let mut on = row_from(
-        &format!("ONNX worker, bench-mlp over NATS, {on_label}"),
+        &format!("ONNX bench-mlp, 64 in flight, {on_label}"),
         &on_busy,
         64,
-        Some(("batching off", &off_busy)),
-        ("≥ 2×", Some(2.0)),
+        Some(("--max-batch 1", &off_busy)),
+        ("≥ 2× (1 ms window, max 64)", Some(2.0)),
     );
     on.load = "64 in flight".into();
     rows.push(on);
     let mut off = row_from(
-        &format!("ONNX worker, one request at a time, {off_label}"),
+        &format!("ONNX bench-mlp, 1 in flight, {off_label}"),
         &off_alone,
         1,
         None,
@@ -203,14 +200,14 @@ pub async fn scenarios(seconds: Duration, say: &dyn Fn(&str)) -> anyhow::Result<
     rows.push(off);
     let window_cost_ms = (on_alone.p50_us - off_alone.p50_us) / 1000.0;
     let mut alone = row_from(
-        &format!("ONNX worker, one request at a time, {on_label}"),
+        &format!("ONNX bench-mlp, 1 in flight, {on_label}"),
         &on_alone,
         1,
         None,
         ("", None),
     );
     alone.baseline = format!(
-        "batching off p50 {:.3} ms (window cost: {window_cost_ms:+.3} ms)",
+        "--max-batch 1: p50 {:.3} ms (window cost: {window_cost_ms:+.3} ms)",
         off_alone.p50_us / 1000.0
     );
     alone.load = "1 in flight".into();
