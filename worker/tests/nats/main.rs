@@ -548,8 +548,9 @@ async fn an_independent_python_client_sees_what_nats_req_and_nats_micro_info_sho
 }
 
 /// Hostile payloads straight to the worker's endpoint: random bytes, invalid UTF-8,
-/// deep nesting, huge numbers, strings near NATS's payload limit. Every one gets an
-/// answer (a prediction or a 400), and the worker goes on serving.
+/// deep nesting, huge numbers, strings near NATS's payload limit, to the stand-in and
+/// to an ONNX model. Every one gets an answer (a prediction or a 400), and the worker
+/// goes on serving.
 #[test]
 fn hostile_payloads_get_an_answer_every_time_and_the_worker_goes_on() {
     use proptest::prelude::*;
@@ -560,8 +561,9 @@ fn hostile_payloads_get_an_answer_every_time_and_the_worker_goes_on() {
         .enable_all()
         .build()
         .unwrap();
+    let manifest = test_support::example_models::manifest();
     let (running, client) = runtime.block_on(async {
-        let running = start(&[]).await;
+        let running = start(&["--model", "price", "--model-config", &manifest]).await;
         let client = async_nats::ConnectOptions::new()
             .request_timeout(Some(Duration::from_secs(5)))
             .connect(format!(
@@ -573,14 +575,18 @@ fn hostile_payloads_get_an_answer_every_time_and_the_worker_goes_on() {
         (running, client)
     });
 
-    let ask = |payload: Vec<u8>| -> Result<async_nats::Message, async_nats::RequestError> {
-        runtime.block_on(client.request("predict.price", payload.into()))
+    let ask_model = |model: &str, payload: Vec<u8>| {
+        runtime.block_on(client.request(format!("predict.{model}"), payload.into()))
     };
-    let answered_properly =
-        |reply: &async_nats::Message| match header(reply, "Nats-Service-Error-Code") {
-            Some(code) => code == "400" && reply.payload.is_empty(),
-            None => serde_json::from_slice::<Value>(&reply.payload).is_ok(),
-        };
+    // The stand-in and an ONNX model each get every payload.
+    let ask = |payload: Vec<u8>| -> Result<async_nats::Message, async_nats::RequestError> {
+        let onnx = ask_model("price-gbt", payload.clone())?;
+        if !answered_properly_by(&onnx) {
+            return Ok(onnx);
+        }
+        ask_model("price", payload)
+    };
+    let answered_properly = answered_properly_by;
 
     let max_payload = client.server_info().max_payload;
     let fixed: Vec<Vec<u8>> = vec![
@@ -588,6 +594,10 @@ fn hostile_payloads_get_an_answer_every_time_and_the_worker_goes_on() {
         br#"{"product_id": 1e999999999}"#.to_vec(),
         format!(r#"{{"product_id": {}}}"#, "9".repeat(10_000)).into_bytes(),
         b"\xff\xfe\xfd{\"product_id\":\"\xc3\x28\"}".to_vec(),
+        br#"{"features": [1e999999999, 1, 2, 3, 4, 5, 6, 7, 8, 9]}"#.to_vec(),
+        br#"{"features": [1e39, 1, 2, 3, 4, 5, 6, 7, 8, 9]}"#.to_vec(),
+        br#"{"features": [null, [], {}, "1", true, -0, 0, 0, 0, 0]}"#.to_vec(),
+        format!(r#"{{"features": [{}1]}}"#, "1,".repeat(200_000)).into_bytes(),
         format!(r#"{{"product_id": "{}"}}"#, "x".repeat(max_payload - 1_024)).into_bytes(),
         Vec::new(),
     ];
@@ -612,13 +622,47 @@ fn hostile_payloads_get_an_answer_every_time_and_the_worker_goes_on() {
         })
         .unwrap();
 
-    let reply = ask(br#"{"product_id":"ETH/EUR"}"#.to_vec()).unwrap();
-    assert_eq!(
-        header(&reply, "Nats-Service-Error-Code"),
-        None,
-        "the worker goes on serving"
-    );
+    // Any ten numbers a 32-bit float holds get a prediction; other arrays a 400.
+    runner
+        .run(
+            &prop::collection::vec(prop_oneof![any::<f64>(), -1e6..1e6f64], 0..14),
+            |features| {
+                let body = serde_json::to_vec(&json!({ "features": features })).unwrap();
+                let reply = ask_model("price-gbt", body)
+                    .map_err(|err| TestCaseError::fail(err.to_string()))?;
+                prop_assert!(answered_properly(&reply));
+                let fits = features.len() == 10
+                    && features
+                        .iter()
+                        .all(|v| v.is_finite() && (*v as f32).is_finite());
+                prop_assert_eq!(header(&reply, "Nats-Service-Error-Code").is_none(), fits);
+                Ok(())
+            },
+        )
+        .unwrap();
+
+    for model in ["price", "price-gbt"] {
+        let body = if model == "price" {
+            br#"{"product_id":"ETH/EUR"}"#.to_vec()
+        } else {
+            br#"{"features":[1,2,3,4,5,6,7,8,9,10]}"#.to_vec()
+        };
+        let reply = ask_model(model, body).unwrap();
+        assert_eq!(
+            header(&reply, "Nats-Service-Error-Code"),
+            None,
+            "the worker goes on serving {model}"
+        );
+    }
     drop(running);
+}
+
+/// A proper answer to any payload: a JSON prediction, or a 400 with an empty body.
+fn answered_properly_by(reply: &async_nats::Message) -> bool {
+    match header(reply, "Nats-Service-Error-Code") {
+        Some(code) => code == "400" && reply.payload.is_empty(),
+        None => serde_json::from_slice::<Value>(&reply.payload).is_ok(),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
