@@ -138,7 +138,8 @@ pub fn cache_key_pattern(prefix: &str, model: &ModelName) -> String {
     format!("{prefix}{ENTRY_NAMESPACE}{KEY_FORMAT_VERSION}:{model}:*")
 }
 
-fn json_kind(value: &Value) -> &'static str {
+/// What kind of JSON value `value` is, for error messages ("a string", "null").
+pub fn json_kind(value: &Value) -> &'static str {
     match value {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",

@@ -23,6 +23,7 @@ use std::time::Duration;
 use anyhow::{Context, bail, ensure};
 use async_trait::async_trait;
 use prediction_contract::ModelName;
+use prediction_contract::canonical::json_kind;
 use serde_json::{Map, Number, Value};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::infer::Factoid;
@@ -365,7 +366,7 @@ impl InputReader {
                     Some(other) => {
                         return Err(invalid(format!(
                             "`{field}` is {}, not an array",
-                            json_type(other)
+                            json_kind(other)
                         )));
                     }
                 };
@@ -410,7 +411,7 @@ impl InputReader {
 /// A JSON number as an f32, or what the value is instead.
 fn number(value: &Value) -> Result<f32, String> {
     let Value::Number(number) = value else {
-        return Err(format!("{}, not a number", json_type(value)));
+        return Err(format!("{}, not a number", json_kind(value)));
     };
     let double = number
         .as_f64()
@@ -421,17 +422,6 @@ fn number(value: &Value) -> Result<f32, String> {
         return Err(format!("{number}, beyond the range of a 32-bit float"));
     }
     Ok(single)
-}
-
-fn json_type(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
 }
 
 impl OnnxModel {
