@@ -49,14 +49,19 @@ pub struct Settings {
 }
 
 pub fn router(state: AppState) -> Router {
-    let predictions = Router::new()
+    let mut predictions = Router::new()
         .route(
             "/v1/models/{model}/predict",
             get(predict::predict_from_query).post(predict::predict_from_body),
         )
         .route("/predict", post(predict::predict_default_model))
-        .route("/v1/models", get(list_models))
-        .route_layer(from_fn_with_state(state.clone(), auth::require_api_token));
+        .route("/v1/models", get(list_models));
+    // Without API tokens the guard lets every request through; leaving it out
+    // spares the hot path a middleware (a boxed service clone and future) per request.
+    if !state.settings.tokens.api.is_empty() {
+        predictions =
+            predictions.route_layer(from_fn_with_state(state.clone(), auth::require_api_token));
+    }
     let purges = Router::new()
         .route("/v1/models/{model}/cache", delete(admin::purge_model))
         .route("/v1/models/{model}/cache/purge", post(admin::purge_input))

@@ -218,6 +218,8 @@ fn prediction_response(answer: &Answer) -> Response {
     };
     let mut response = (StatusCode::OK, entry.prediction.clone()).into_response();
     let headers = response.headers_mut();
+    // Room for the headers below at once, not grown insert by insert.
+    headers.reserve(8);
     headers.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
