@@ -390,10 +390,13 @@ impl Predictor {
                 });
             }
 
+            let held_lock = guard.is_some();
             let outcome = match self.call_model(&model, &input, &request_id, deadline).await {
                 Ok(entry) => {
-                    let stored =
-                        store && !entry.fresh_for.is_zero() && self.cache.store(&key, &entry).await;
+                    // The store releases the lock in the same Redis round trip.
+                    let stored = store
+                        && !entry.fresh_for.is_zero()
+                        && self.cache.store(&key, &entry, guard.take()).await;
                     Ok(Resolved {
                         entry,
                         source: Source::Model {
@@ -404,14 +407,16 @@ impl Predictor {
                 }
                 Err(failure) => Err(failure),
             };
-            if let Some(guard) = guard {
+            if held_lock {
                 // Off the response path: the entry is stored, so a request from
                 // now on finds it; the announcement is for gateways already waiting.
                 let this = Arc::clone(&self);
                 let announced = outcome.clone();
                 tokio::spawn(async move {
                     this.announce(&key, &announced).await;
-                    guard.release().await;
+                    if let Some(guard) = guard {
+                        guard.release().await;
+                    }
                 });
             }
             return outcome;

@@ -6,6 +6,7 @@
 //! lock every third of its TTL while its model call runs, however many attempts it
 //! takes; a holder that dies stops extending and the lock expires within one TTL.
 
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use prediction_contract::CacheKey;
@@ -26,6 +27,10 @@ end
 return 0";
 
 /// Takes compute locks in Redis.
+// Hashed once (redis-rs computes a script's SHA-1 in `Script::new`), not per miss.
+static EXTEND_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(EXTEND));
+static RELEASE_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(RELEASE));
+
 #[derive(Clone)]
 pub struct ComputeLock {
     redis: ConnectionManager,
@@ -114,7 +119,7 @@ async fn keep_extended(
     token: String,
     ttl: Duration,
 ) {
-    let script = redis::Script::new(EXTEND);
+    let script = &*EXTEND_SCRIPT;
     let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
     let mut every = tokio::time::interval(ttl / 3);
     every.tick().await; // the first tick is immediate
@@ -151,8 +156,7 @@ pub struct LockGuard {
 impl LockGuard {
     pub async fn release(mut self) {
         self.renewal.abort();
-        let script = redis::Script::new(RELEASE);
-        if let Err(err) = script
+        if let Err(err) = RELEASE_SCRIPT
             .key(&self.lock_key)
             .arg(&self.token)
             .invoke_async::<i64>(&mut self.redis)
@@ -160,6 +164,22 @@ impl LockGuard {
         {
             warn!(lock_key = self.lock_key, error = %err, "could not release the compute lock; it will expire");
         }
+    }
+}
+
+impl LockGuard {
+    /// Adds this lock's release to `pipeline`, so it costs no round trip of its
+    /// own. `EVAL` with the script's text rather than `EVALSHA`: a pipeline cannot
+    /// load a script that a restarted Redis has forgotten.
+    pub fn release_in(self, pipeline: &mut redis::Pipeline) {
+        self.renewal.abort();
+        pipeline
+            .cmd("EVAL")
+            .arg(RELEASE)
+            .arg(1)
+            .arg(&self.lock_key)
+            .arg(&self.token)
+            .ignore();
     }
 }
 

@@ -212,28 +212,43 @@ impl PredictionCache {
 
     /// Stores `entry` under `key` in both tiers; Redis drops it at the end of its
     /// stale period. Returns whether Redis took it.
-    pub async fn store(&self, key: &CacheKey, entry: &Arc<CachedPrediction>) -> bool {
+    ///
+    /// With the compute `lock` of the key, releases it in the same round trip,
+    /// after the entry is stored (so whoever takes the lock next finds the entry).
+    pub async fn store(
+        &self,
+        key: &CacheKey,
+        entry: &Arc<CachedPrediction>,
+        lock: Option<LockGuard>,
+    ) -> bool {
         if let Some(local) = &self.local {
             local
                 .insert(key.as_str().to_owned(), Arc::clone(entry))
                 .await;
         }
         if self.breaker.is_open(unix_now_ms()) {
+            if let Some(lock) = lock {
+                tokio::spawn(lock.release());
+            }
             return false;
         }
         let keep_for = entry.fresh_for + self.stale_ttl;
         let expire_ms = u64::try_from(keep_for.as_millis())
             .unwrap_or(u64::MAX)
             .max(1);
-        let mut redis = self.redis.clone();
-        match redis::cmd("SET")
+        let mut pipeline = redis::pipe();
+        pipeline
+            .cmd("SET")
             .arg(key.as_str())
             .arg(entry.encode())
             .arg("PX")
             .arg(expire_ms)
-            .query_async::<()>(&mut redis)
-            .await
-        {
+            .ignore();
+        if let Some(lock) = lock {
+            lock.release_in(&mut pipeline);
+        }
+        let mut redis = self.redis.clone();
+        match pipeline.query_async::<()>(&mut redis).await {
             Ok(()) => true,
             Err(err) => {
                 self.note_redis_failure(&err);

@@ -161,3 +161,30 @@ async fn a_live_holder_keeps_its_lock_through_a_model_call_longer_than_the_lock_
         "the lock was extended, so the other gateway kept waiting"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_compute_lock_is_released_in_the_same_round_trip_as_the_store() {
+    let app = spawn_app(&[]).await;
+    let response = app
+        .post("/v1/models/echo/predict", r#"{"released":1}"#)
+        .await;
+    assert_eq!(header(&response, "x-cache"), "MISS");
+    let key = CacheKey::new(
+        &app.key_prefix,
+        &ModelName::parse("echo").unwrap(),
+        &CanonicalInput::from_json_slice(br#"{"released":1}"#).unwrap(),
+    );
+    let mut redis = app.redis_connection().await;
+    // By the time the answer is out, the entry is stored and the lock gone: the
+    // next gateway to need the key takes the lock at once and finds the entry.
+    let (stored, locked): (bool, bool) = redis::pipe()
+        .cmd("EXISTS")
+        .arg(key.as_str())
+        .cmd("EXISTS")
+        .arg(key.lock_key())
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert!(stored, "the prediction is stored");
+    assert!(!locked, "the compute lock is released");
+}
