@@ -357,13 +357,12 @@ impl Predictor {
                         rechecked = true;
                         match attempt {
                             LockAttempt::Acquired(acquired) => guard = Some(acquired),
-                            LockAttempt::HeldElsewhere { expires_in } => {
+                            LockAttempt::HeldElsewhere => {
                                 match self
                                     .wait_for_other_gateway(
                                         &key,
                                         &model,
                                         &mut announcements,
-                                        expires_in,
                                         deadline,
                                         recheck,
                                     )
@@ -390,13 +389,18 @@ impl Predictor {
                 });
             }
 
-            let held_lock = guard.is_some();
+            // Whether a gateway may be waiting for this outcome: with the lock
+            // held, yes unless the store says nobody marked that it waits.
+            let mut announce = guard.is_some();
             let outcome = match self.call_model(&model, &input, &request_id, deadline).await {
                 Ok(entry) => {
-                    // The store releases the lock in the same Redis round trip.
-                    let stored = store
-                        && !entry.fresh_for.is_zero()
-                        && self.cache.store(&key, &entry, guard.take()).await;
+                    let mut stored = false;
+                    if store && !entry.fresh_for.is_zero() {
+                        // The store releases the lock in the same Redis round trip.
+                        let outcome = self.cache.store(&key, &entry, guard.take()).await;
+                        stored = outcome.stored;
+                        announce &= outcome.someone_waits;
+                    }
                     Ok(Resolved {
                         entry,
                         source: Source::Model {
@@ -407,13 +411,15 @@ impl Predictor {
                 }
                 Err(failure) => Err(failure),
             };
-            if held_lock {
+            if announce || guard.is_some() {
                 // Off the response path: the entry is stored, so a request from
                 // now on finds it; the announcement is for gateways already waiting.
                 let this = Arc::clone(&self);
                 let announced = outcome.clone();
                 tokio::spawn(async move {
-                    this.announce(&key, &announced).await;
+                    if announce {
+                        this.announce(&key, &announced).await;
+                    }
                     if let Some(guard) = guard {
                         guard.release().await;
                     }
@@ -565,11 +571,11 @@ impl Predictor {
         key: &CacheKey,
         model: &ModelName,
         announcements: &mut Option<async_nats::Subscriber>,
-        expires_in: Duration,
         deadline: Instant,
         recheck: bool,
     ) -> Waited {
-        if announcements.is_none() {
+        let subscribed_now = announcements.is_none();
+        if subscribed_now {
             if !self.models.is_connected() {
                 return Waited::CannotWait;
             }
@@ -581,18 +587,31 @@ impl Predictor {
                     return Waited::CannotWait;
                 }
             }
-            // The subscription must be in place before the re-check, or an
+            // The subscription must be in place before the holder can see that
+            // we wait (and announce), and before the re-check, or an
             // announcement made in between would be missed.
             let _ = nats.flush().await;
-            if recheck
-                && let Lookup::Found(entry) = self.cache.lookup(key).await
-                && self.is_fresh_and_current(model, &entry)
-            {
-                return Waited::Done(Ok(Resolved {
-                    entry,
-                    source: Source::OtherGateway,
-                }));
+        }
+        // The holder announces only to gateways that marked they wait; one that
+        // finished before the mark had stored the entry already (the re-check
+        // below finds it) or left no lock (try again).
+        let expires_in = match self.lock.wait_on(key).await {
+            Ok(Some(expires_in)) => expires_in,
+            Ok(None) => return Waited::LockExpired,
+            Err(err) => {
+                self.cache.note_redis_failure(&err);
+                return Waited::CannotWait;
             }
+        };
+        if subscribed_now
+            && recheck
+            && let Lookup::Found(entry) = self.cache.lookup(key).await
+            && self.is_fresh_and_current(model, &entry)
+        {
+            return Waited::Done(Ok(Resolved {
+                entry,
+                source: Source::OtherGateway,
+            }));
         }
         let Some(subscriber) = announcements.as_mut() else {
             return Waited::CannotWait;

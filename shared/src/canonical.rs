@@ -162,6 +162,14 @@ impl CacheKey {
         format!("{prefix}{LOCK_NAMESPACE}{rest}")
     }
 
+    /// The key a gateway waiting for another's computation of this key sets, so
+    /// that the computing gateway announces its outcome only when someone waits.
+    pub fn waiting_key(&self) -> String {
+        let mut key = self.lock_key();
+        key.push_str(":waiting");
+        key
+    }
+
     /// A NATS subject token naming this key: the SHA-256 of the whole key, so it is
     /// unique per prefix and safe in a subject whatever the prefix holds.
     pub fn subject_token(&self) -> String {

@@ -50,9 +50,8 @@ impl std::fmt::Debug for ComputeLock {
 pub enum LockAttempt {
     Acquired(LockGuard),
     /// Another gateway holds it; it expires in this long unless extended.
-    HeldElsewhere {
-        expires_in: Duration,
-    },
+    /// Another gateway computes it; [`ComputeLock::wait_on`] before waiting.
+    HeldElsewhere,
 }
 
 impl ComputeLock {
@@ -96,14 +95,28 @@ impl ComputeLock {
             };
             return Ok((LockAttempt::Acquired(guard), entry));
         }
-        let pttl: i64 = redis::cmd("PTTL")
-            .arg(&lock_key)
+        Ok((LockAttempt::HeldElsewhere, entry))
+    }
+
+    /// Tells the gateway holding `key`'s lock that someone waits for its outcome
+    /// (it announces only then), and returns how long its lock still lives:
+    /// `None` when it is gone (the holder finished, or died). Call it once
+    /// subscribed to the announcement: a holder that sees the mark announces
+    /// after it, and one that finished before it had stored the entry first.
+    pub async fn wait_on(&self, key: &CacheKey) -> Result<Option<Duration>, redis::RedisError> {
+        let mut redis = self.redis.clone();
+        let ((), pttl): ((), i64) = redis::pipe()
+            .cmd("SET")
+            .arg(key.waiting_key())
+            .arg(1)
+            .arg("PX")
+            .arg(self.ttl_ms())
+            .cmd("PTTL")
+            .arg(key.lock_key())
             .query_async(&mut redis)
             .await?;
-        // -2: it expired between the two commands; -1 cannot happen (we always set
-        // an expiry) but would mean "forever": treat both as "try again now".
-        let expires_in = u64::try_from(pttl).map_or(Duration::ZERO, Duration::from_millis);
-        Ok((LockAttempt::HeldElsewhere { expires_in }, entry))
+        // -2: the lock is gone; -1 cannot happen (locks always expire).
+        Ok(u64::try_from(pttl).ok().map(Duration::from_millis))
     }
 
     fn ttl_ms(&self) -> u64 {
@@ -169,9 +182,11 @@ impl LockGuard {
 
 impl LockGuard {
     /// Adds this lock's release to `pipeline`, so it costs no round trip of its
-    /// own. `EVAL` with the script's text rather than `EVALSHA`: a pipeline cannot
-    /// load a script that a restarted Redis has forgotten.
-    pub fn release_in(self, pipeline: &mut redis::Pipeline) {
+    /// own, then takes the mark of gateways waiting on it (see
+    /// [`ComputeLock::wait_on`]): the pipeline's one value says whether anyone
+    /// waits. `EVAL` with the script's text rather than `EVALSHA`: a pipeline
+    /// cannot load a script that a restarted Redis has forgotten.
+    pub fn release_in(self, pipeline: &mut redis::Pipeline, waiting_key: &str) {
         self.renewal.abort();
         pipeline
             .cmd("EVAL")
@@ -179,6 +194,11 @@ impl LockGuard {
             .arg(1)
             .arg(&self.lock_key)
             .arg(&self.token)
+            .ignore()
+            .cmd("GET")
+            .arg(waiting_key)
+            .cmd("DEL")
+            .arg(waiting_key)
             .ignore();
     }
 }

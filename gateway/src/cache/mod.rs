@@ -35,6 +35,24 @@ pub enum Lookup {
     Unavailable,
 }
 
+/// How [`PredictionCache::store`] went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stored {
+    /// Redis took the entry.
+    pub stored: bool,
+    /// Another gateway marked that it waits for this outcome (or that cannot be
+    /// known because the store failed): announce it.
+    pub someone_waits: bool,
+}
+
+impl Stored {
+    /// Nothing stored, and nobody known not to wait.
+    const FAILED: Self = Self {
+        stored: false,
+        someone_waits: true,
+    };
+}
+
 /// Settings of the cache tiers.
 #[derive(Debug, Clone)]
 pub struct CacheSettings {
@@ -214,13 +232,14 @@ impl PredictionCache {
     /// stale period. Returns whether Redis took it.
     ///
     /// With the compute `lock` of the key, releases it in the same round trip,
-    /// after the entry is stored (so whoever takes the lock next finds the entry).
+    /// after the entry is stored (so whoever takes the lock next finds the entry),
+    /// and learns whether another gateway waits for this outcome.
     pub async fn store(
         &self,
         key: &CacheKey,
         entry: &Arc<CachedPrediction>,
         lock: Option<LockGuard>,
-    ) -> bool {
+    ) -> Stored {
         if let Some(local) = &self.local {
             local
                 .insert(key.as_str().to_owned(), Arc::clone(entry))
@@ -230,7 +249,7 @@ impl PredictionCache {
             if let Some(lock) = lock {
                 tokio::spawn(lock.release());
             }
-            return false;
+            return Stored::FAILED;
         }
         let keep_for = entry.fresh_for + self.stale_ttl;
         let expire_ms = u64::try_from(keep_for.as_millis())
@@ -244,15 +263,27 @@ impl PredictionCache {
             .arg("PX")
             .arg(expire_ms)
             .ignore();
+        let releases = lock.is_some();
         if let Some(lock) = lock {
-            lock.release_in(&mut pipeline);
+            lock.release_in(&mut pipeline, &key.waiting_key());
         }
         let mut redis = self.redis.clone();
-        match pipeline.query_async::<()>(&mut redis).await {
-            Ok(()) => true,
+        let result = if releases {
+            pipeline
+                .query_async::<(Option<u8>,)>(&mut redis)
+                .await
+                .map(|(waiting,)| waiting.is_some())
+        } else {
+            pipeline.query_async::<()>(&mut redis).await.map(|()| false)
+        };
+        match result {
+            Ok(someone_waits) => Stored {
+                stored: true,
+                someone_waits,
+            },
             Err(err) => {
                 self.note_redis_failure(&err);
-                false
+                Stored::FAILED
             }
         }
     }

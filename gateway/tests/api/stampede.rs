@@ -188,3 +188,45 @@ async fn the_compute_lock_is_released_in_the_same_round_trip_as_the_store() {
     assert!(stored, "the prediction is stored");
     assert!(!locked, "the compute lock is released");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_outcome_is_announced_only_when_another_gateway_waits_for_it() {
+    use futures::StreamExt;
+
+    let mut app = spawn_app(&[]).await;
+    let slow = StubModel::slow("slow", Duration::from_millis(400));
+    app.workers
+        .push(start_worker(&app.nats.url(), vec![slow.clone()]).await);
+    let other = app.start_another_gateway(&[]).await;
+    let nats = async_nats::connect(app.nats.url()).await.unwrap();
+    let mut announcements = nats.subscribe("gateway.cache.ready.>").await.unwrap();
+    nats.flush().await.unwrap();
+    let path = "/v1/models/slow/predict";
+
+    // Nobody waits: the entry is stored and the lock released, nothing published.
+    let alone = app.post(path, r#"{"alone":1}"#).await;
+    assert_eq!(header(&alone, "x-cache"), "MISS");
+    let heard = tokio::time::timeout(Duration::from_millis(300), announcements.next()).await;
+    assert!(heard.is_err(), "an uncontended miss was announced");
+
+    // The other gateway waits for this one's computation: it hears the outcome.
+    let responses = burst(
+        &app.http,
+        [app.url(path), other.url(path)],
+        r#"{"shared":1}"#,
+        2,
+    )
+    .await;
+    let mut bodies = Vec::new();
+    for response in responses {
+        assert_eq!(response.status(), 200);
+        bodies.push(response.text().await.unwrap());
+    }
+    assert_eq!(bodies[0], bodies[1]);
+    assert_eq!(slow.calls(), 2, "one call for each input");
+    let heard = tokio::time::timeout(Duration::from_secs(2), announcements.next()).await;
+    assert!(
+        matches!(heard, Ok(Some(_))),
+        "the waiting gateway was not told"
+    );
+}
