@@ -142,6 +142,19 @@ fn version_of(command: &str, arg: &str) -> String {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // Stopped by Ctrl-C or SIGTERM, the bench drops the run, and with it every server
+    // and service it started (their handles kill them when dropped), rather than
+    // leaving them running. A wrk run in progress finishes first (at most its
+    // duration; Ctrl-C in a terminal stops wrk too).
+    tokio::select! {
+        result = run() => result,
+        () = prediction_contract::shutdown::shutdown_signal() => {
+            bail!("interrupted; every process the bench started is stopped")
+        }
+    }
+}
+
+async fn run() -> anyhow::Result<()> {
     match std::env::args().nth(1).as_deref() {
         Some("soak") => return soak::run().await,
         // Only the ONNX scenarios (quick, while working on the worker).
