@@ -497,6 +497,11 @@ mod tests {
         let pattern = cache_key_pattern("t:", &model);
         assert!(key.as_str().starts_with(pattern.trim_end_matches('*')));
         assert!(!lock.starts_with(pattern.trim_end_matches('*')));
+        // The waiters' mark lives beside the lock: under the prefix (so a Redis
+        // ACL on `~<prefix>*` covers it), out of reach of a purge.
+        let waiting = key.waiting_key();
+        assert_eq!(waiting, format!("{lock}:waiting"));
+        assert!(!waiting.starts_with(pattern.trim_end_matches('*')));
     }
 
     #[test]
