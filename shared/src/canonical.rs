@@ -80,11 +80,6 @@ impl CanonicalInput {
     pub fn as_str(&self) -> &str {
         &self.text
     }
-
-    /// SHA-256 of the canonical text, in lower-case hex.
-    pub fn digest_hex(&self) -> String {
-        sha256_hex(self.text.as_bytes()).to_owned()
-    }
 }
 
 /// SHA-256 of `bytes` in lower-case hex, on the stack. Computed for every request:
@@ -493,7 +488,7 @@ mod tests {
         let key = CacheKey::new("t:", &model, &input);
         let lock = key.lock_key();
         assert!(lock.starts_with("t:prediction-lock:v1:price:"));
-        assert!(lock.ends_with(&input.digest_hex()));
+        assert!(lock.ends_with(&*sha256_hex(input.as_str().as_bytes())));
         let pattern = cache_key_pattern("t:", &model);
         assert!(key.as_str().starts_with(pattern.trim_end_matches('*')));
         assert!(!lock.starts_with(pattern.trim_end_matches('*')));
