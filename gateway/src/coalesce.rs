@@ -80,7 +80,9 @@ impl<T: Clone + Send + Sync + 'static> InFlight<T> {
                     let task = tokio::spawn({
                         let this = Arc::clone(self);
                         let key = key.to_owned();
-                        let computation = compute();
+                        // Boxed: a computation's future is kilobytes, which the
+                        // task would otherwise copy around as it is spawned.
+                        let computation = Box::pin(compute());
                         async move {
                             let outcome = computation.await;
                             this.finish(&key, id);

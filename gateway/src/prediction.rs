@@ -25,7 +25,8 @@ use tokio::sync::Semaphore;
 use tracing::{debug, error, info, warn};
 
 use crate::cache::{
-    CachedPrediction, ComputeLock, LockAttempt, Lookup, PredictionCache, unix_now_ms,
+    CachedPrediction, ComputeLock, LockAttempt, LockGuard, LockSite, LockState, Lookup,
+    PredictionCache, unix_now_ms,
 };
 use crate::coalesce::{InFlight, Role};
 use crate::discovery::ModelDirectory;
@@ -105,6 +106,22 @@ enum Source {
     OtherGateway,
     /// The entry was stored by someone else by the time this computation started.
     Cache,
+}
+
+/// One computation to run, and how it starts on the cross-gateway lock.
+struct Job {
+    key: CacheKey,
+    model: ModelName,
+    input: CanonicalInput,
+    request_id: String,
+    /// Store the result (the client did not say `no-store`).
+    store: bool,
+    /// Return an entry that became fresh in the meantime rather than compute.
+    recheck: bool,
+    /// Where the key's lock lives: a lease when the lookup found no entry.
+    site: LockSite,
+    /// The lease, if the lookup took it.
+    acquired: Option<LockGuard>,
 }
 
 /// Settings the predictor needs.
@@ -199,8 +216,19 @@ impl Predictor {
         let arrived = Instant::now();
         let key = CacheKey::new(&self.settings.key_prefix, model, &input);
         let mut wants_new = directives.skips_lookup();
+        // A miss takes the key's lease (its compute lock while it has no entry)
+        // in the lookup's command, unless the client forbids computing. Where an
+        // entry exists, the lock is taken beside it when computing.
+        let mut site = LockSite::Beside;
+        let mut lease = None;
         if !directives.skips_lookup() {
-            match self.cache.lookup(&key).await {
+            let (found, acquired) = if directives.only_if_cached {
+                (self.cache.lookup(&key).await, None)
+            } else {
+                self.cache.lookup_or_lease(&key, &self.lock).await
+            };
+            lease = acquired;
+            match found {
                 Lookup::Found(entry) if self.is_current(model, &entry) => {
                     let now = unix_now_ms();
                     let age_accepted = directives.accepts_age(entry.age(now));
@@ -223,7 +251,8 @@ impl Predictor {
                         });
                     }
                 }
-                Lookup::Found(_) | Lookup::Missing | Lookup::Unavailable => {}
+                Lookup::Missing => site = LockSite::Lease,
+                Lookup::Found(_) | Lookup::Unavailable => {}
             }
         }
         if directives.only_if_cached {
@@ -239,9 +268,19 @@ impl Predictor {
                 let this = Arc::clone(self);
                 let model = model.clone();
                 let request_id = request_id.to_owned();
-                move || async move {
-                    this.compute(key, model, input, request_id, store, !wants_new)
-                        .await
+                // A request that joins a computation already running here drops
+                // its lease unused: that computation adopts it (same gateway token).
+                move || {
+                    this.compute(Job {
+                        key,
+                        model,
+                        input,
+                        request_id,
+                        store,
+                        recheck: !wants_new,
+                        site,
+                        acquired: lease,
+                    })
                 }
             })
             .await;
@@ -307,10 +346,17 @@ impl Predictor {
             let name = key.as_str().to_owned();
             let (outcome, _) = this
                 .in_flight
-                .compute_or_join(&name, None, move || async move {
-                    inner
-                        .compute(key, model, input, request_id, true, true)
-                        .await
+                .compute_or_join(&name, None, move || {
+                    inner.compute(Job {
+                        key,
+                        model,
+                        input,
+                        request_id,
+                        store: true,
+                        recheck: true,
+                        site: LockSite::Beside,
+                        acquired: None,
+                    })
                 })
                 .await;
             if let Err(failure) = outcome {
@@ -320,25 +366,46 @@ impl Predictor {
         });
     }
 
-    /// One computation of `key`: takes the cross-gateway lock (or waits for the
+    /// One computation of a key: takes the cross-gateway lock (or waits for the
     /// gateway holding it), asks the model, stores and announces the result.
-    /// `recheck` lets it return an entry that became fresh in the meantime.
-    async fn compute(
-        self: Arc<Self>,
-        key: CacheKey,
-        model: ModelName,
-        input: CanonicalInput,
-        request_id: String,
-        store: bool,
-        recheck: bool,
-    ) -> CallOutcome {
+    async fn compute(self: Arc<Self>, job: Job) -> CallOutcome {
+        let Job {
+            key,
+            model,
+            input,
+            request_id,
+            store,
+            recheck,
+            mut site,
+            mut acquired,
+        } = job;
         let deadline = Instant::now() + self.settings.request_timeout;
         let mut announcements = None;
         loop {
             let mut guard = None;
             let mut rechecked = false;
-            if !self.cache.redis_skipped() {
-                match self.lock.try_acquire_and_peek(&key).await {
+            if let Some(lease) = acquired.take() {
+                // Taken by the lookup that found no entry, in the same command.
+                guard = Some(lease);
+                rechecked = true;
+            } else if !self.cache.redis_skipped() {
+                let attempt = match site {
+                    LockSite::Lease => {
+                        self.lock
+                            .lookup_or_lease(&key)
+                            .await
+                            .map(|attempt| match attempt {
+                                LockAttempt::Entry(bytes) => (None, Some(bytes)),
+                                attempt => (Some(attempt), None),
+                            })
+                    }
+                    LockSite::Beside => self
+                        .lock
+                        .try_acquire_beside(&key)
+                        .await
+                        .map(|(attempt, peeked)| (Some(attempt), peeked)),
+                };
+                match attempt {
                     Ok((attempt, peeked)) => {
                         // Someone may have stored it since this request looked.
                         if recheck
@@ -346,7 +413,7 @@ impl Predictor {
                             && let Some(entry) = self.cache.accept_peeked(&key, &bytes).await
                             && self.is_fresh_and_current(&model, &entry)
                         {
-                            if let LockAttempt::Acquired(guard) = attempt {
+                            if let Some(LockAttempt::Acquired(guard)) = attempt {
                                 tokio::spawn(guard.release());
                             }
                             return Ok(Resolved {
@@ -356,12 +423,13 @@ impl Predictor {
                         }
                         rechecked = true;
                         match attempt {
-                            LockAttempt::Acquired(acquired) => guard = Some(acquired),
-                            LockAttempt::HeldElsewhere => {
+                            Some(LockAttempt::Acquired(acquired)) => guard = Some(acquired),
+                            Some(LockAttempt::HeldElsewhere) => {
                                 match self
                                     .wait_for_other_gateway(
                                         &key,
                                         &model,
+                                        site,
                                         &mut announcements,
                                         deadline,
                                         recheck,
@@ -372,6 +440,13 @@ impl Predictor {
                                     Waited::LockExpired => continue,
                                     Waited::CannotWait => {}
                                 }
+                            }
+                            // An entry this request cannot use (stale, of another
+                            // model version, unreadable) took the lease's place:
+                            // the lock goes beside it.
+                            Some(LockAttempt::Entry(_)) | None => {
+                                site = LockSite::Beside;
+                                continue;
                             }
                         }
                     }
@@ -392,7 +467,12 @@ impl Predictor {
             // Whether a gateway may be waiting for this outcome: with the lock
             // held, yes unless the store says nobody marked that it waits.
             let mut announce = guard.is_some();
-            let outcome = match self.call_model(&model, &input, &request_id, deadline).await {
+            let call = self.call_model(&model, &input, &request_id, deadline);
+            let called = match &guard {
+                Some(guard) => guard.extend_while(call).await,
+                None => call.await,
+            };
+            let outcome = match called {
                 Ok(entry) => {
                     let mut stored = false;
                     if store && !entry.fresh_for.is_zero() {
@@ -570,6 +650,7 @@ impl Predictor {
         &self,
         key: &CacheKey,
         model: &ModelName,
+        site: LockSite,
         announcements: &mut Option<async_nats::Subscriber>,
         deadline: Instant,
         recheck: bool,
@@ -593,11 +674,24 @@ impl Predictor {
             let _ = nats.flush().await;
         }
         // The holder announces only to gateways that marked they wait; one that
-        // finished before the mark had stored the entry already (the re-check
-        // below finds it) or left no lock (try again).
-        let expires_in = match self.lock.wait_on(key).await {
-            Ok(Some(expires_in)) => expires_in,
-            Ok(None) => return Waited::LockExpired,
+        // finished before the mark had stored the entry already (read with the
+        // mark at the lease site, re-checked below beside an entry) or left no
+        // lock (try again).
+        let expires_in = match self.lock.wait_on(key, site).await {
+            Ok(LockState::Held(expires_in)) => expires_in,
+            Ok(LockState::Gone) => return Waited::LockExpired,
+            Ok(LockState::Stored(bytes)) => {
+                return match self.cache.accept_peeked(key, &bytes).await {
+                    Some(entry) if self.is_fresh_and_current(model, &entry) => {
+                        Waited::Done(Ok(Resolved {
+                            entry,
+                            source: Source::OtherGateway,
+                        }))
+                    }
+                    // Not one to serve: the next attempt moves the lock beside it.
+                    _ => Waited::LockExpired,
+                };
+            }
             Err(err) => {
                 self.cache.note_redis_failure(&err);
                 return Waited::CannotWait;
@@ -605,6 +699,7 @@ impl Predictor {
         };
         if subscribed_now
             && recheck
+            && site == LockSite::Beside
             && let Lookup::Found(entry) = self.cache.lookup(key).await
             && self.is_fresh_and_current(model, &entry)
         {

@@ -22,8 +22,14 @@ use sha2::{Digest, Sha256};
 use crate::ModelName;
 
 /// Bumped whenever the canonical form or the key layout changes, so that a new
-/// gateway never reads entries written under the old rules.
-pub const KEY_FORMAT_VERSION: &str = "v1";
+/// gateway never reads entries written under the old rules. v2: an entry's key
+/// may hold a lease ([`LEASE_PREFIX`]) instead of an entry.
+pub const KEY_FORMAT_VERSION: &str = "v2";
+
+/// What a value under an entry's key starts with when it is not an entry but the
+/// lease of the gateway computing it: `lease:<gateway token>`. Entries are JSON
+/// objects, so they never start with it.
+pub const LEASE_PREFIX: &str = "lease:";
 
 /// Exponents beyond this are refused: no model input needs them and they would let
 /// a tiny body expand into a huge canonical form.
@@ -474,8 +480,8 @@ mod tests {
         let key = CacheKey::new("t:", &model, &a);
         assert_eq!(key, CacheKey::new("t:", &model, &b));
         assert_ne!(key, CacheKey::new("t:", &model, &c));
-        assert!(key.as_str().starts_with("t:prediction:v1:price:"));
-        assert_eq!(key.as_str().len(), "t:prediction:v1:price:".len() + 64);
+        assert!(key.as_str().starts_with("t:prediction:v2:price:"));
+        assert_eq!(key.as_str().len(), "t:prediction:v2:price:".len() + 64);
         let other_model = ModelName::parse("price2").unwrap();
         assert_ne!(key, CacheKey::new("t:", &other_model, &a));
         assert_ne!(key, CacheKey::new("u:", &model, &a));
@@ -487,7 +493,7 @@ mod tests {
         let input = CanonicalInput::from_json_slice(br#"{"a":1}"#).unwrap();
         let key = CacheKey::new("t:", &model, &input);
         let lock = key.lock_key();
-        assert!(lock.starts_with("t:prediction-lock:v1:price:"));
+        assert!(lock.starts_with("t:prediction-lock:v2:price:"));
         assert!(lock.ends_with(&*sha256_hex(input.as_str().as_bytes())));
         let pattern = cache_key_pattern("t:", &model);
         assert!(key.as_str().starts_with(pattern.trim_end_matches('*')));

@@ -12,7 +12,7 @@ use prediction_contract::headers::{self, error_codes};
 use prediction_contract::subjects::{PREDICT_SUBJECT_PREFIX, QUEUE_GROUP, SERVICE_NAME};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::batching::{BatchSettings, Runner};
 use crate::config::WorkerConfig;
@@ -373,7 +373,12 @@ async fn answer(runner: &Runner, request: service::Request) {
     };
     let outcome = match &result {
         Ok(_) => "ok".to_owned(),
-        Err((code, _)) => code.to_string(),
+        Err((code, message)) => {
+            if *code == error_codes::MODEL_FAILED {
+                warn!(model = %model.name(), request_id, error = message, "the model failed");
+            }
+            code.to_string()
+        }
     };
     let reply = match result {
         Ok(prediction) => match serde_json::to_vec(&prediction) {
@@ -394,7 +399,10 @@ async fn answer(runner: &Runner, request: service::Request) {
     {
         warn!(model = %model.name(), request_id, error = %err, "could not send the reply");
     }
-    info!(
+    // At debug: the gateway logs every request, with its id, at info; this line
+    // would double the log volume (and cost more than a fast model's inference).
+    // Failures are logged at warn or error where they happen.
+    debug!(
         model = %model.name(),
         request_id,
         outcome,

@@ -18,7 +18,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tracing::warn;
 
 pub use entry::{CachedPrediction, CorruptEntry, unix_now_ms};
-pub use lock::{ComputeLock, LockAttempt, LockGuard};
+pub use lock::{ComputeLock, LockAttempt, LockGuard, LockSite, LockState};
 
 use crate::metrics::Metrics;
 
@@ -166,58 +166,86 @@ impl PredictionCache {
     /// The entry under `key`: from the in-process tier while fresh there, else
     /// from Redis (fresh, stale or expired: the caller judges).
     pub async fn lookup(&self, key: &CacheKey) -> Lookup {
-        let now = unix_now_ms();
-        if let Some(local) = &self.local
-            && let Some(entry) = local.get(key.as_str()).await
-            && entry.is_fresh(now)
-        {
+        if let Some(entry) = self.local_entry(key).await {
             return Lookup::Found(entry);
         }
-        if self.breaker.is_open(now) {
+        if self.redis_skipped() {
             return Lookup::Unavailable;
         }
         let mut redis = self.redis.clone();
-        let bytes: Option<Vec<u8>> = match redis::cmd("GET")
+        match redis::cmd("GET")
             .arg(key.as_str())
-            .query_async(&mut redis)
+            .query_async::<Option<Vec<u8>>>(&mut redis)
             .await
         {
-            Ok(bytes) => bytes,
+            Ok(Some(bytes)) => self.accept_fetched(key, &bytes).await,
+            Ok(None) => Lookup::Missing,
             Err(err) => {
                 self.note_redis_failure(&err);
-                return Lookup::Unavailable;
-            }
-        };
-        let Some(bytes) = bytes else {
-            return Lookup::Missing;
-        };
-        match CachedPrediction::decode(&bytes) {
-            Ok(entry) => {
-                let entry = Arc::new(entry);
-                if let Some(local) = &self.local
-                    && entry.is_fresh(unix_now_ms())
-                {
-                    local
-                        .insert(key.as_str().to_owned(), Arc::clone(&entry))
-                        .await;
-                }
-                Lookup::Found(entry)
-            }
-            Err(err) => {
-                warn!(key = key.as_str(), error = %err, "unreadable cache entry; treating it as a miss");
-                Lookup::Missing
+                Lookup::Unavailable
             }
         }
     }
 
-    /// Reads an entry fetched from Redis by someone else (the compute lock's peek),
-    /// keeping it in the in-process tier if it is fresh; `None` if unreadable.
+    /// Like [`lookup`](Self::lookup), but when Redis holds no entry, takes the
+    /// key's lease (the compute lock of a key without entry) in the same command:
+    /// returns the miss with the lease, or with `None` if another computation
+    /// holds it.
+    pub async fn lookup_or_lease(
+        &self,
+        key: &CacheKey,
+        lock: &ComputeLock,
+    ) -> (Lookup, Option<LockGuard>) {
+        if let Some(entry) = self.local_entry(key).await {
+            return (Lookup::Found(entry), None);
+        }
+        if self.redis_skipped() {
+            return (Lookup::Unavailable, None);
+        }
+        match lock.lookup_or_lease(key).await {
+            Ok(LockAttempt::Entry(bytes)) => (self.accept_fetched(key, &bytes).await, None),
+            Ok(LockAttempt::Acquired(guard)) => (Lookup::Missing, Some(guard)),
+            Ok(LockAttempt::HeldElsewhere) => (Lookup::Missing, None),
+            Err(err) => {
+                self.note_redis_failure(&err);
+                (Lookup::Unavailable, None)
+            }
+        }
+    }
+
+    /// The entry in the in-process tier, if it is there and fresh.
+    async fn local_entry(&self, key: &CacheKey) -> Option<Arc<CachedPrediction>> {
+        let entry = self.local.as_ref()?.get(key.as_str()).await?;
+        entry.is_fresh(unix_now_ms()).then_some(entry)
+    }
+
+    /// Decodes an entry read from Redis, keeping it in the in-process tier while
+    /// fresh; an unreadable one counts as missing (the next store overwrites it).
+    async fn accept_fetched(&self, key: &CacheKey, bytes: &[u8]) -> Lookup {
+        match self.accept_peeked(key, bytes).await {
+            Some(entry) => Lookup::Found(entry),
+            None => Lookup::Missing,
+        }
+    }
+
+    /// Reads an entry fetched from Redis (by a lookup, or by the compute lock's
+    /// peek), keeping it in the in-process tier if it is fresh; `None` if it is
+    /// a lease (someone computes it) or unreadable.
     pub async fn accept_peeked(
         &self,
         key: &CacheKey,
         bytes: &[u8],
     ) -> Option<Arc<CachedPrediction>> {
-        let entry = Arc::new(CachedPrediction::decode(bytes).ok()?);
+        if ComputeLock::is_lease(bytes) {
+            return None;
+        }
+        let entry = match CachedPrediction::decode(bytes) {
+            Ok(entry) => Arc::new(entry),
+            Err(err) => {
+                warn!(key = key.as_str(), error = %err, "unreadable cache entry; treating it as a miss");
+                return None;
+            }
+        };
         if let Some(local) = &self.local
             && entry.is_fresh(unix_now_ms())
         {
@@ -228,24 +256,35 @@ impl PredictionCache {
         Some(entry)
     }
 
-    /// Stores `entry` under `key` in both tiers; Redis drops it at the end of its
-    /// stale period. Returns whether Redis took it.
+    /// Stores `entry` under `key` in Redis, which drops it at the end of its stale
+    /// period, and replaces this gateway's in-process copy if it has one. Returns
+    /// whether Redis took it.
     ///
     /// With the compute `lock` of the key, releases it in the same round trip,
-    /// after the entry is stored (so whoever takes the lock next finds the entry),
-    /// and learns whether another gateway waits for this outcome.
+    /// after the entry is stored (so whoever takes the lock next finds the entry;
+    /// a lease is overwritten by the entry itself), and learns whether another
+    /// gateway waits for this outcome.
     pub async fn store(
         &self,
         key: &CacheKey,
         entry: &Arc<CachedPrediction>,
         lock: Option<LockGuard>,
     ) -> Stored {
-        if let Some(local) = &self.local {
-            local
-                .insert(key.as_str().to_owned(), Arc::clone(entry))
-                .await;
+        // A copy in this gateway's memory is replaced, so the next request here
+        // gets the new entry; an absent one is left to the first read to fill:
+        // most computed keys are never asked for again within the in-process
+        // tier's TTL, and inserting each would cost every miss for nothing.
+        // Without Redis, though, the in-process tier is the only cache there is.
+        let redis_down = self.breaker.is_open(unix_now_ms());
+        if redis_down
+            || self
+                .local
+                .as_ref()
+                .is_some_and(|local| local.contains_key(key.as_str()))
+        {
+            self.keep_locally(key, entry).await;
         }
-        if self.breaker.is_open(unix_now_ms()) {
+        if redis_down {
             if let Some(lock) = lock {
                 tokio::spawn(lock.release());
             }
@@ -283,8 +322,17 @@ impl PredictionCache {
             },
             Err(err) => {
                 self.note_redis_failure(&err);
+                self.keep_locally(key, entry).await;
                 Stored::FAILED
             }
+        }
+    }
+
+    async fn keep_locally(&self, key: &CacheKey, entry: &Arc<CachedPrediction>) {
+        if let Some(local) = &self.local {
+            local
+                .insert(key.as_str().to_owned(), Arc::clone(entry))
+                .await;
         }
     }
 

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use prediction_contract::{CacheKey, CanonicalInput, LEASE_PREFIX, ModelName};
 use serde_json::Value;
 
 use crate::helpers::{StubModel, TestApp, assert_error, header, spawn_app, start_worker};
@@ -203,6 +204,38 @@ async fn only_if_cached_answers_504_when_nothing_fresh_is_cached() {
         .await;
     assert_error(cold, 504, "not_cached").await;
     assert_eq!(app.echo.calls(), 0);
+
+    // While some gateway computes the key, its entry's key holds that gateway's
+    // lease: still nothing cached, and no lease taken by this request.
+    let computing = CacheKey::new(
+        &app.key_prefix,
+        &ModelName::parse("echo").unwrap(),
+        &CanonicalInput::from_json_slice(br#"{"computing":1}"#).unwrap(),
+    );
+    let lease = format!("{LEASE_PREFIX}token-of-another-gateway");
+    let mut redis = app.redis_connection().await;
+    redis::cmd("SET")
+        .arg(computing.as_str())
+        .arg(&lease)
+        .arg("PX")
+        .arg(10_000)
+        .query_async::<()>(&mut redis)
+        .await
+        .unwrap();
+    let leased = app
+        .post_with(
+            path,
+            r#"{"computing":1}"#,
+            &[("cache-control", "only-if-cached")],
+        )
+        .await;
+    assert_error(leased, 504, "not_cached").await;
+    let value: String = redis::cmd("GET")
+        .arg(computing.as_str())
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(value, lease, "the other gateway's lease is untouched");
 
     app.post(path, "{}").await;
     let warm = app

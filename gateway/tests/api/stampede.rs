@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use prediction_contract::{CacheKey, CanonicalInput, ModelName};
+use prediction_contract::{CacheKey, CanonicalInput, LEASE_PREFIX, ModelName};
 
 use crate::helpers::{StubModel, assert_error, header, spawn_app, start_worker};
 
@@ -99,8 +99,9 @@ async fn when_the_one_call_fails_every_waiter_gets_the_error_and_the_next_reques
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lock_left_by_a_dead_gateway_blocks_the_key_only_until_it_expires() {
     let app = spawn_app(&[]).await;
-    // What a gateway that crashed mid-computation leaves behind: its lock, with
-    // the expiry it had when it last extended it.
+    // What a gateway that crashed mid-computation of a key without entry leaves
+    // behind: its lease under the entry's key, with the expiry it had when it
+    // last extended it.
     let key = CacheKey::new(
         &app.key_prefix,
         &ModelName::parse("echo").unwrap(),
@@ -108,8 +109,8 @@ async fn a_lock_left_by_a_dead_gateway_blocks_the_key_only_until_it_expires() {
     );
     let mut redis = app.redis_connection().await;
     redis::cmd("SET")
-        .arg(key.lock_key())
-        .arg("token-of-a-dead-gateway")
+        .arg(key.as_str())
+        .arg(format!("{LEASE_PREFIX}token-of-a-dead-gateway"))
         .arg("PX")
         .arg(1_500)
         .query_async::<()>(&mut redis)
@@ -165,28 +166,49 @@ async fn a_live_holder_keeps_its_lock_through_a_model_call_longer_than_the_lock_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_compute_lock_is_released_in_the_same_round_trip_as_the_store() {
     let app = spawn_app(&[]).await;
-    let response = app
-        .post("/v1/models/echo/predict", r#"{"released":1}"#)
-        .await;
-    assert_eq!(header(&response, "x-cache"), "MISS");
     let key = CacheKey::new(
         &app.key_prefix,
         &ModelName::parse("echo").unwrap(),
         &CanonicalInput::from_json_slice(br#"{"released":1}"#).unwrap(),
     );
     let mut redis = app.redis_connection().await;
-    // By the time the answer is out, the entry is stored and the lock gone: the
-    // next gateway to need the key takes the lock at once and finds the entry.
-    let (stored, locked): (bool, bool) = redis::pipe()
-        .cmd("EXISTS")
-        .arg(key.as_str())
-        .cmd("EXISTS")
-        .arg(key.lock_key())
-        .query_async(&mut redis)
-        .await
-        .unwrap();
-    assert!(stored, "the prediction is stored");
-    assert!(!locked, "the compute lock is released");
+    // By the time an answer is out, the entry is stored and the lock gone: the
+    // next gateway to need the key finds the entry, or takes the lock at once.
+    let mut check = async |what: &str| {
+        let (value, locked): (Option<Vec<u8>>, bool) = redis::pipe()
+            .cmd("GET")
+            .arg(key.as_str())
+            .cmd("EXISTS")
+            .arg(key.lock_key())
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        let value = value.unwrap_or_else(|| panic!("{what}: the prediction is stored"));
+        assert!(
+            value.starts_with(b"{"),
+            "{what}: the entry replaced the lease: {}",
+            String::from_utf8_lossy(&value)
+        );
+        assert!(!locked, "{what}: no lock is left beside the entry");
+    };
+
+    // A cold key: the lookup took a lease under the entry's key.
+    let cold = app
+        .post("/v1/models/echo/predict", r#"{"released":1}"#)
+        .await;
+    assert_eq!(header(&cold, "x-cache"), "MISS");
+    check("cold key").await;
+
+    // An entry exists: the lock of a new computation sits beside it.
+    let recomputed = app
+        .post_with(
+            "/v1/models/echo/predict",
+            r#"{"released":1}"#,
+            &[("cache-control", "no-cache")],
+        )
+        .await;
+    assert_eq!(header(&recomputed, "x-cache"), "MISS");
+    check("recomputed key").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
