@@ -29,6 +29,50 @@ impl Measured {
     pub fn throughput(&self) -> f64 {
         self.requests as f64 / (self.duration_us as f64 / 1e6)
     }
+
+    /// Several runs of one load as one: requests, time and errors summed (so the
+    /// throughput is over all of them), latency percentiles the median of the
+    /// runs' (percentiles of separate runs cannot be merged exactly), the
+    /// maximum the largest.
+    pub fn combine(runs: &[Measured]) -> Measured {
+        let median = |pick: fn(&Measured) -> f64| {
+            let mut values: Vec<f64> = runs.iter().map(pick).collect();
+            values.sort_by(f64::total_cmp);
+            values[values.len() / 2]
+        };
+        Measured {
+            requests: runs.iter().map(|r| r.requests).sum(),
+            duration_us: runs.iter().map(|r| r.duration_us).sum(),
+            errors: runs.iter().map(|r| r.errors).sum(),
+            status_errors: runs.iter().map(|r| r.status_errors).sum(),
+            server_errors: runs.iter().map(|r| r.server_errors).sum(),
+            p50_us: median(|r| r.p50_us),
+            p90_us: median(|r| r.p90_us),
+            p99_us: median(|r| r.p99_us),
+            max_us: runs.iter().map(|r| r.max_us).fold(0.0, f64::max),
+        }
+    }
+}
+
+/// Runs a scenario and its baseline alternately (baseline, scenario, baseline,
+/// ...), `rounds` times each, and returns both combined (see
+/// [`Measured::combine`]). On a shared machine whose speed drifts over seconds,
+/// a baseline measured once, earlier, would credit or blame the scenario for the
+/// drift; alternating puts both through the same stretch. `scenario` gets the
+/// round number, for loads whose requests must differ from one run to the next.
+pub fn interleaved(
+    port: u16,
+    baseline: &Load,
+    scenario: impl Fn(usize) -> Load,
+    rounds: usize,
+) -> anyhow::Result<(Measured, Measured)> {
+    let mut baselines = Vec::with_capacity(rounds);
+    let mut scenarios = Vec::with_capacity(rounds);
+    for round in 0..rounds.max(1) {
+        baselines.push(run(port, baseline)?);
+        scenarios.push(run(port, &scenario(round))?);
+    }
+    Ok((Measured::combine(&baselines), Measured::combine(&scenarios)))
 }
 
 /// How a run's requests are made.

@@ -2,8 +2,10 @@
 //! a baseline measured in the same run. Prints a Markdown table (also written to
 //! `bench/results.md`) and draws `bench/latency.svg`.
 //!
-//! Settings: `BENCH_SECONDS` (per wrk run, default 5), `BENCH_CONNECTIONS`
-//! (default 64), `BENCH_RUST_LOG` (the services' log level, default `info`).
+//! Settings: `BENCH_SECONDS` (per wrk run, default 3), `BENCH_ROUNDS` (how many
+//! times each throughput ratio alternates its scenario with its baseline,
+//! default 3), `BENCH_CONNECTIONS` (default 64), `BENCH_RUST_LOG` (the services'
+//! log level, default `info`).
 //!
 //! `bench soak` (`make soak`) runs the long mixed load instead; see [`soak`].
 //! `bench inference` runs only the ONNX worker's scenarios; see [`inference`].
@@ -168,7 +170,8 @@ async fn run() -> anyhow::Result<()> {
         }
         _ => {}
     }
-    let seconds = Duration::from_secs(env_number("BENCH_SECONDS", 5));
+    let seconds = Duration::from_secs(env_number("BENCH_SECONDS", 3));
+    let rounds = env_number("BENCH_ROUNDS", 3) as usize;
     let connections = env_number("BENCH_CONNECTIONS", 64) as u32;
     if Command::new("wrk").arg("--version").output().is_err() {
         bail!(
@@ -201,9 +204,26 @@ async fn run() -> anyhow::Result<()> {
         count_server_errors: false,
     };
 
-    say("baseline: GET /healthz");
-    let healthz = load::run(port, &load(r#""/healthz""#, connections))?;
+    // The three throughput ratios alternate the scenario with its baseline (see
+    // `load::interleaved`), the first pair's baseline being the table's.
+    say("cache hit, one hot key, in-process tier, alternating with GET /healthz");
+    fill(port, 1, 1, |_| {
+        "/v1/models/price/predict?product_id=ETH%2FEUR".into()
+    })
+    .await?;
+    let (healthz, hot) = load::interleaved(
+        port,
+        &load(r#""/healthz""#, connections),
+        |_| {
+            load(
+                r#""/v1/models/price/predict?product_id=ETH%2FEUR""#,
+                connections,
+            )
+        },
+        rounds,
+    )?;
     check_clean("healthz", &healthz)?;
+    check_clean("hot key", &hot)?;
     rows.push(row_from(
         "baseline: GET /healthz",
         &healthz,
@@ -211,20 +231,6 @@ async fn run() -> anyhow::Result<()> {
         None,
         ("", None),
     ));
-
-    say("cache hit, one hot key, in-process tier");
-    fill(port, 1, 1, |_| {
-        "/v1/models/price/predict?product_id=ETH%2FEUR".into()
-    })
-    .await?;
-    let hot = load::run(
-        port,
-        &load(
-            r#""/v1/models/price/predict?product_id=ETH%2FEUR""#,
-            connections,
-        ),
-    )?;
-    check_clean("hot key", &hot)?;
     rows.push(row_from(
         "cache hit, 1 hot key, in-process tier",
         &hot,
@@ -251,14 +257,17 @@ async fn run() -> anyhow::Result<()> {
         format!("/v1/models/price/predict?product_id=K{i}")
     })
     .await?;
-    let healthz_b = load::run(redis_port, &load(r#""/healthz""#, connections))?;
-    say("cache hit, 10 000 keys, Redis only");
-    let spread = load::run(
+    say("cache hit, 10 000 keys, Redis only, alternating with GET /healthz");
+    let (healthz_b, spread) = load::interleaved(
         redis_port,
-        &load(
-            r#""/v1/models/price/predict?product_id=K" .. math.random(0, 9999)"#,
-            connections,
-        ),
+        &load(r#""/healthz""#, connections),
+        |_| {
+            load(
+                r#""/v1/models/price/predict?product_id=K" .. math.random(0, 9999)"#,
+                connections,
+            )
+        },
+        rounds,
     )?;
     check_clean("10k keys", &spread)?;
     rows.push(row_from(
@@ -270,20 +279,24 @@ async fn run() -> anyhow::Result<()> {
     ));
     drop(redis_only);
 
-    say("cache miss, all inputs distinct, model at 0 ms");
-    let miss = load::run(
+    say("cache miss, all inputs distinct, model at 0 ms, alternating with GET /healthz");
+    let (healthz_c, miss) = load::interleaved(
         port,
-        &load(
-            &format!(r#""/v1/models/price/predict?product_id=M{run_id}-" .. n"#),
-            connections,
-        ),
+        &load(r#""/healthz""#, connections),
+        |round| {
+            load(
+                &format!(r#""/v1/models/price/predict?product_id=M{run_id}-{round}-" .. n"#),
+                connections,
+            )
+        },
+        rounds,
     )?;
     check_clean("misses", &miss)?;
     rows.push(row_from(
         "cache miss, distinct inputs, model 0 ms",
         &miss,
         connections,
-        Some(("healthz", &healthz)),
+        Some(("healthz", &healthz_c)),
         ("≥ 0.2×", Some(0.2)),
     ));
 
@@ -462,6 +475,8 @@ async fn run() -> anyhow::Result<()> {
         &["--request-timeout", "30s"],
     )
     .await?;
+    // Long enough for a few hundred 100 ms calls per worker count.
+    let scale_seconds = (seconds * 2).max(Duration::from_secs(10));
     let mut one_worker = None;
     let mut scale_workers = Vec::new();
     for count in [1usize, 2, 4] {
@@ -481,7 +496,7 @@ async fn run() -> anyhow::Result<()> {
             scale_port,
             &Load {
                 connections: 16,
-                duration: seconds * 2,
+                duration: scale_seconds,
                 path: format!(r#""/v1/models/price/predict?product_id=W{run_id}-{count}-" .. n"#),
                 count_server_errors: false,
             },
@@ -523,8 +538,9 @@ async fn run() -> anyhow::Result<()> {
         .unwrap_or_else(|| "unknown CPU".into());
     let header = format!(
         "## Benchmark results\n\nMachine: {} cores ({cpu}); {}; {}; {}. Release builds; the services log at `{}`.\n\
-         Load: `wrk -t1 -c<conns> -d{}s` per scenario (scale-out: {}s, 16 connections), every scenario against a\n\
-         baseline measured in the same run. Whole run: {:.0} s.",
+         Load: `wrk -t1 -c<conns> -d{}s` per run (scale-out: {}s, 16 connections), every scenario against a\n\
+         baseline measured in the same run; each throughput ratio alternates baseline and scenario {} times\n\
+         (throughputs over all of their runs, latencies of the median run). Whole run: {:.0} s.",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         version_of("nats-server", "--version"),
         version_of("redis-server", "--version")
@@ -537,7 +553,8 @@ async fn run() -> anyhow::Result<()> {
             .unwrap_or(""),
         std::env::var("BENCH_RUST_LOG").unwrap_or_else(|_| "info".into()),
         seconds.as_secs(),
-        seconds.as_secs() * 2,
+        (seconds * 2).max(Duration::from_secs(10)).as_secs(),
+        rounds,
         started.elapsed().as_secs_f64(),
     );
     let mut markdown = report::markdown(&header, &rows);

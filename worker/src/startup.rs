@@ -261,7 +261,9 @@ impl Worker {
                 next = requests.next() => {
                     let Some((runner, request)) = next else { break };
                     let admitted = Arc::clone(&admitted);
-                    in_flight.spawn(async move { admit(&runner, request, &admitted).await });
+                    // Boxed: the request's future is kilobytes, which the task
+                    // would otherwise copy around as it is spawned.
+                    in_flight.spawn(Box::pin(async move { admit(&runner, request, &admitted).await }));
                 }
                 Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
             }
