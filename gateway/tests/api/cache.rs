@@ -96,6 +96,24 @@ async fn an_expired_prediction_is_computed_again() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_down_the_in_process_tier_keeps_what_was_computed() {
+    let mut app = spawn_app(&[]).await;
+    app.redis.stop();
+
+    let first = app.post("/v1/models/echo/predict", r#"{"kept":1}"#).await;
+    assert_eq!(first.status(), 200);
+    assert_eq!(header(&first, "x-cache"), "BYPASS");
+    let again = app.post("/v1/models/echo/predict", r#"{"kept":1}"#).await;
+    assert_eq!(again.status(), 200);
+    assert_eq!(
+        header(&again, "x-cache"),
+        "HIT",
+        "the computed prediction was kept in the gateway's memory"
+    );
+    assert_eq!(app.echo.calls(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_redis_down_predictions_bypass_the_cache_and_caching_resumes_after() {
     // Without the in-process tier, which would otherwise answer the repeat.
     let mut app = spawn_app(&["--local-capacity", "0"]).await;
