@@ -46,6 +46,11 @@ pub enum InvalidInput {
     NumberOutOfRange(String),
 }
 
+/// A key given more than once in [`CanonicalInput::from_pairs`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is given more than once")]
+pub struct DuplicateKey(pub String);
+
 /// A prediction input in canonical form: a JSON object, serialised as described in
 /// the module docs. It is both what the gateway forwards to the worker and what the
 /// cache key hashes.
@@ -72,15 +77,30 @@ impl CanonicalInput {
         Ok(Self { text })
     }
 
-    /// Builds the input of a `GET ...?key=value` request: an object of strings.
-    pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
-        let object: Map<String, Value> = pairs
-            .into_iter()
-            .map(|(key, value)| (key.to_owned(), Value::String(value.to_owned())))
-            .collect();
+    /// Builds the input of a `GET ...?key=value` request: an object of strings, in
+    /// the same canonical form as the equal JSON body. Fails on a key given twice
+    /// (an object cannot hold it), naming it.
+    pub fn from_pairs<'a>(
+        pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Result<Self, DuplicateKey> {
+        // Written straight from the sorted pairs: no intermediate JSON map.
+        let mut pairs: Vec<(&str, &str)> = pairs.into_iter().collect();
+        pairs.sort_by(|(a, _), (b, _)| utf16_order(a, b));
+        if let Some(twice) = pairs.windows(2).find(|pair| pair[0].0 == pair[1].0) {
+            return Err(DuplicateKey(twice[0].0.to_owned()));
+        }
         let mut text = String::with_capacity(64);
-        write_object(&mut text, &object).expect("an object of strings has no numbers to refuse");
-        Self { text }
+        text.push('{');
+        for (index, (key, value)) in pairs.into_iter().enumerate() {
+            if index > 0 {
+                text.push(',');
+            }
+            write_string(&mut text, key);
+            text.push(':');
+            write_string(&mut text, value);
+        }
+        text.push('}');
+        Ok(Self { text })
     }
 
     pub fn as_str(&self) -> &str {
@@ -467,8 +487,36 @@ mod tests {
 
     #[test]
     fn query_pairs_become_an_object_of_strings() {
-        let input = CanonicalInput::from_pairs([("product_id", "ETH/EUR"), ("a", "1")]);
+        let input = CanonicalInput::from_pairs([("product_id", "ETH/EUR"), ("a", "1")]).unwrap();
         assert_eq!(input.as_str(), r#"{"a":"1","product_id":"ETH/EUR"}"#);
+    }
+
+    #[test]
+    fn query_pairs_are_canonical_like_the_equal_json_body() {
+        // Escapes, and keys outside the Basic Multilingual Plane, which JCS orders
+        // by UTF-16 code units rather than by bytes.
+        let pairs = [
+            ("\u{1F600}", "smile"),
+            ("\u{FB01}", "ligature"),
+            ("quote\"d", "line\nbreak"),
+            ("a", "1"),
+        ];
+        let body: serde_json::Map<String, Value> = pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), Value::String((*v).to_owned())))
+            .collect();
+        assert_eq!(
+            CanonicalInput::from_pairs(pairs).unwrap(),
+            CanonicalInput::from_value(&Value::Object(body)).unwrap()
+        );
+    }
+
+    #[test]
+    fn a_query_key_given_twice_is_refused_by_name() {
+        assert_eq!(
+            CanonicalInput::from_pairs([("a", "1"), ("b", "2"), ("a", "3")]),
+            Err(DuplicateKey("a".into()))
+        );
     }
 
     #[test]

@@ -21,7 +21,9 @@ pub mod shutdown;
 pub mod subjects;
 pub mod telemetry;
 
-pub use canonical::{CacheKey, CanonicalInput, InvalidInput, LEASE_PREFIX, cache_key_pattern};
+pub use canonical::{
+    CacheKey, CanonicalInput, DuplicateKey, InvalidInput, LEASE_PREFIX, cache_key_pattern,
+};
 pub use error_body::ErrorBody;
 pub use headers::{ReplyMetadata, ServiceError};
 pub use model_name::{InvalidModelName, ModelName};

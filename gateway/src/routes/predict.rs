@@ -1,13 +1,13 @@
 //! The prediction routes: read-through cache in front of the model workers.
 
-use std::collections::HashSet;
-
 use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::extract::FromRequestParts;
+use axum::extract::rejection::{BytesRejection, PathRejection};
+use axum::extract::{Path, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use prediction_contract::{CanonicalInput, ErrorBody, ModelName};
+use prediction_contract::{CanonicalInput, DuplicateKey, ErrorBody, ModelName};
 
 use super::AppState;
 use crate::cache::unix_now_ms;
@@ -74,7 +74,7 @@ pub struct PredictionOutcome {
 pub async fn predict_from_body(
     State(state): State<AppState>,
     model: Result<Path<String>, PathRejection>,
-    headers: HeaderMap,
+    headers: PredictionHeaders,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let model = match parse_model(model) {
@@ -94,7 +94,7 @@ pub async fn predict_from_body(
     security((), ("bearer" = [])))]
 pub async fn predict_default_model(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    headers: PredictionHeaders,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let model = state.settings.default_model.clone();
@@ -112,17 +112,33 @@ pub async fn predict_default_model(
 pub async fn predict_from_query(
     State(state): State<AppState>,
     model: Result<Path<String>, PathRejection>,
-    headers: HeaderMap,
-    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+    headers: PredictionHeaders,
+    QueryInput(input): QueryInput,
 ) -> Response {
     let model = match parse_model(model) {
         Ok(model) => model,
         Err(err) => return err.into_response(),
     };
-    let input = query
-        .map_err(|rejection| ApiError::InvalidQuery(rejection.body_text()))
-        .and_then(|Query(pairs)| input_from_query(&pairs));
     serve(&state, model, input, &headers).await
+}
+
+/// The input of a `GET` prediction: its query string as an object of strings.
+/// Decoded in place with `form_urlencoded` (as axum's `Query` would, minus the
+/// copies into owned pairs and the generic deserialiser).
+pub struct QueryInput(Result<CanonicalInput, ApiError>);
+
+impl<S: Send + Sync> FromRequestParts<S> for QueryInput {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let query = parts.uri.query().unwrap_or_default();
+        let pairs: Vec<_> = form_urlencoded::parse(query.as_bytes()).collect();
+        Ok(Self(input_from_query(
+            pairs
+                .iter()
+                .map(|(key, value)| (key.as_ref(), value.as_ref())),
+        )))
+    }
 }
 
 pub(super) fn parse_model(
@@ -146,36 +162,49 @@ pub(super) fn read_json_body(
     Ok(CanonicalInput::from_json_slice(&body)?)
 }
 
-fn input_from_query(pairs: &[(String, String)]) -> Result<CanonicalInput, ApiError> {
-    let mut seen = HashSet::with_capacity(pairs.len());
-    for (key, _) in pairs {
-        if !seen.insert(key.as_str()) {
-            return Err(ApiError::InvalidQuery(format!(
-                "query parameter {key:?} is given more than once"
-            )));
-        }
+fn input_from_query<'a>(
+    pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> Result<CanonicalInput, ApiError> {
+    CanonicalInput::from_pairs(pairs).map_err(|DuplicateKey(key)| {
+        ApiError::InvalidQuery(format!("query parameter {key:?} is given more than once"))
+    })
+}
+
+/// What a prediction request's headers say: its id and the client's cache
+/// directives. Read in place, where axum's `HeaderMap` extractor would copy every
+/// header of every request.
+pub struct PredictionHeaders {
+    request_id: Option<HeaderValue>,
+    directives: RequestDirectives,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for PredictionHeaders {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        Ok(Self {
+            request_id: parts.headers.get(&X_REQUEST_ID).cloned(),
+            directives: RequestDirectives::from_headers(&parts.headers),
+        })
     }
-    Ok(CanonicalInput::from_pairs(
-        pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())),
-    ))
 }
 
 async fn serve(
     state: &AppState,
     model: ModelName,
     input: Result<CanonicalInput, ApiError>,
-    headers: &HeaderMap,
+    headers: &PredictionHeaders,
 ) -> Response {
     let request_id = headers
-        .get(&X_REQUEST_ID)
+        .request_id
+        .as_ref()
         .and_then(|v| v.to_str().ok())
         .unwrap_or("-");
-    let directives = RequestDirectives::from_headers(headers);
     let answer = match input {
         Ok(input) => {
             state
                 .predictor
-                .predict(&model, input, &directives, request_id)
+                .predict(&model, input, &headers.directives, request_id)
                 .await
         }
         Err(err) => Err(err),
@@ -242,24 +271,30 @@ fn header_value(text: String) -> HeaderValue {
 mod tests {
     use super::*;
 
-    #[test]
-    fn query_pairs_become_the_input_object() {
-        let pairs = vec![("product_id".to_owned(), "ETH/EUR".to_owned())];
-        assert_eq!(
-            input_from_query(&pairs).unwrap().as_str(),
-            r#"{"product_id":"ETH/EUR"}"#
-        );
+    async fn input_of(uri: &str) -> Result<CanonicalInput, ApiError> {
+        let (mut parts, ()) = axum::http::Request::get(uri).body(()).unwrap().into_parts();
+        let QueryInput(input) = QueryInput::from_request_parts(&mut parts, &())
+            .await
+            .unwrap();
+        input
     }
 
-    #[test]
-    fn repeated_query_parameters_are_refused() {
-        let pairs = vec![
-            ("a".to_owned(), "1".to_owned()),
-            ("a".to_owned(), "2".to_owned()),
-        ];
-        assert!(matches!(
-            input_from_query(&pairs),
-            Err(ApiError::InvalidQuery(_))
-        ));
+    #[tokio::test]
+    async fn query_pairs_become_the_input_object_decoded_as_a_form() {
+        let input = input_of("/v1/models/price/predict?product_id=ETH%2FEUR&note=a+b%20c")
+            .await
+            .unwrap();
+        assert_eq!(input.as_str(), r#"{"note":"a b c","product_id":"ETH/EUR"}"#);
+        let empty = input_of("/v1/models/price/predict").await.unwrap();
+        assert_eq!(empty.as_str(), "{}");
+    }
+
+    #[tokio::test]
+    async fn repeated_query_parameters_are_refused() {
+        let refused = input_of("/v1/models/price/predict?a=1&b=2&a=3").await;
+        assert!(
+            matches!(&refused, Err(ApiError::InvalidQuery(message)) if message.contains("\"a\"")),
+            "{refused:?}"
+        );
     }
 }
