@@ -9,7 +9,7 @@
 //!   and no script for its lock, and storing the entry over the lease releases it.
 //! - **An entry exists** (a stale entry being refreshed, an old model version, a
 //!   client asking for a newer prediction): the entry must stay readable, so the
-//!   lock is a separate key beside it, `SET <lock key> <token> NX PX <ttl> GET`.
+//!   lock is a separate key beside it, `SET <lock key> <token> NX PX <ttl>`.
 //!
 //! A lease's token names the gateway process, not the request: the lookup takes
 //! the lease before the in-process coalescing decides which request computes, so a
