@@ -6,24 +6,28 @@
 
 use std::time::Duration;
 
-use async_nats::HeaderMap;
+use async_nats::{HeaderMap, HeaderName};
 
 /// Gateway → worker: the id of the HTTP request, so one id follows a request through
 /// both logs.
-pub const REQUEST_ID: &str = "Request-Id";
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("Request-Id");
 /// Gateway → worker: when the caller stops waiting, in milliseconds since the Unix
 /// epoch. A worker does not start computing a request that is already past it.
-pub const DEADLINE_UNIX_MS: &str = "Deadline-Unix-Ms";
+pub const DEADLINE_UNIX_MS: HeaderName = HeaderName::from_static("Deadline-Unix-Ms");
 /// Worker → gateway: the version of the model that computed the prediction.
-pub const MODEL_VERSION: &str = "Model-Version";
+pub const MODEL_VERSION: HeaderName = HeaderName::from_static("Model-Version");
 /// Worker → gateway: how long the prediction stays fresh, in milliseconds. Absent
 /// means "use the gateway's default"; 0 means "do not cache".
-pub const FRESHNESS_TTL_MS: &str = "Freshness-Ttl-Ms";
+pub const FRESHNESS_TTL_MS: HeaderName = HeaderName::from_static("Freshness-Ttl-Ms");
 /// Worker → gateway: how long the model took, in milliseconds (fractional).
-pub const COMPUTE_TIME_MS: &str = "Compute-Time-Ms";
+pub const COMPUTE_TIME_MS: HeaderName = HeaderName::from_static("Compute-Time-Ms");
 /// Error replies carry the NATS Services error headers, so the `nats` CLI and any
 /// services client understand them and the worker's stats count them.
 pub use async_nats::service::{NATS_SERVICE_ERROR, NATS_SERVICE_ERROR_CODE};
+// The names as `HeaderName`s made at compile time: a `&str` name is validated and
+// copied into a new allocation at every header lookup or insert.
+const SERVICE_ERROR: HeaderName = HeaderName::from_static(NATS_SERVICE_ERROR);
+const SERVICE_ERROR_CODE: HeaderName = HeaderName::from_static(NATS_SERVICE_ERROR_CODE);
 
 /// The status codes a worker uses in `Nats-Service-Error-Code`.
 pub mod error_codes {
@@ -63,7 +67,7 @@ impl ReplyMetadata {
     /// Reads the metadata of a reply, tolerating missing or malformed headers: a
     /// worker written by someone else may send none of them.
     pub fn from_headers(headers: Option<&HeaderMap>) -> Self {
-        let get = |name: &str| headers.and_then(|h| h.get(name)).map(|v| v.as_str());
+        let get = |name: HeaderName| headers.and_then(|h| h.get(name)).map(|v| v.as_str());
         Self {
             model_version: get(MODEL_VERSION).unwrap_or("unknown").to_owned(),
             freshness_ttl: get(FRESHNESS_TTL_MS)
@@ -88,7 +92,7 @@ impl ServiceError {
     /// The error a reply carries, if it is an error reply.
     pub fn from_headers(headers: Option<&HeaderMap>) -> Option<Self> {
         let headers = headers?;
-        let code = headers.get(NATS_SERVICE_ERROR_CODE)?;
+        let code = headers.get(SERVICE_ERROR_CODE)?;
         Some(Self {
             // A code we cannot read is still an error; treat it as a model failure.
             code: code
@@ -97,7 +101,7 @@ impl ServiceError {
                 .parse()
                 .unwrap_or(error_codes::MODEL_FAILED),
             message: headers
-                .get(NATS_SERVICE_ERROR)
+                .get(SERVICE_ERROR)
                 .map(|v| v.as_str().to_owned())
                 .unwrap_or_default(),
         })
