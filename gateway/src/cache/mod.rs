@@ -246,12 +246,8 @@ impl PredictionCache {
                 return None;
             }
         };
-        if let Some(local) = &self.local
-            && entry.is_fresh(unix_now_ms())
-        {
-            local
-                .insert(key.as_str().to_owned(), Arc::clone(&entry))
-                .await;
+        if entry.is_fresh(unix_now_ms()) {
+            self.keep_locally(key, &entry).await;
         }
         Some(entry)
     }
