@@ -25,8 +25,8 @@ use tokio::sync::Semaphore;
 use tracing::{debug, error, info, warn};
 
 use crate::cache::{
-    CachedPrediction, ComputeLock, LockAttempt, LockGuard, LockSite, LockState, Lookup,
-    PredictionCache, unix_now_ms,
+    CachedPrediction, ComputeLock, LockAttempt, LockSite, LockState, Lookup, PredictionCache,
+    unix_now_ms,
 };
 use crate::coalesce::{InFlight, Role};
 use crate::discovery::ModelDirectory;
@@ -120,8 +120,9 @@ struct Job {
     recheck: bool,
     /// Where the key's lock lives: a lease when the lookup found no entry.
     site: LockSite,
-    /// The lease, if the lookup took it.
-    acquired: Option<LockGuard>,
+    /// What the lookup's try for the lease found (taken, or held elsewhere), if
+    /// it tried.
+    lookup_attempt: Option<LockAttempt>,
 }
 
 /// Settings the predictor needs.
@@ -220,14 +221,14 @@ impl Predictor {
         // in the lookup's command, unless the client forbids computing. Where an
         // entry exists, the lock is taken beside it when computing.
         let mut site = LockSite::Beside;
-        let mut lease = None;
+        let mut lookup_attempt = None;
         if !directives.skips_lookup() {
-            let (found, acquired) = if directives.only_if_cached {
+            let (found, attempt) = if directives.only_if_cached {
                 (self.cache.lookup(&key).await, None)
             } else {
                 self.cache.lookup_or_lease(&key, &self.lock).await
             };
-            lease = acquired;
+            lookup_attempt = attempt;
             match found {
                 Lookup::Found(entry) if self.is_current(model, &entry) => {
                     let now = unix_now_ms();
@@ -279,7 +280,7 @@ impl Predictor {
                         store,
                         recheck: !wants_new,
                         site,
-                        acquired: lease,
+                        lookup_attempt,
                     })
                 }
             })
@@ -355,7 +356,7 @@ impl Predictor {
                         store: true,
                         recheck: true,
                         site: LockSite::Beside,
-                        acquired: None,
+                        lookup_attempt: None,
                     })
                 })
                 .await;
@@ -377,19 +378,21 @@ impl Predictor {
             store,
             recheck,
             mut site,
-            mut acquired,
+            mut lookup_attempt,
         } = job;
         let deadline = Instant::now() + self.settings.request_timeout;
         let mut announcements = None;
         loop {
             let mut guard = None;
             let mut rechecked = false;
-            if let Some(lease) = acquired.take() {
-                // Taken by the lookup that found no entry, in the same command.
-                guard = Some(lease);
-                rechecked = true;
-            } else if !self.cache.redis_skipped() {
-                let attempt = match site {
+            // The lookup that found no entry already tried the lease, in the same
+            // command: its outcome is the first attempt.
+            let attempt = if let Some(attempt) = lookup_attempt.take() {
+                Some(Ok((Some(attempt), None)))
+            } else if self.cache.redis_skipped() {
+                None
+            } else {
+                Some(match site {
                     LockSite::Lease => {
                         self.lock
                             .lookup_or_lease(&key)
@@ -404,54 +407,55 @@ impl Predictor {
                         .try_acquire_beside(&key)
                         .await
                         .map(|(attempt, peeked)| (Some(attempt), peeked)),
-                };
-                match attempt {
-                    Ok((attempt, peeked)) => {
-                        // Someone may have stored it since this request looked.
-                        if recheck
-                            && let Some(bytes) = peeked
-                            && let Some(entry) = self.cache.accept_peeked(&key, &bytes).await
-                            && self.is_fresh_and_current(&model, &entry)
-                        {
-                            if let Some(LockAttempt::Acquired(guard)) = attempt {
-                                tokio::spawn(guard.release());
-                            }
-                            return Ok(Resolved {
-                                entry,
-                                source: Source::Cache,
-                            });
+                })
+            };
+            match attempt {
+                Some(Ok((attempt, peeked))) => {
+                    // Someone may have stored it since this request looked.
+                    if recheck
+                        && let Some(bytes) = peeked
+                        && let Some(entry) = self.cache.accept_peeked(&key, &bytes).await
+                        && self.is_fresh_and_current(&model, &entry)
+                    {
+                        if let Some(LockAttempt::Acquired(guard)) = attempt {
+                            tokio::spawn(guard.release());
                         }
-                        rechecked = true;
-                        match attempt {
-                            Some(LockAttempt::Acquired(acquired)) => guard = Some(acquired),
-                            Some(LockAttempt::HeldElsewhere) => {
-                                match self
-                                    .wait_for_other_gateway(
-                                        &key,
-                                        &model,
-                                        site,
-                                        &mut announcements,
-                                        deadline,
-                                        recheck,
-                                    )
-                                    .await
-                                {
-                                    Waited::Done(outcome) => return outcome,
-                                    Waited::LockExpired => continue,
-                                    Waited::CannotWait => {}
-                                }
+                        return Ok(Resolved {
+                            entry,
+                            source: Source::Cache,
+                        });
+                    }
+                    rechecked = true;
+                    match attempt {
+                        Some(LockAttempt::Acquired(acquired)) => guard = Some(acquired),
+                        Some(LockAttempt::HeldElsewhere) => {
+                            match self
+                                .wait_for_other_gateway(
+                                    &key,
+                                    &model,
+                                    site,
+                                    &mut announcements,
+                                    deadline,
+                                    recheck,
+                                )
+                                .await
+                            {
+                                Waited::Done(outcome) => return outcome,
+                                Waited::LockExpired => continue,
+                                Waited::CannotWait => {}
                             }
-                            // An entry this request cannot use (stale, of another
-                            // model version, unreadable) took the lease's place:
-                            // the lock goes beside it.
-                            Some(LockAttempt::Entry(_)) | None => {
-                                site = LockSite::Beside;
-                                continue;
-                            }
+                        }
+                        // An entry this request cannot use (stale, of another
+                        // model version, unreadable) took the lease's place:
+                        // the lock goes beside it.
+                        Some(LockAttempt::Entry(_)) | None => {
+                            site = LockSite::Beside;
+                            continue;
                         }
                     }
-                    Err(err) => self.cache.note_redis_failure(&err),
                 }
+                Some(Err(err)) => self.cache.note_redis_failure(&err),
+                None => {}
             }
             if recheck
                 && !rechecked

@@ -187,15 +187,15 @@ impl PredictionCache {
         }
     }
 
-    /// Like [`lookup`](Self::lookup), but when Redis holds no entry, takes the
-    /// key's lease (the compute lock of a key without entry) in the same command:
-    /// returns the miss with the lease, or with `None` if another computation
-    /// holds it.
+    /// Like [`lookup`](Self::lookup), but when Redis holds no entry, tries for the
+    /// key's lease (the compute lock of a key without entry) in the same command,
+    /// and returns what that found with the miss: the lease taken, or held by
+    /// another gateway.
     pub async fn lookup_or_lease(
         &self,
         key: &CacheKey,
         lock: &ComputeLock,
-    ) -> (Lookup, Option<LockGuard>) {
+    ) -> (Lookup, Option<LockAttempt>) {
         if let Some(entry) = self.local_entry(key).await {
             return (Lookup::Found(entry), None);
         }
@@ -204,8 +204,7 @@ impl PredictionCache {
         }
         match lock.lookup_or_lease(key).await {
             Ok(LockAttempt::Entry(bytes)) => (self.accept_fetched(key, &bytes).await, None),
-            Ok(LockAttempt::Acquired(guard)) => (Lookup::Missing, Some(guard)),
-            Ok(LockAttempt::HeldElsewhere) => (Lookup::Missing, None),
+            Ok(attempt) => (Lookup::Missing, Some(attempt)),
             Err(err) => {
                 self.note_redis_failure(&err);
                 (Lookup::Unavailable, None)
