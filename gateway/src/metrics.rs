@@ -26,7 +26,9 @@ pub struct Metrics {
     /// Model calls by model and result (ok, or the error code).
     pub model_calls: IntCounterVec,
     /// Model requests sent again, by model and reason (`silence`: no answer within
-    /// the attempt timeout; `busy`: the worker refused it).
+    /// the attempt timeout; `redirected`: sent on at once because the worker had
+    /// requests waiting or was full; `busy`: sent again after a backoff because the
+    /// worker was full).
     pub model_call_retries: IntCounterVec,
     /// Latency of model calls (the NATS request), by model.
     pub model_call_duration: HistogramVec,

@@ -64,13 +64,16 @@ impl ModelClient {
 
     /// Asks one worker of `model` for the prediction of `input`, waiting at most
     /// `timeout`; the worker is told the deadline so it can skip a request no one
-    /// waits for any more.
+    /// waits for any more. With `avoid_backlog`, a worker that would make the
+    /// request wait behind others answers busy at once, for the caller to try
+    /// another.
     pub async fn predict(
         &self,
         model: &ModelName,
         input: &CanonicalInput,
         request_id: &str,
         timeout: Duration,
+        avoid_backlog: bool,
     ) -> Result<ModelReply, ModelCallError> {
         // While disconnected async-nats would buffer the request until the timeout;
         // failing at once lets the client retry elsewhere.
@@ -81,6 +84,9 @@ impl ModelClient {
         request_headers.insert(headers::REQUEST_ID, request_id);
         let deadline_ms = unix_now_ms() + u64::try_from(timeout.as_millis()).unwrap_or(0);
         request_headers.insert(headers::DEADLINE_UNIX_MS, deadline_ms.to_string().as_str());
+        if avoid_backlog {
+            request_headers.insert(headers::AVOID_BACKLOG, "1");
+        }
         let request = async_nats::Request::new()
             .payload(Bytes::copy_from_slice(input.as_str().as_bytes()))
             .headers(request_headers)

@@ -141,6 +141,11 @@ pub struct PredictorSettings {
     pub max_inflight: usize,
 }
 
+/// How many times a model call is handed on at once to another (random) worker
+/// because the one NATS picked had requests waiting; the next attempt waits in
+/// line wherever it lands. Three tries find a worker without a backlog nearly
+/// always when there is one, and bound the extra round trips when there is none.
+const BACKLOG_REDIRECTS: u8 = 2;
 /// Backoff between retries of a request a worker refused as busy.
 const BUSY_BACKOFF_FIRST: Duration = Duration::from_millis(10);
 const BUSY_BACKOFF_MAX: Duration = Duration::from_millis(200);
@@ -620,8 +625,10 @@ impl Predictor {
         }
     }
 
-    /// One request to the model's queue group, repeated after a short backoff
-    /// while workers answer busy and the deadline allows.
+    /// One request to the model's queue group: handed on to another worker at
+    /// once while the first ones have a backlog (up to [`BACKLOG_REDIRECTS`]
+    /// times), then repeated after a short backoff while workers answer busy and
+    /// the deadline allows.
     async fn attempt(
         &self,
         model: &ModelName,
@@ -630,9 +637,23 @@ impl Predictor {
         deadline: Instant,
     ) -> Result<ModelReply, ModelCallError> {
         let mut backoff = BUSY_BACKOFF_FIRST;
+        let mut redirects_left = BACKLOG_REDIRECTS;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            match self.models.predict(model, input, request_id, left).await {
+            let avoid_backlog = redirects_left > 0;
+            let result = self
+                .models
+                .predict(model, input, request_id, left, avoid_backlog)
+                .await;
+            match result {
+                Err(ModelCallError::Busy(message)) if avoid_backlog => {
+                    debug!(%model, request_id, message, "worker has a backlog or is full; trying another");
+                    self.metrics
+                        .model_call_retries
+                        .with_label_values(&[model.as_str(), "redirected"])
+                        .inc();
+                    redirects_left -= 1;
+                }
                 Err(ModelCallError::Busy(message))
                     if deadline.saturating_duration_since(Instant::now()) > backoff =>
                 {

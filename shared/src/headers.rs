@@ -14,6 +14,11 @@ pub const REQUEST_ID: HeaderName = HeaderName::from_static("Request-Id");
 /// Gateway → worker: when the caller stops waiting, in milliseconds since the Unix
 /// epoch. A worker does not start computing a request that is already past it.
 pub const DEADLINE_UNIX_MS: HeaderName = HeaderName::from_static("Deadline-Unix-Ms");
+/// Gateway → worker: the caller will ask another worker if this one would make the
+/// request wait behind a backlog, so the worker may answer busy at once instead
+/// (see the worker's `--redirect-backlog`). Any value counts; a request without it
+/// (from `nats req`, say) waits in line, up to the worker's `--queue-depth`.
+pub const AVOID_BACKLOG: HeaderName = HeaderName::from_static("Avoid-Backlog");
 /// Worker → gateway: the version of the model that computed the prediction.
 pub const MODEL_VERSION: HeaderName = HeaderName::from_static("Model-Version");
 /// Worker → gateway: how long the prediction stays fresh, in milliseconds. Absent
@@ -35,7 +40,8 @@ pub mod error_codes {
     pub const BAD_INPUT: u16 = 400;
     /// The model failed while computing.
     pub const MODEL_FAILED: u16 = 500;
-    /// The worker is saturated; another worker (or a retry) may succeed.
+    /// The worker is saturated, or has a backlog and the caller asked to avoid
+    /// one; another worker (or a retry) may succeed.
     pub const BUSY: u16 = 503;
     /// The caller's deadline passed before the worker got to the request.
     pub const DEADLINE_EXCEEDED: u16 = 504;

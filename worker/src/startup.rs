@@ -10,7 +10,7 @@ use futures::StreamExt;
 use prediction_contract::ReplyMetadata;
 use prediction_contract::headers::{self, error_codes};
 use prediction_contract::subjects::{PREDICT_SUBJECT_PREFIX, QUEUE_GROUP, SERVICE_NAME};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
@@ -35,12 +35,52 @@ pub struct Worker {
     closed: tokio::sync::watch::Receiver<bool>,
     service: Service,
     endpoints: Vec<(Runner, Endpoint)>,
-    /// Core NATS has no server-side queue: a queue group hands each request to a
-    /// random member, busy or not. So a worker bounds what it holds itself: at
-    /// most `concurrency` inference calls run (see [`Runner`]), at most
-    /// `queue_depth` more requests wait, and the rest are refused at once as busy.
-    /// These are the permits for requests held, running or waiting.
-    admitted: Arc<Semaphore>,
+    admission: Admission,
+}
+
+/// Which requests a worker takes. Core NATS has no server-side queue: a queue
+/// group hands each request to a random member, busy or not. So a worker bounds
+/// what it holds itself: at most `concurrency` inference calls run (see
+/// [`Runner`]), at most `queue_depth` more requests wait, and the rest are refused
+/// at once as busy. A request whose caller will try another worker is refused
+/// earlier, once `redirect_backlog` requests wait: random delivery would otherwise
+/// queue it here while another worker may be idle.
+#[derive(Debug)]
+struct Admission {
+    /// One permit per request held, running or waiting.
+    permits: Arc<Semaphore>,
+    capacity: usize,
+    /// From this many requests held, one that asked to avoid a backlog is refused.
+    redirect_from: usize,
+}
+
+impl Admission {
+    fn new(config: &WorkerConfig, running_capacity: usize) -> Self {
+        let capacity = running_capacity + config.queue_depth;
+        let redirect_backlog = config.redirect_backlog.unwrap_or(running_capacity);
+        Self {
+            permits: Arc::new(Semaphore::new(capacity)),
+            capacity,
+            redirect_from: running_capacity + redirect_backlog,
+        }
+    }
+
+    /// A permit to hold `request`, or why not: the busy reply's text. Decided in
+    /// the order requests arrive, so a backlog is seen by the request behind it.
+    fn admit(&self, request: &service::Request) -> Result<OwnedSemaphorePermit, &'static str> {
+        let avoids_backlog = request
+            .message
+            .headers
+            .as_ref()
+            .is_some_and(|h| h.get(headers::AVOID_BACKLOG).is_some());
+        let held = self.capacity - self.permits.available_permits();
+        if avoids_backlog && held >= self.redirect_from {
+            return Err("requests are waiting at this worker; try another worker");
+        }
+        Arc::clone(&self.permits)
+            .try_acquire_owned()
+            .map_err(|_| "the worker is at capacity; try again or another worker")
+    }
 }
 
 impl std::fmt::Debug for Worker {
@@ -191,15 +231,14 @@ impl Worker {
             closed,
             service,
             endpoints,
-            admitted: Arc::new(Semaphore::new(
-                config.concurrency * per_slot + config.queue_depth,
-            )),
+            admission: Admission::new(config, config.concurrency * per_slot),
         };
         info!(
             nats = %nats_url,
             models = ?worker.model_names(),
             concurrency = config.concurrency,
             queue_depth = config.queue_depth,
+            redirect_backlog = worker.admission.redirect_from - config.concurrency * per_slot,
             max_batch = batching.max_batch,
             batch_window = ?batching.window,
             "worker ready"
@@ -228,7 +267,7 @@ impl Worker {
             mut closed,
             service,
             endpoints,
-            admitted,
+            admission,
         } = self;
         let mut requests = futures::stream::select_all(
             endpoints
@@ -260,10 +299,15 @@ impl Worker {
                 }
                 next = requests.next() => {
                     let Some((runner, request)) = next else { break };
-                    let admitted = Arc::clone(&admitted);
-                    // Boxed: the request's future is kilobytes, which the task
-                    // would otherwise copy around as it is spawned.
-                    in_flight.spawn(Box::pin(async move { admit(&runner, request, &admitted).await }));
+                    match admission.admit(&request) {
+                        // Boxed: the request's future is kilobytes, which the task
+                        // would otherwise copy around as it is spawned.
+                        Ok(held) => in_flight.spawn(Box::pin(async move {
+                            answer(&runner, request).await;
+                            drop(held);
+                        })),
+                        Err(reason) => in_flight.spawn(refuse_as_busy(runner, request, reason)),
+                    };
                 }
                 Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
             }
@@ -326,21 +370,15 @@ pub async fn health_check(config: &WorkerConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Holds `request` until a slot frees up and answers it, or refuses it at once as
-/// busy when the worker already holds all it may.
-async fn admit(runner: &Runner, request: service::Request, admitted: &Semaphore) {
-    let model = runner.model();
-    let Ok(_admitted) = admitted.try_acquire() else {
-        let busy = service::error::Error {
-            status: "the worker is at capacity; try again or another worker".to_owned(),
-            code: error_codes::BUSY.into(),
-        };
-        if let Err(err) = request.respond(Err(busy)).await {
-            warn!(model = %model.name(), error = %err, "could not send the busy reply");
-        }
-        return;
+/// Answers `request` at once with a busy error (see [`Admission`]).
+async fn refuse_as_busy(runner: Runner, request: service::Request, reason: &'static str) {
+    let busy = service::error::Error {
+        status: reason.to_owned(),
+        code: error_codes::BUSY.into(),
     };
-    answer(runner, request).await;
+    if let Err(err) = request.respond(Err(busy)).await {
+        warn!(model = %runner.model().name(), error = %err, "could not send the busy reply");
+    }
 }
 
 /// Computes and sends the reply to one request. Never fails: every problem becomes

@@ -97,3 +97,41 @@ async fn requests_a_busy_worker_refuses_are_retried_within_the_deadline() {
         "busy retries are counted"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_meeting_a_backlog_tries_other_workers_then_waits_in_line() {
+    let mut app = spawn_app(&[]).await;
+    let single = StubModel::slow("single", Duration::from_millis(500));
+    // One at a time, and a request is handed on once one waits. With this one
+    // worker every retry lands here again: the third attempt must wait in line.
+    app.workers.push(
+        start_worker_with(
+            &app.nats.url(),
+            vec![single.clone()],
+            &["--concurrency", "1"],
+        )
+        .await,
+    );
+
+    let bodies: Vec<String> = (0..3).map(|i| format!(r#"{{"i":{i}}}"#)).collect();
+    let requests = bodies
+        .iter()
+        .map(|body| app.post("/v1/models/single/predict", body));
+    for response in futures::future::join_all(requests).await {
+        assert_eq!(response.status(), 200, "a backlog alone refuses nothing");
+    }
+    assert_eq!(single.calls(), 3);
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    let redirected = metrics
+        .lines()
+        .find(|line| {
+            line.starts_with(
+                r#"gateway_model_call_retries_total{model="single",reason="redirected"}"#,
+            )
+        })
+        .unwrap_or_else(|| panic!("redirects are counted:\n{metrics}"));
+    assert!(
+        redirected.ends_with(" 2"),
+        "two redirects, then it waited: {redirected}"
+    );
+}

@@ -395,6 +395,74 @@ async fn the_concurrency_cap_holds_and_requests_past_the_queue_are_refused_as_bu
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_that_avoids_backlogs_is_refused_at_once_where_one_waits_and_others_wait() {
+    let nats = NatsServer::start();
+    let model = GaugedModel::new();
+    // One at a time; by default a request may be turned away once one waits.
+    let (shutdown, task) = start_with_model(&nats, model.clone(), &["--concurrency", "1"]).await;
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let mut replies = client.subscribe("replies.>").await.unwrap();
+    let avoid_backlog = || {
+        let mut headers = HeaderMap::new();
+        headers.insert("Avoid-Backlog", "1");
+        headers
+    };
+
+    // Published in this order on one connection, so the worker sees them so: `a`
+    // runs, `b` waits, `c` (which may go elsewhere) is refused, `d` (from a caller
+    // that would not go elsewhere, like `nats req`) waits too.
+    for (name, redirectable) in [("a", false), ("b", false), ("c", true), ("d", false)] {
+        let payload = format!(r#"{{"i":"{name}"}}"#).into();
+        let reply = format!("replies.{name}");
+        if redirectable {
+            client
+                .publish_with_reply_and_headers("predict.gauged", reply, avoid_backlog(), payload)
+                .await
+                .unwrap();
+        } else {
+            client
+                .publish_with_reply("predict.gauged", reply, payload)
+                .await
+                .unwrap();
+        }
+    }
+    client.flush().await.unwrap();
+
+    let mut order = Vec::new();
+    for _ in 0..4 {
+        let reply = tokio::time::timeout(Duration::from_secs(10), replies.next())
+            .await
+            .expect("every request is answered")
+            .unwrap();
+        let name = reply.subject.trim_start_matches("replies.").to_owned();
+        let code = header(&reply, "Nats-Service-Error-Code").map(str::to_owned);
+        if name == "c" {
+            assert_eq!(code.as_deref(), Some("503"));
+            let message = header(&reply, "Nats-Service-Error").unwrap();
+            assert!(message.contains("try another worker"), "{message}");
+        } else {
+            assert_eq!(code, None, "{name} waited and was answered");
+        }
+        order.push(name);
+    }
+    assert_eq!(
+        order[0], "c",
+        "the refusal came before any answer: {order:?}"
+    );
+    assert_eq!(model.calls.load(Ordering::SeqCst), 3);
+
+    // With nothing waiting, the same request is taken.
+    let reply = client
+        .request_with_headers("predict.gauged", avoid_backlog(), r#"{"i":"e"}"#.into())
+        .await
+        .unwrap();
+    assert_eq!(header(&reply, "Nats-Service-Error-Code"), None);
+
+    let _ = shutdown.send(());
+    task.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopping_worker_answers_every_request_it_holds_running_or_waiting() {
     stop_while_holding_requests(GaugedModel::new()).await;
 }
