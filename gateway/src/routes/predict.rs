@@ -1,12 +1,13 @@
 //! The prediction routes: read-through cache in front of the model workers.
 
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::FromRequestParts;
 use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{Path, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderName, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use bytes::BytesMut;
 use prediction_contract::{CanonicalInput, DuplicateKey, ErrorBody, ModelName};
 
 use super::AppState;
@@ -222,49 +223,59 @@ async fn serve(
 fn prediction_response(answer: &Answer) -> Response {
     let entry = &answer.entry;
     let now = unix_now_ms();
-    let age_secs = entry.age(now).as_secs();
-    let stale_secs = entry.staleness(now).as_secs();
     // RFC 9211: `hit` when served from the cache (a negative ttl: served stale),
     // `fwd` with the reason when the model was asked.
     let cache_status = match answer.outcome {
-        CacheOutcome::Hit => format!("gateway; hit; ttl={}", entry.fresh_left(now).as_secs()),
-        CacheOutcome::Stale => format!("gateway; hit; ttl=-{stale_secs}"),
-        CacheOutcome::Miss { stored, forced } => {
-            let reason = if forced { "request" } else { "miss" };
-            if stored {
-                format!("gateway; fwd={reason}; stored")
-            } else {
-                format!("gateway; fwd={reason}")
-            }
+        CacheOutcome::Hit => numbered("gateway; hit; ttl=", entry.fresh_left(now).as_secs()),
+        CacheOutcome::Stale => numbered("gateway; hit; ttl=-", entry.staleness(now).as_secs()),
+        CacheOutcome::Miss { stored, forced } => HeaderValue::from_static(match (forced, stored) {
+            (false, true) => "gateway; fwd=miss; stored",
+            (false, false) => "gateway; fwd=miss",
+            (true, true) => "gateway; fwd=request; stored",
+            (true, false) => "gateway; fwd=request",
+        }),
+        CacheOutcome::Coalesced => HeaderValue::from_static("gateway; fwd=miss; collapsed"),
+        CacheOutcome::Bypass => {
+            HeaderValue::from_static("gateway; fwd=bypass; detail=cache-unavailable")
         }
-        CacheOutcome::Coalesced => "gateway; fwd=miss; collapsed".to_owned(),
-        CacheOutcome::Bypass => "gateway; fwd=bypass; detail=cache-unavailable".to_owned(),
     };
     let cache_control = if entry.fresh_for.is_zero() {
-        "no-store".to_owned()
+        HeaderValue::from_static("no-store")
     } else {
-        format!("max-age={}", entry.fresh_for.as_secs())
+        numbered("max-age=", entry.fresh_for.as_secs())
     };
-    let mut response = (StatusCode::OK, entry.prediction.clone()).into_response();
-    let headers = response.headers_mut();
-    // Room for the headers below at once, not grown insert by insert.
-    headers.reserve(8);
+    // Built at its final size and without the formatting machinery: this runs
+    // for every hit.
+    let mut headers = HeaderMap::with_capacity(8);
     headers.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
     headers.insert(X_CACHE, HeaderValue::from_static(answer.outcome.x_cache()));
-    headers.insert(header::AGE, HeaderValue::from(age_secs));
-    headers.insert(header::CACHE_CONTROL, header_value(cache_control));
-    headers.insert(CACHE_STATUS, header_value(cache_status));
-    headers.insert(X_MODEL_VERSION, header_value(entry.model_version.clone()));
+    headers.insert(header::AGE, HeaderValue::from(entry.age(now).as_secs()));
+    headers.insert(header::CACHE_CONTROL, cache_control);
+    headers.insert(CACHE_STATUS, cache_status);
+    headers.insert(X_MODEL_VERSION, header_value(&entry.model_version));
+    let mut response = Response::new(Body::from(entry.prediction.clone()));
+    *response.headers_mut() = headers;
     response
 }
 
-/// A header value from text we built or a worker sent; anything not allowed in a
-/// header (a worker's odd version string) becomes `invalid`.
-fn header_value(text: String) -> HeaderValue {
-    HeaderValue::try_from(text).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+/// `prefix` followed by `number`, as a header value.
+fn numbered(prefix: &'static str, number: u64) -> HeaderValue {
+    let mut digits = itoa::Buffer::new();
+    let digits = digits.format(number);
+    let mut text = BytesMut::with_capacity(prefix.len() + digits.len());
+    text.extend_from_slice(prefix.as_bytes());
+    text.extend_from_slice(digits.as_bytes());
+    HeaderValue::from_maybe_shared(text.freeze())
+        .unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+}
+
+/// A header value from text a worker sent; anything not allowed in a header (an
+/// odd version string) becomes `invalid`.
+fn header_value(text: &str) -> HeaderValue {
+    HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
 }
 
 #[cfg(test)]
