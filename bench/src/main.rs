@@ -102,6 +102,21 @@ async fn fill(
     Ok(())
 }
 
+/// How many model calls the gateway on `port` has handed on to another worker
+/// because the first had a backlog, from its metrics.
+async fn redirected_requests(port: u16) -> anyhow::Result<f64> {
+    let metrics = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await?
+        .text()
+        .await?;
+    Ok(metrics
+        .lines()
+        .filter(|line| line.starts_with("gateway_model_call_retries_total{"))
+        .filter(|line| line.contains(r#"reason="redirected""#))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum())
+}
+
 /// Latency (p50, p90, p99, max in ms) of `count` sequential NATS requests straight
 /// to a worker, distinct inputs: the floor under any miss through the gateway.
 async fn nats_floor(url: &str, run_id: u128, count: usize) -> anyhow::Result<[f64; 4]> {
@@ -479,44 +494,59 @@ async fn run() -> anyhow::Result<()> {
     let scale_seconds = (seconds * 2).max(Duration::from_secs(10));
     let mut one_worker = None;
     let mut scale_workers = Vec::new();
-    for count in [1usize, 2, 4] {
+    // The last run turns the workers' backlog redirects off (a request then waits
+    // wherever NATS delivers it), to show in the same run what they are worth.
+    let runs = [(1usize, true), (2, true), (4, true), (4, false)];
+    for (count, redirects) in runs {
+        if !redirects {
+            scale_workers.clear();
+        }
         while scale_workers.len() < count {
-            scale_workers.push(
-                stack::worker(
-                    &scale_nats.url(),
-                    &["--latency-ms", "100", "--concurrency", "1"],
-                )
-                .await?,
-            );
+            let mut args = vec!["--latency-ms", "100", "--concurrency", "1"];
+            if !redirects {
+                args.extend(["--redirect-backlog", "256"]);
+            }
+            scale_workers.push(stack::worker(&scale_nats.url(), &args).await?);
         }
         // Let the gateway's model directory see the new workers.
         tokio::time::sleep(Duration::from_millis(1_100)).await;
-        say(&format!("scale-out: {count} worker(s), model at 100 ms"));
+        let variant = if redirects { "" } else { ", redirects off" };
+        say(&format!(
+            "scale-out: {count} worker(s){variant}, model at 100 ms"
+        ));
+        let redirected_before = redirected_requests(scale_port).await?;
         let measured = load::run(
             scale_port,
             &Load {
                 connections: 16,
                 duration: scale_seconds,
-                path: format!(r#""/v1/models/price/predict?product_id=W{run_id}-{count}-" .. n"#),
+                path: format!(
+                    r#""/v1/models/price/predict?product_id=W{run_id}-{count}-{redirects}-" .. n"#
+                ),
                 count_server_errors: false,
             },
         )?;
         check_clean("scale-out", &measured)?;
-        let label = format!("scale-out: {count} worker(s) × concurrency 1, 100 ms model");
-        let row = match &one_worker {
+        let redirected = redirected_requests(scale_port).await? - redirected_before;
+        let label = format!("scale-out: {count} worker(s) × concurrency 1, 100 ms model{variant}");
+        let mut row = match &one_worker {
             None => row_from(&label, &measured, 16, None, ("", None)),
             Some(base) => row_from(
                 &label,
                 &measured,
                 16,
                 Some(("1 worker", base)),
-                if count == 4 {
+                if count == 4 && redirects {
                     ("≥ 3.6×", Some(3.6))
                 } else {
                     ("", None)
                 },
             ),
         };
+        row.load = format!(
+            "16 conns; {:.2} redirects/request",
+            redirected / measured.requests.max(1) as f64
+        );
         rows.push(row);
         if one_worker.is_none() {
             one_worker = Some(measured);
