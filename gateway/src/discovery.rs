@@ -91,6 +91,15 @@ impl ModelDirectory {
             .is_none_or(|current| current == version)
     }
 
+    /// How many workers served `model` at the latest snapshot (0 if unknown).
+    pub fn workers_serving(&self, model: &ModelName) -> usize {
+        let latest = self.latest.read().expect("not poisoned");
+        latest
+            .as_ref()
+            .and_then(|snapshot| snapshot.models.get(model.as_str()))
+            .map_or(0, |served| served.workers)
+    }
+
     /// Whether some worker serves `model`. A known model answers at once (an old
     /// snapshot is renewed in the background); a model missing from the snapshot
     /// is looked up again before the answer is no.

@@ -145,7 +145,8 @@ pub struct PredictorSettings {
 /// because the one NATS picked had requests waiting; the next attempt waits in
 /// line wherever it lands. Three tries find a worker without a backlog nearly
 /// always when there is one, and bound the extra round trips when there is none.
-const BACKLOG_REDIRECTS: u8 = 2;
+/// Fewer when fewer other workers serve the model (none with a single worker).
+const BACKLOG_REDIRECTS: usize = 2;
 /// Backoff between retries of a request a worker refused as busy.
 const BUSY_BACKOFF_FIRST: Duration = Duration::from_millis(10);
 const BUSY_BACKOFF_MAX: Duration = Duration::from_millis(200);
@@ -627,7 +628,7 @@ impl Predictor {
 
     /// One request to the model's queue group: handed on to another worker at
     /// once while the first ones have a backlog (up to [`BACKLOG_REDIRECTS`]
-    /// times), then repeated after a short backoff while workers answer busy and
+    /// times, if other workers serve the model), then repeated after a short backoff while workers answer busy and
     /// the deadline allows.
     async fn attempt(
         &self,
@@ -637,7 +638,8 @@ impl Predictor {
         deadline: Instant,
     ) -> Result<ModelReply, ModelCallError> {
         let mut backoff = BUSY_BACKOFF_FIRST;
-        let mut redirects_left = BACKLOG_REDIRECTS;
+        let other_workers = self.directory.workers_serving(model).saturating_sub(1);
+        let mut redirects_left = BACKLOG_REDIRECTS.min(other_workers);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let avoid_backlog = redirects_left > 0;

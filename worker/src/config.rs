@@ -52,8 +52,8 @@ pub struct WorkerConfig {
     pub queue_depth: usize,
 
     /// How many requests may wait here before this worker turns away one whose
-    /// caller offered to try another worker (the gateway does, for its first two
-    /// attempts, with the `Avoid-Backlog` header) with a busy reply. NATS hands each
+    /// caller offered to try another worker (the gateway does, for up to two
+    /// attempts when other workers serve the model, with the `Avoid-Backlog` header) with a busy reply. NATS hands each
     /// request to a random worker, so without this one worker can queue requests
     /// while another idles. Default: as many as run at once (`--concurrency`, times
     /// `--max-batch` for a batching model). Requests without the header wait.
