@@ -628,8 +628,8 @@ impl Predictor {
 
     /// One request to the model's queue group: handed on to another worker at
     /// once while the first ones have a backlog (up to [`BACKLOG_REDIRECTS`]
-    /// times, if other workers serve the model), then repeated after a short backoff while workers answer busy and
-    /// the deadline allows.
+    /// times, if other workers serve the model), then repeated after a short
+    /// backoff while workers answer busy and the deadline allows.
     async fn attempt(
         &self,
         model: &ModelName,

@@ -51,12 +51,13 @@ pub struct WorkerConfig {
     #[arg(long, env = "WORKER_QUEUE_DEPTH", default_value_t = 256)]
     pub queue_depth: usize,
 
-    /// How many requests may wait here before this worker turns away one whose
-    /// caller offered to try another worker (the gateway does, for up to two
-    /// attempts when other workers serve the model, with the `Avoid-Backlog` header) with a busy reply. NATS hands each
-    /// request to a random worker, so without this one worker can queue requests
-    /// while another idles. Default: as many as run at once (`--concurrency`, times
-    /// `--max-batch` for a batching model). Requests without the header wait.
+    /// How many requests may wait here before this worker turns away, with a busy
+    /// reply, one whose caller offered to try another worker (the gateway does,
+    /// with the `Avoid-Backlog` header, for up to two attempts when other workers
+    /// serve the model). NATS hands each request to a random worker, so without
+    /// this one worker can queue requests while another idles. Default: as many as
+    /// run at once (`--concurrency`, times `--max-batch` for a batching model).
+    /// Requests without the header wait.
     #[arg(long, env = "WORKER_REDIRECT_BACKLOG")]
     pub redirect_backlog: Option<usize>,
 

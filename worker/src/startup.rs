@@ -55,9 +55,8 @@ struct Admission {
 }
 
 impl Admission {
-    fn new(config: &WorkerConfig, running_capacity: usize) -> Self {
-        let capacity = running_capacity + config.queue_depth;
-        let redirect_backlog = config.redirect_backlog.unwrap_or(running_capacity);
+    fn new(running_capacity: usize, queue_depth: usize, redirect_backlog: usize) -> Self {
+        let capacity = running_capacity + queue_depth;
         Self {
             permits: Arc::new(Semaphore::new(capacity)),
             capacity,
@@ -156,6 +155,8 @@ impl Worker {
         } else {
             1
         };
+        let running_capacity = config.concurrency * per_slot;
+        let redirect_backlog = config.redirect_backlog.unwrap_or(running_capacity);
         let stats_by_endpoint: std::collections::HashMap<String, _> = runners
             .iter()
             .map(|runner| {
@@ -231,14 +232,14 @@ impl Worker {
             closed,
             service,
             endpoints,
-            admission: Admission::new(config, config.concurrency * per_slot),
+            admission: Admission::new(running_capacity, config.queue_depth, redirect_backlog),
         };
         info!(
             nats = %nats_url,
             models = ?worker.model_names(),
             concurrency = config.concurrency,
             queue_depth = config.queue_depth,
-            redirect_backlog = worker.admission.redirect_from - config.concurrency * per_slot,
+            redirect_backlog,
             max_batch = batching.max_batch,
             batch_window = ?batching.window,
             "worker ready"
