@@ -12,6 +12,17 @@ async fn served_models(app: &crate::helpers::TestApp) -> Value {
     response.json::<Value>().await.unwrap()["models"].clone()
 }
 
+/// `count` concurrent predictions of `model`, each with an input of its own.
+async fn post_distinct(
+    app: &crate::helpers::TestApp,
+    model: &str,
+    count: usize,
+) -> Vec<reqwest::Response> {
+    let path = format!("/v1/models/{model}/predict");
+    let bodies: Vec<String> = (0..count).map(|i| format!(r#"{{"i":{i}}}"#)).collect();
+    futures::future::join_all(bodies.iter().map(|body| app.post(&path, body))).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_model_list_follows_workers_starting_and_stopping() {
     let app = spawn_app(&["--discovery-interval", "100ms"]).await;
@@ -52,11 +63,7 @@ async fn past_the_in_flight_cap_the_gateway_answers_503_with_retry_after() {
     app.workers
         .push(start_worker(&app.nats.url(), vec![slow.clone()]).await);
 
-    let bodies: Vec<String> = (0..5).map(|i| format!(r#"{{"i":{i}}}"#)).collect();
-    let requests = bodies
-        .iter()
-        .map(|body| app.post("/v1/models/capped/predict", body));
-    let responses = futures::future::join_all(requests).await;
+    let responses = post_distinct(&app, "capped", 5).await;
     let mut overloaded = 0;
     for response in responses {
         if response.status() == 200 {
@@ -83,11 +90,8 @@ async fn requests_a_busy_worker_refuses_are_retried_within_the_deadline() {
         .await,
     );
 
-    let bodies: Vec<String> = (0..3).map(|i| format!(r#"{{"i":{i}}}"#)).collect();
-    let requests = bodies
-        .iter()
-        .map(|body| app.post("/v1/models/narrow/predict", body));
-    for response in futures::future::join_all(requests).await {
+    let responses = post_distinct(&app, "narrow", 3).await;
+    for response in responses {
         assert_eq!(response.status(), 200);
     }
     assert_eq!(narrow.calls(), 3);
@@ -128,11 +132,8 @@ async fn a_request_meeting_a_backlog_tries_another_worker_then_waits_in_line() {
 
     // Two running and two waiting fill both workers up to their backlog limit, so
     // the fifth meets a backlog wherever it lands, whatever the order.
-    let bodies: Vec<String> = (0..5).map(|i| format!(r#"{{"i":{i}}}"#)).collect();
-    let requests = bodies
-        .iter()
-        .map(|body| app.post("/v1/models/shared/predict", body));
-    for response in futures::future::join_all(requests).await {
+    let responses = post_distinct(&app, "shared", 5).await;
+    for response in responses {
         assert_eq!(response.status(), 200, "a backlog alone refuses nothing");
     }
     assert_eq!(shared.calls(), 5);
@@ -155,11 +156,8 @@ async fn with_a_single_worker_a_request_waits_in_its_line_at_once() {
         .await,
     );
 
-    let bodies: Vec<String> = (0..3).map(|i| format!(r#"{{"i":{i}}}"#)).collect();
-    let requests = bodies
-        .iter()
-        .map(|body| app.post("/v1/models/single/predict", body));
-    for response in futures::future::join_all(requests).await {
+    let responses = post_distinct(&app, "single", 3).await;
+    for response in responses {
         assert_eq!(response.status(), 200);
     }
     assert_eq!(single.calls(), 3);
