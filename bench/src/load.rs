@@ -54,25 +54,56 @@ impl Measured {
     }
 }
 
+/// A scenario measured alternately with its baseline (see [`interleaved`]).
+#[derive(Debug, Clone)]
+pub struct Paired {
+    pub baseline: Measured,
+    pub scenario: Measured,
+    /// Each round's scenario throughput over that of the baseline run just
+    /// before it: their spread shows how far the machine's speed moved while
+    /// the ratio was measured.
+    pub round_ratios: Vec<f64>,
+}
+
+impl Paired {
+    /// The lowest and the highest of the rounds' ratios.
+    pub fn round_ratio_range(&self) -> (f64, f64) {
+        self.round_ratios
+            .iter()
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(low, high), &ratio| {
+                (low.min(ratio), high.max(ratio))
+            })
+    }
+}
+
 /// Runs a scenario and its baseline alternately (baseline, scenario, baseline,
 /// ...), `rounds` times each, and returns both combined (see
-/// [`Measured::combine`]). On a shared machine whose speed drifts over seconds,
-/// a baseline measured once, earlier, would credit or blame the scenario for the
-/// drift; alternating puts both through the same stretch. `scenario` gets the
-/// round number, for loads whose requests must differ from one run to the next.
+/// [`Measured::combine`]) with each round's ratio. On a shared machine whose
+/// speed drifts over seconds, a baseline measured once, earlier, would credit or
+/// blame the scenario for the drift; alternating puts both through the same
+/// stretch. `scenario` gets the round number, for loads whose requests must
+/// differ from one run to the next.
 pub fn interleaved(
     port: u16,
     baseline: &Load,
     scenario: impl Fn(usize) -> Load,
     rounds: usize,
-) -> anyhow::Result<(Measured, Measured)> {
+) -> anyhow::Result<Paired> {
     let mut baselines = Vec::with_capacity(rounds);
     let mut scenarios = Vec::with_capacity(rounds);
     for round in 0..rounds.max(1) {
         baselines.push(run(port, baseline)?);
         scenarios.push(run(port, &scenario(round))?);
     }
-    Ok((Measured::combine(&baselines), Measured::combine(&scenarios)))
+    Ok(Paired {
+        round_ratios: baselines
+            .iter()
+            .zip(&scenarios)
+            .map(|(baseline, scenario)| scenario.throughput() / baseline.throughput())
+            .collect(),
+        baseline: Measured::combine(&baselines),
+        scenario: Measured::combine(&scenarios),
+    })
 }
 
 /// How a run's requests are made.
