@@ -8,6 +8,7 @@
 //! - [`auth`]: the bearer tokens in front of the prediction and purge routes;
 //! - [`routes`]: the HTTP handlers: predictions, purges, health, readiness, metrics;
 //! - [`freshness`]: the client's `Cache-Control` directives;
+//! - [`input`]: the input as sent, and the memo of its cache key;
 //! - [`prediction`]: the read-through cache with coalescing, stale-while-revalidate
 //!   and stale-if-error, built on
 //! - [`cache`]: the in-process tier, Redis, and the cross-gateway compute lock,
@@ -27,6 +28,7 @@ pub mod config;
 pub mod discovery;
 pub mod error;
 pub mod freshness;
+pub mod input;
 pub mod metrics;
 pub mod model_client;
 pub mod openapi;

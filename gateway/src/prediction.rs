@@ -32,6 +32,7 @@ use crate::coalesce::{InFlight, Role};
 use crate::discovery::ModelDirectory;
 use crate::error::{ApiError, PublicFailure};
 use crate::freshness::RequestDirectives;
+use crate::input::{KeyMemo, RawInput};
 use crate::metrics::Metrics;
 use crate::model_client::{ModelCallError, ModelClient, ModelReply};
 
@@ -150,6 +151,9 @@ const BACKLOG_REDIRECTS: usize = 2;
 /// Backoff between retries of a request a worker refused as busy.
 const BUSY_BACKOFF_FIRST: Duration = Duration::from_millis(10);
 const BUSY_BACKOFF_MAX: Duration = Duration::from_millis(200);
+/// Memory for the cache keys of inputs served from the cache (see [`KeyMemo`]):
+/// some 16 000 short inputs.
+const KEY_MEMO_BYTES: u64 = 4 * 1024 * 1024;
 
 /// Answers predictions through the cache. Shared by every request.
 #[derive(Debug)]
@@ -158,6 +162,7 @@ pub struct Predictor {
     lock: ComputeLock,
     models: ModelClient,
     directory: Arc<ModelDirectory>,
+    keys: KeyMemo,
     in_flight: Arc<InFlight<CallOutcome>>,
     /// Permits for model calls; see [`PredictorSettings::max_inflight`].
     model_calls: Arc<Semaphore>,
@@ -199,6 +204,7 @@ impl Predictor {
             lock,
             models,
             directory,
+            keys: KeyMemo::new(KEY_MEMO_BYTES),
             in_flight,
             model_calls: Arc::new(Semaphore::new(settings.max_inflight)),
             metrics,
@@ -216,12 +222,26 @@ impl Predictor {
     pub async fn predict(
         self: &Arc<Self>,
         model: &ModelName,
-        input: CanonicalInput,
+        input: RawInput,
         directives: &RequestDirectives,
         request_id: &str,
     ) -> Result<Answer, ApiError> {
         let arrived = Instant::now();
-        let key = CacheKey::new(&self.settings.key_prefix, model, &input);
+        // An input served from the cache before has its key remembered; any
+        // other is parsed here, which also tells a client what is wrong with it.
+        let (key, mut canonical) = match self.keys.get(model, &input) {
+            Some(key) => (key, None),
+            None => {
+                let canonical = input.canonical()?;
+                let key = CacheKey::new(&self.settings.key_prefix, model, &canonical);
+                (key, Some(canonical))
+            }
+        };
+        // Parsed at most once: here, or below when the model is to be asked.
+        let canonical_input = |canonical: Option<CanonicalInput>| match canonical {
+            Some(canonical) => Ok(canonical),
+            None => input.canonical(),
+        };
         let mut wants_new = directives.skips_lookup();
         // A miss takes the key's lease (its compute lock while it has no entry)
         // in the lookup's command, unless the client forbids computing. Where an
@@ -241,6 +261,9 @@ impl Predictor {
                     let age_accepted = directives.accepts_age(entry.age(now));
                     if entry.is_fresh(now) {
                         if age_accepted {
+                            if canonical.is_some() {
+                                self.keys.remember(model, &input, &key);
+                            }
                             return Ok(Answer {
                                 entry,
                                 outcome: CacheOutcome::Hit,
@@ -251,7 +274,8 @@ impl Predictor {
                         && !directives.only_if_cached
                         && entry.is_within_stale_period(now, self.cache.stale_ttl())
                     {
-                        self.refresh_in_background(key, model.clone(), input, request_id);
+                        let canonical = canonical_input(canonical.take())?;
+                        self.refresh_in_background(key, model.clone(), canonical, request_id);
                         return Ok(Answer {
                             entry,
                             outcome: CacheOutcome::Stale,
@@ -268,6 +292,7 @@ impl Predictor {
 
         let not_before = wants_new.then_some(arrived);
         let store = !directives.no_store;
+        let input = canonical_input(canonical)?;
         let key_name = key.as_str().to_owned();
         let (outcome, role) = self
             .in_flight
@@ -420,7 +445,7 @@ impl Predictor {
                     // Someone may have stored it since this request looked.
                     if recheck
                         && let Some(bytes) = peeked
-                        && let Some(entry) = self.cache.accept_peeked(&key, &bytes).await
+                        && let Some(entry) = self.cache.accept_peeked(&key, &bytes)
                         && self.is_fresh_and_current(&model, &entry)
                     {
                         if let Some(LockAttempt::Acquired(guard)) = attempt {
@@ -708,7 +733,7 @@ impl Predictor {
             Ok(LockState::Held(expires_in)) => expires_in,
             Ok(LockState::Gone) => return Waited::LockExpired,
             Ok(LockState::Stored(bytes)) => {
-                return match self.cache.accept_peeked(key, &bytes).await {
+                return match self.cache.accept_peeked(key, &bytes) {
                     Some(entry) if self.is_fresh_and_current(model, &entry) => {
                         Waited::Done(Ok(Resolved {
                             entry,

@@ -56,7 +56,7 @@ pub async fn listen(
                 continue;
             }
             match (notice.key, ModelName::parse(&notice.model)) {
-                (Some(key), _) => cache.forget_key_locally(&key).await,
+                (Some(key), _) => cache.forget_key_locally(&key),
                 (None, Ok(model)) => cache.forget_model_locally(&model),
                 (None, Err(_)) => debug!("ignoring a purge notice for an invalid model"),
             }

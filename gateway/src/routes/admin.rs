@@ -9,7 +9,7 @@ use prediction_contract::{CacheKey, ErrorBody, ModelName};
 use serde_json::{Value, json};
 
 use super::AppState;
-use super::predict::{parse_model, read_json_body};
+use super::predict::{json_body, parse_model};
 use crate::error::ApiError;
 use crate::purge::{self, PurgeNotice};
 
@@ -70,7 +70,7 @@ pub async fn purge_input(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let model = parse_model(model)?;
-    let input = read_json_body(body, state.settings.max_body)?;
+    let input = json_body(body, state.settings.max_body)?.canonical()?;
     let key = CacheKey::new(state.predictor.key_prefix(), &model, &input);
     let purged = state
         .cache

@@ -8,12 +8,13 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::BytesMut;
-use prediction_contract::{CanonicalInput, DuplicateKey, ErrorBody, ModelName};
+use prediction_contract::{ErrorBody, ModelName};
 
 use super::AppState;
 use crate::cache::unix_now_ms;
 use crate::error::ApiError;
 use crate::freshness::RequestDirectives;
+use crate::input::RawInput;
 use crate::prediction::{Answer, CacheOutcome};
 
 pub const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
@@ -82,7 +83,7 @@ pub async fn predict_from_body(
         Ok(model) => model,
         Err(err) => return err.into_response(),
     };
-    let input = read_json_body(body, state.settings.max_body);
+    let input = json_body(body, state.settings.max_body);
     serve(&state, model, input, &headers).await
 }
 
@@ -99,7 +100,7 @@ pub async fn predict_default_model(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let model = state.settings.default_model.clone();
-    let input = read_json_body(body, state.settings.max_body);
+    let input = json_body(body, state.settings.max_body);
     serve(&state, model, input, &headers).await
 }
 
@@ -120,25 +121,18 @@ pub async fn predict_from_query(
         Ok(model) => model,
         Err(err) => return err.into_response(),
     };
-    serve(&state, model, input, &headers).await
+    serve(&state, model, Ok(input), &headers).await
 }
 
-/// The input of a `GET` prediction: its query string as an object of strings.
-/// Decoded in place with `form_urlencoded` (as axum's `Query` would, minus the
-/// copies into owned pairs and the generic deserialiser).
-pub struct QueryInput(Result<CanonicalInput, ApiError>);
+/// The input of a `GET` prediction: its query string, read as an object of
+/// strings when needed (see [`RawInput::query_of`]).
+pub struct QueryInput(RawInput);
 
 impl<S: Send + Sync> FromRequestParts<S> for QueryInput {
     type Rejection = std::convert::Infallible;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        let query = parts.uri.query().unwrap_or_default();
-        let pairs: Vec<_> = form_urlencoded::parse(query.as_bytes()).collect();
-        Ok(Self(input_from_query(
-            pairs
-                .iter()
-                .map(|(key, value)| (key.as_ref(), value.as_ref())),
-        )))
+        Ok(Self(RawInput::query_of(parts.uri.clone())))
     }
 }
 
@@ -149,10 +143,11 @@ pub(super) fn parse_model(
     Ok(ModelName::parse(&name)?)
 }
 
-pub(super) fn read_json_body(
+/// The body of a request as a JSON input, unless it could not be read whole.
+pub(super) fn json_body(
     body: Result<Bytes, BytesRejection>,
     limit: usize,
-) -> Result<CanonicalInput, ApiError> {
+) -> Result<RawInput, ApiError> {
     let body = body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::BodyTooLarge { limit }
@@ -160,15 +155,7 @@ pub(super) fn read_json_body(
             ApiError::BodyUnreadable
         }
     })?;
-    Ok(CanonicalInput::from_json_slice(&body)?)
-}
-
-fn input_from_query<'a>(
-    pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
-) -> Result<CanonicalInput, ApiError> {
-    CanonicalInput::from_pairs(pairs).map_err(|DuplicateKey(key)| {
-        ApiError::InvalidQuery(format!("query parameter {key:?} is given more than once"))
-    })
+    Ok(RawInput::json_body(body))
 }
 
 /// What a prediction request's headers say: its id and the client's cache
@@ -193,7 +180,7 @@ impl<S: Send + Sync> FromRequestParts<S> for PredictionHeaders {
 async fn serve(
     state: &AppState,
     model: ModelName,
-    input: Result<CanonicalInput, ApiError>,
+    input: Result<RawInput, ApiError>,
     headers: &PredictionHeaders,
 ) -> Response {
     let request_id = headers
@@ -276,36 +263,4 @@ fn numbered(prefix: &'static str, number: u64) -> HeaderValue {
 /// odd version string) becomes `invalid`.
 fn header_value(text: &str) -> HeaderValue {
     HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    async fn input_of(uri: &str) -> Result<CanonicalInput, ApiError> {
-        let (mut parts, ()) = axum::http::Request::get(uri).body(()).unwrap().into_parts();
-        let QueryInput(input) = QueryInput::from_request_parts(&mut parts, &())
-            .await
-            .unwrap();
-        input
-    }
-
-    #[tokio::test]
-    async fn query_pairs_become_the_input_object_decoded_as_a_form() {
-        let input = input_of("/v1/models/price/predict?product_id=ETH%2FEUR&note=a+b%20c")
-            .await
-            .unwrap();
-        assert_eq!(input.as_str(), r#"{"note":"a b c","product_id":"ETH/EUR"}"#);
-        let empty = input_of("/v1/models/price/predict").await.unwrap();
-        assert_eq!(empty.as_str(), "{}");
-    }
-
-    #[tokio::test]
-    async fn repeated_query_parameters_are_refused() {
-        let refused = input_of("/v1/models/price/predict?a=1&b=2&a=3").await;
-        assert!(
-            matches!(&refused, Err(ApiError::InvalidQuery(message)) if message.contains("\"a\"")),
-            "{refused:?}"
-        );
-    }
 }
