@@ -207,6 +207,13 @@ impl PredictionCache {
         }
     }
 
+    /// Whether the in-process tier has a copy of `key` (fresh or not).
+    pub fn holds_locally(&self, key: &CacheKey) -> bool {
+        self.local
+            .as_ref()
+            .is_some_and(|local| local.holds(key.as_str()))
+    }
+
     /// The entry in the in-process tier, if it is there and fresh.
     fn local_entry(&self, key: &CacheKey) -> Option<Arc<CachedPrediction>> {
         self.local
@@ -263,12 +270,7 @@ impl PredictionCache {
         // tier's TTL, and inserting each would cost every miss for nothing.
         // Without Redis, though, the in-process tier is the only cache there is.
         let redis_down = self.breaker.is_open(unix_now_ms());
-        if redis_down
-            || self
-                .local
-                .as_ref()
-                .is_some_and(|local| local.holds(key.as_str()))
-        {
+        if redis_down || self.holds_locally(key) {
             self.keep_locally(key, entry);
         }
         if redis_down {
