@@ -228,10 +228,10 @@ impl Predictor {
     ) -> Result<Answer, ApiError> {
         let arrived = Instant::now();
         // A hot input has its key remembered; any other is parsed here, which
-        // also tells a client what is wrong with it. An input is hot when its
-        // entry is in this gateway's memory as it arrives: asked for again
-        // within `--local-ttl`. (Remembering every input served from the cache
-        // churned the memo under 100 000 keys: +8 MiB peak RSS.)
+        // also tells a client what is wrong with it. An input is hot when a copy
+        // of its entry is in this gateway's memory as it arrives: it was read
+        // moments ago. (Remembering every input served from the cache churned
+        // the memo under 100 000 keys: +8 MiB peak RSS.)
         let (key, mut canonical, hot) = match self.keys.get(model, &input) {
             Some(key) => (key, None, false),
             None => {
