@@ -13,17 +13,17 @@ fn input_key(c: &mut Criterion) {
     let inputs = [
         (
             "the original input",
-            RawInput::json_body(Bytes::from_static(br#"{"product_id": "ETH/EUR"}"#)),
+            RawInput::Json(Bytes::from_static(br#"{"product_id": "ETH/EUR"}"#)),
         ),
         (
             "a 10-feature input",
-            RawInput::json_body(Bytes::from_static(
+            RawInput::Json(Bytes::from_static(
                 br#"{"features": [2301.5, 2299.75, 2302.0, 2300.25, 2298.5, 2297.0, 2301.25, 2303.5, 2304.0, 2302.75], "product_id": "ETH/EUR", "horizon": "5m"}"#,
             )),
         ),
         (
             "a GET query",
-            RawInput::query_of("/v1/models/price/predict?product_id=ETH%2FEUR".parse().unwrap()),
+            RawInput::Query("/v1/models/price/predict?product_id=ETH%2FEUR".parse().unwrap()),
         ),
     ];
     let memo = KeyMemo::new(1 << 20);

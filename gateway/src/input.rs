@@ -1,8 +1,8 @@
 //! A prediction's input as the client sent it, and the memo of its cache key.
 //!
 //! Before a request can look in the cache, its input is parsed, written in its
-//! canonical form and hashed (SHA-256) into the key: ~0.2 µs for a short query,
-//! ~0.35 µs for `{"product_id":"ETH/EUR"}`, ~3.4 µs for ten numeric features
+//! canonical form and hashed (SHA-256) into the key: 0.2–0.35 µs for a short
+//! query or `{"product_id":"ETH/EUR"}`, 2.4–3.4 µs for ten numeric features
 //! (criterion, `make bench-micro`), on every hit. The key depends only on the
 //! model and the bytes sent, so it can be remembered by those bytes and never
 //! goes out of date: a request that sends the same bytes again skips all of it.
@@ -27,47 +27,34 @@ enum Form {
 
 /// A prediction's input, not yet parsed.
 #[derive(Debug, Clone)]
-pub struct RawInput {
-    form: Form,
-    /// The body, or the request's URI (a cheap clone) whose query is the input.
-    bytes: RawBytes,
-}
-
-#[derive(Debug, Clone)]
-enum RawBytes {
-    Body(Bytes),
-    Uri(Uri),
+pub enum RawInput {
+    /// A JSON object sent as the request body.
+    Json(Bytes),
+    /// The query of this request URI (a cheap clone), each parameter a string
+    /// field; none: `{}`.
+    Query(Uri),
 }
 
 impl RawInput {
-    /// A JSON object sent as the request body.
-    pub fn json_body(body: Bytes) -> Self {
-        Self {
-            form: Form::Json,
-            bytes: RawBytes::Body(body),
-        }
-    }
-
-    /// The query of `uri`, each parameter a string field (none: `{}`).
-    pub fn query_of(uri: Uri) -> Self {
-        Self {
-            form: Form::Query,
-            bytes: RawBytes::Uri(uri),
+    fn form(&self) -> Form {
+        match self {
+            Self::Json(_) => Form::Json,
+            Self::Query(_) => Form::Query,
         }
     }
 
     fn as_bytes(&self) -> &[u8] {
-        match &self.bytes {
-            RawBytes::Body(body) => body,
-            RawBytes::Uri(uri) => uri.query().unwrap_or_default().as_bytes(),
+        match self {
+            Self::Json(body) => body,
+            Self::Query(uri) => uri.query().unwrap_or_default().as_bytes(),
         }
     }
 
     /// Parses the input into its canonical form, or says what is wrong with it.
     pub fn canonical(&self) -> Result<CanonicalInput, ApiError> {
-        match self.form {
-            Form::Json => Ok(CanonicalInput::from_json_slice(self.as_bytes())?),
-            Form::Query => {
+        match self {
+            Self::Json(body) => Ok(CanonicalInput::from_json_slice(body)?),
+            Self::Query(_) => {
                 // Decoded as a form, as axum's `Query` would, minus its copies
                 // into owned pairs and its generic deserialiser.
                 let pairs: Vec<_> = form_urlencoded::parse(self.as_bytes()).collect();
@@ -113,7 +100,7 @@ impl KeyMemo {
     pub fn get(&self, model: &ModelName, input: &RawInput) -> Option<CacheKey> {
         self.keys.get(&Sought {
             model: model.as_str(),
-            form: input.form,
+            form: input.form(),
             bytes: input.as_bytes(),
         })
     }
@@ -126,7 +113,7 @@ impl KeyMemo {
         }
         let remembered = Remembered {
             model: model.clone(),
-            form: input.form,
+            form: input.form(),
             bytes: bytes.into(),
         };
         self.keys.insert(remembered, key.clone());
@@ -204,7 +191,7 @@ mod tests {
     }
 
     fn query(uri: &str) -> RawInput {
-        RawInput::query_of(uri.parse().unwrap())
+        RawInput::Query(uri.parse().unwrap())
     }
 
     #[test]
@@ -236,7 +223,7 @@ mod tests {
     fn a_remembered_key_is_found_by_the_same_model_form_and_bytes_only() {
         let memo = KeyMemo::new(1 << 20);
         let price = model("price");
-        let input = RawInput::json_body(Bytes::from_static(br#"{"product_id":"ETH/EUR"}"#));
+        let input = RawInput::Json(Bytes::from_static(br#"{"product_id":"ETH/EUR"}"#));
         assert!(memo.get(&price, &input).is_none());
         let key = key_of(&price, &input);
         memo.remember(&price, &input, &key);
@@ -245,11 +232,11 @@ mod tests {
         // Another model, or other bytes with the same canonical form: each has
         // its own entry.
         assert!(memo.get(&model("other"), &input).is_none());
-        let spaced = RawInput::json_body(Bytes::from_static(br#"{ "product_id": "ETH/EUR" }"#));
+        let spaced = RawInput::Json(Bytes::from_static(br#"{ "product_id": "ETH/EUR" }"#));
         assert!(memo.get(&price, &spaced).is_none());
 
         // The same bytes as a query mean another input.
-        let as_body = RawInput::json_body(Bytes::from_static(b"product_id=ETH"));
+        let as_body = RawInput::Json(Bytes::from_static(b"product_id=ETH"));
         memo.remember(&price, &as_body, &key);
         assert!(memo.get(&price, &query("/p?product_id=ETH")).is_none());
     }
@@ -259,7 +246,7 @@ mod tests {
         let memo = KeyMemo::new(1 << 20);
         let price = model("price");
         let long = format!(r#"{{"text":"{}"}}"#, "x".repeat(LONGEST_REMEMBERED));
-        let input = RawInput::json_body(Bytes::from(long));
+        let input = RawInput::Json(Bytes::from(long));
         memo.remember(&price, &input, &key_of(&price, &input));
         assert!(memo.get(&price, &input).is_none());
     }

@@ -125,14 +125,14 @@ pub async fn predict_from_query(
 }
 
 /// The input of a `GET` prediction: its query string, read as an object of
-/// strings when needed (see [`RawInput::query_of`]).
+/// strings when needed (see [`RawInput::Query`]).
 pub struct QueryInput(RawInput);
 
 impl<S: Send + Sync> FromRequestParts<S> for QueryInput {
     type Rejection = std::convert::Infallible;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        Ok(Self(RawInput::query_of(parts.uri.clone())))
+        Ok(Self(RawInput::Query(parts.uri.clone())))
     }
 }
 
@@ -155,7 +155,7 @@ pub(super) fn json_body(
             ApiError::BodyUnreadable
         }
     })?;
-    Ok(RawInput::json_body(body))
+    Ok(RawInput::Json(body))
 }
 
 /// What a prediction request's headers say: its id and the client's cache
