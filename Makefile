@@ -1,5 +1,5 @@
 # One entry point for everything: `make help` lists the targets.
-.PHONY: help run test test-deps requests build lint fmt compose-check bench bench-micro bench-model models python-models fuzz soak audit
+.PHONY: help run test test-deps requests build lint fmt compose-check bench bench-micro bench-model models python-models fuzz soak audit callgrind
 
 help: ## list the targets
 	@awk -F':.*## ' '/^[a-z-]+:.*## / {printf "  make %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -36,6 +36,11 @@ soak: ## 10 minutes of mixed load (SOAK_MINUTES to change); memory reported alon
 	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq wrk; } || { echo "install wrk: apt-get install wrk" >&2; exit 1; }
 	cargo build --release --locked --bin gateway --bin worker --bin bench
 	target/release/bench soak
+
+callgrind: ## the gateway's instructions per request (/healthz, hot-key hit, Redis-only hit, miss), counted by callgrind
+	@command -v valgrind >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq valgrind; } || { echo "install valgrind: apt-get install valgrind" >&2; exit 1; }
+	cargo build --release --locked --bin gateway --bin worker --bin bench
+	target/release/bench callgrind
 
 bench-micro: ## criterion micro-benchmarks of the hot pure functions and of ONNX inference
 	cargo bench --locked -p prediction-contract -p gateway -p worker

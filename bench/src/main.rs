@@ -10,7 +10,10 @@
 //!
 //! `bench soak` (`make soak`) runs the long mixed load instead; see [`soak`].
 //! `bench inference` runs only the ONNX worker's scenarios; see [`inference`].
+//! `bench callgrind` (`make callgrind`) counts the gateway's instructions per
+//! request instead; see [`callgrind`].
 
+mod callgrind;
 mod inference;
 mod load;
 mod report;
@@ -191,6 +194,7 @@ async fn main() -> anyhow::Result<()> {
 async fn run() -> anyhow::Result<()> {
     match std::env::args().nth(1).as_deref() {
         Some("soak") => return soak::run().await,
+        Some("callgrind") => return callgrind::run().await,
         // Only the ONNX scenarios (quick, while working on the worker).
         Some("inference") => {
             let started = Instant::now();

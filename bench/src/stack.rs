@@ -72,9 +72,23 @@ impl Drop for Process {
     }
 }
 
-/// Starts one of the release binaries with `args`, its logs discarded.
-fn spawn(name: &str, args: &[&std::ffi::OsStr]) -> anyhow::Result<Process> {
-    let child = Command::new(binary(name)?)
+/// Starts one of the release binaries with `args`, its logs discarded; under
+/// `wrapper` (a command and its arguments, such as valgrind's) if one is given.
+fn spawn_wrapped(
+    wrapper: &[&str],
+    name: &str,
+    args: &[&std::ffi::OsStr],
+) -> anyhow::Result<Process> {
+    let binary = binary(name)?;
+    let mut command = match wrapper.split_first() {
+        Some((program, wrapper_args)) => {
+            let mut command = Command::new(program);
+            command.args(wrapper_args).arg(&binary);
+            command
+        }
+        None => Command::new(&binary),
+    };
+    let child = command
         .args(args)
         .env(
             "RUST_LOG",
@@ -87,8 +101,22 @@ fn spawn(name: &str, args: &[&std::ffi::OsStr]) -> anyhow::Result<Process> {
     Ok(Process { child })
 }
 
+fn spawn(name: &str, args: &[&std::ffi::OsStr]) -> anyhow::Result<Process> {
+    spawn_wrapped(&[], name, args)
+}
+
 /// Starts a gateway on a free port and waits until it answers `/healthz`.
 pub async fn gateway(
+    nats_url: &str,
+    redis_url: &str,
+    args: &[&str],
+) -> anyhow::Result<(Process, u16)> {
+    gateway_wrapped(&[], nats_url, redis_url, args).await
+}
+
+/// [`gateway`], run under `wrapper` (see [`spawn_wrapped`]).
+pub async fn gateway_wrapped(
+    wrapper: &[&str],
     nats_url: &str,
     redis_url: &str,
     args: &[&str],
@@ -107,7 +135,7 @@ pub async fn gateway(
     .chain(args.iter().copied())
     .map(std::ffi::OsStr::new)
     .collect();
-    let process = spawn("gateway", &argv)?;
+    let process = spawn_wrapped(wrapper, "gateway", &argv)?;
     let http = reqwest::Client::new();
     let started = Instant::now();
     while http
@@ -116,7 +144,8 @@ pub async fn gateway(
         .await
         .is_err()
     {
-        if started.elapsed() > Duration::from_secs(10) {
+        // Under valgrind a start takes many seconds.
+        if started.elapsed() > Duration::from_secs(if wrapper.is_empty() { 10 } else { 120 }) {
             bail!("the gateway did not start");
         }
         tokio::time::sleep(Duration::from_millis(20)).await;

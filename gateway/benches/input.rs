@@ -5,8 +5,9 @@ use std::hint::black_box;
 
 use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
+use gateway::cache::CacheKey;
 use gateway::input::{KeyMemo, RawInput};
-use prediction_contract::{CacheKey, ModelName};
+use prediction_contract::ModelName;
 
 fn input_key(c: &mut Criterion) {
     let model = ModelName::parse("price").unwrap();

@@ -4,6 +4,8 @@
 //! usually is. Tokens are compared in constant time, every configured one each
 //! time, so neither a token nor which one matched leaks through timing.
 
+use std::sync::Arc;
+
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, header};
 use axum::middleware::Next;
@@ -11,7 +13,6 @@ use axum::response::Response;
 use subtle::{Choice, ConstantTimeEq};
 
 use crate::error::ApiError;
-use crate::routes::AppState;
 
 /// The tokens the gateway accepts.
 #[derive(Clone, Default)]
@@ -91,40 +92,40 @@ impl Tokens {
 }
 
 async fn guard(
-    state: &AppState,
+    tokens: &Tokens,
     access: Access,
     request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    state.settings.tokens.authorize(access, request.headers())?;
+    tokens.authorize(access, request.headers())?;
     Ok(next.run(request).await)
 }
 
 /// Middleware of the prediction routes.
 pub async fn require_api_token(
-    State(state): State<AppState>,
+    State(tokens): State<Arc<Tokens>>,
     request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    guard(&state, Access::Predict, request, next).await
+    guard(&tokens, Access::Predict, request, next).await
 }
 
 /// Middleware of `/metrics` and `/openapi.json`.
 pub async fn require_metrics_token(
-    State(state): State<AppState>,
+    State(tokens): State<Arc<Tokens>>,
     request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    guard(&state, Access::Metrics, request, next).await
+    guard(&tokens, Access::Metrics, request, next).await
 }
 
 /// Middleware of the purge routes.
 pub async fn require_admin_token(
-    State(state): State<AppState>,
+    State(tokens): State<Arc<Tokens>>,
     request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    guard(&state, Access::Admin, request, next).await
+    guard(&tokens, Access::Admin, request, next).await
 }
 
 #[cfg(test)]

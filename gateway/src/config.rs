@@ -8,6 +8,11 @@ use prediction_contract::ModelName;
 use prediction_contract::nats_connection::NatsArgs;
 use prediction_contract::telemetry::LogFormat;
 
+use crate::auth::Tokens;
+use crate::cache::{CacheSettings, RedisSettings};
+use crate::model_call::ModelCallSettings;
+use crate::state::Settings;
+
 #[derive(Debug, Clone, Parser)]
 #[command(
     name = "gateway",
@@ -131,6 +136,58 @@ impl GatewayConfig {
     /// The attempt timeout in force: the configured one, else half the deadline.
     pub fn attempt_timeout(&self) -> Duration {
         self.attempt_timeout.unwrap_or(self.request_timeout / 2)
+    }
+}
+
+impl From<&GatewayConfig> for RedisSettings {
+    fn from(config: &GatewayConfig) -> Self {
+        Self {
+            url: config.redis_url.clone(),
+            tls_ca: config.redis_tls_ca.clone(),
+            timeout: config.redis_timeout,
+            lock_ttl: config.lock_ttl,
+            key_prefix: config.key_prefix.clone(),
+        }
+    }
+}
+
+impl From<&GatewayConfig> for CacheSettings {
+    fn from(config: &GatewayConfig) -> Self {
+        Self {
+            stale_ttl: config.stale_ttl,
+            local_capacity: config.local_capacity,
+            local_ttl: config.local_ttl,
+        }
+    }
+}
+
+impl From<&GatewayConfig> for ModelCallSettings {
+    fn from(config: &GatewayConfig) -> Self {
+        Self {
+            cache_ttl: config.cache_ttl,
+            max_ttl: config.max_ttl,
+            attempt_timeout: config.attempt_timeout(),
+            max_inflight: config.max_inflight,
+        }
+    }
+}
+
+impl From<&GatewayConfig> for Settings {
+    fn from(config: &GatewayConfig) -> Self {
+        Self {
+            default_model: config.default_model.clone(),
+            max_body: config.max_body,
+        }
+    }
+}
+
+impl From<&GatewayConfig> for Tokens {
+    fn from(config: &GatewayConfig) -> Self {
+        Self {
+            api: config.api_tokens.clone(),
+            admin: config.admin_token.clone(),
+            protect_metrics: config.protect_metrics,
+        }
     }
 }
 

@@ -47,6 +47,7 @@ impl From<&ModelCallError> for PublicFailure {
             M::NoWorker(_) => (StatusCode::SERVICE_UNAVAILABLE, "no_worker"),
             M::NotConnected => (StatusCode::SERVICE_UNAVAILABLE, "nats_unavailable"),
             M::Busy(_) => (StatusCode::SERVICE_UNAVAILABLE, "worker_busy"),
+            M::Overloaded(_) => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
             M::TimedOut(_) => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
             M::Failed { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "model_failed"),
             M::InvalidReply(_) | M::Nats(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),

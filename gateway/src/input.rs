@@ -11,9 +11,10 @@ use std::hash::{Hash, Hasher};
 
 use axum::body::Bytes;
 use axum::http::Uri;
-use prediction_contract::{CacheKey, CanonicalInput, DuplicateKey, ModelName};
+use prediction_contract::{CanonicalInput, DuplicateKey, ModelName};
 use quick_cache::{Equivalent, Weighter};
 
+use crate::cache::CacheKey;
 use crate::error::ApiError;
 
 /// How the bytes of an input are to be read.

@@ -1,25 +1,33 @@
 //! The prediction gateway: an HTTP server that answers predictions from a Redis
 //! cache and asks NATS model workers only on a miss.
 //!
-//! Modules, in the order a request flows through them:
+//! A prediction request enters [`routes::predict`] (`predict_from_body`,
+//! `predict_from_query` or `predict_default_model`), whose arguments come from
+//! [`routes::extract`] (the model, the input as sent, the cache directives read
+//! by [`freshness`]), and then passes, each module calling only the ones after it:
 //!
-//! - [`config`]: the command line and environment settings;
-//! - [`startup`]: builds the [`Application`] (listener, router, clients) and runs it;
-//! - [`auth`]: the bearer tokens in front of the prediction and purge routes;
-//! - [`routes`]: the HTTP handlers: predictions, purges, health, readiness, metrics;
-//! - [`freshness`]: the client's `Cache-Control` directives;
-//! - [`input`]: the input as sent, and the memo of its cache key;
-//! - [`prediction`]: the read-through cache with coalescing, stale-while-revalidate
-//!   and stale-if-error, built on
-//! - [`cache`]: the in-process tier, Redis, and the cross-gateway compute lock,
-//! - [`coalesce`]: identical requests in flight sharing one computation, and
-//! - [`model_client`]: the NATS request to a model's workers, who are found by
-//! - [`discovery`]: the models served right now, from the workers' service info;
-//! - [`purge`]: purges broadcast to every gateway;
-//! - [`error`]: [`ApiError`](error::ApiError), every failure mapped to one status
-//!   and a JSON body;
-//! - [`request_log`] and [`metrics`]: one log line per request, Prometheus metrics;
-//! - [`openapi`]: the OpenAPI document, generated from the handlers.
+//! 1. [`prediction`]: `Predictor::predict`, the request's cache policy: the key
+//!    (remembered for hot inputs by [`input`]), the lookup, a hit, a stale answer
+//!    with a refresh in the background, or a miss, which joins the computation in
+//!    flight here ([`coalesce`]) or starts one;
+//! 2. [`prediction`]'s `computation`: the miss computed once for every gateway:
+//!    the key's lock or lease, a wait for the gateway that holds it, the entry
+//!    stored and the outcome announced;
+//! 3. [`model_call`]: the model call: admission (a worker serves the model, found
+//!    by [`discovery`]; room under `--max-inflight`), backlog redirects, busy
+//!    backoff and the hedged second attempt; then [`model_client`], the NATS
+//!    request itself;
+//! 4. [`cache`]: the in-process tier and Redis, the one component that sends
+//!    Redis commands (with its keys and breaker), used by steps 1 and 2.
+//!
+//! Around them: [`config`] (flags and environment), [`startup`] (builds the
+//! [`Application`] and runs it), [`state`] (what handlers share), [`auth`] (bearer
+//! tokens in front of the routes), [`request_log`] and [`metrics`] (one log line
+//! per request, Prometheus metrics), [`purge`] (purges broadcast to every
+//! gateway), [`error`] ([`ApiError`](error::ApiError): every failure mapped to one
+//! status and a JSON body). The other routes: [`routes::admin`] (purges),
+//! [`routes::health`], [`routes::operations`] (metrics, models) and
+//! [`routes::openapi`].
 
 pub mod auth;
 pub mod cache;
@@ -30,13 +38,14 @@ pub mod error;
 pub mod freshness;
 pub mod input;
 pub mod metrics;
+pub mod model_call;
 pub mod model_client;
-pub mod openapi;
 pub mod prediction;
 pub mod purge;
 pub mod request_log;
 pub mod routes;
 pub mod startup;
+pub mod state;
 
 pub use config::GatewayConfig;
 pub use startup::Application;

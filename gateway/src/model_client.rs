@@ -1,16 +1,52 @@
-//! Asking a model's workers for a prediction over NATS.
+//! One request to a model's workers over NATS: the protocol's side of a model
+//! call (the policy around it, retries and admission, is [`crate::model_call`]'s).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use async_nats::RequestErrorKind;
 use async_nats::connection::State;
-use async_nats::{HeaderMap, RequestErrorKind};
 use bytes::Bytes;
-use prediction_contract::headers::{self, error_codes};
+use prediction_contract::headers::error_codes;
 use prediction_contract::subjects::predict_subject;
-use prediction_contract::{CanonicalInput, ModelName, ReplyMetadata, ServiceError};
+use prediction_contract::time::{millis, unix_now_ms};
+use prediction_contract::{
+    CanonicalInput, ModelName, ReplyMetadata, RequestMetadata, ServiceError,
+};
 use serde_json::value::RawValue;
 
-use crate::cache::unix_now_ms;
+/// One model call: what is asked, for which request, and until when. Made once
+/// per computation and carried through every attempt.
+#[derive(Debug, Clone)]
+pub struct ModelCall {
+    pub model: ModelName,
+    pub input: CanonicalInput,
+    /// The HTTP request's id, for the worker's log.
+    pub request_id: String,
+    /// When the client stops waiting.
+    pub deadline: Instant,
+}
+
+impl ModelCall {
+    /// A call that may take `timeout` from now.
+    pub fn new(
+        model: ModelName,
+        input: CanonicalInput,
+        request_id: String,
+        timeout: Duration,
+    ) -> Self {
+        Self {
+            model,
+            input,
+            request_id,
+            deadline: Instant::now() + timeout,
+        }
+    }
+
+    /// Time left before the deadline.
+    pub fn time_left(&self) -> Duration {
+        self.deadline.saturating_duration_since(Instant::now())
+    }
+}
 
 /// A worker's answer.
 #[derive(Debug, Clone)]
@@ -29,6 +65,8 @@ pub enum ModelCallError {
     NoWorker(ModelName),
     #[error("no worker answered within {0:?}")]
     TimedOut(Duration),
+    #[error("the gateway already has {0} model calls in flight; try again shortly")]
+    Overloaded(usize),
     #[error("the input is too large to send to a worker")]
     TooLarge,
     #[error("{0}")]
@@ -62,34 +100,31 @@ impl ModelClient {
         self.nats.connection_state() == State::Connected
     }
 
-    /// Asks one worker of `model` for the prediction of `input`, waiting at most
-    /// `timeout`; the worker is told the deadline so it can skip a request no one
-    /// waits for any more. With `avoid_backlog`, a worker that would make the
-    /// request wait behind others answers busy at once, for the caller to try
-    /// another.
+    /// Asks one worker of the call's model for its prediction, waiting at most
+    /// until the call's deadline; the worker is told the deadline so it can skip a
+    /// request no one waits for any more. With `avoid_backlog`, a worker that would
+    /// make the request wait behind others answers busy at once, for the caller to
+    /// try another.
     pub async fn predict(
         &self,
-        model: &ModelName,
-        input: &CanonicalInput,
-        request_id: &str,
-        timeout: Duration,
+        call: &ModelCall,
         avoid_backlog: bool,
     ) -> Result<ModelReply, ModelCallError> {
+        let model = &call.model;
+        let timeout = call.time_left();
         // While disconnected async-nats would buffer the request until the timeout;
         // failing at once lets the client retry elsewhere.
         if !self.is_connected() {
             return Err(ModelCallError::NotConnected);
         }
-        let mut request_headers = HeaderMap::new();
-        request_headers.insert(headers::REQUEST_ID, request_id);
-        let deadline_ms = unix_now_ms() + u64::try_from(timeout.as_millis()).unwrap_or(0);
-        request_headers.insert(headers::DEADLINE_UNIX_MS, deadline_ms.to_string().as_str());
-        if avoid_backlog {
-            request_headers.insert(headers::AVOID_BACKLOG, "1");
-        }
+        let metadata = RequestMetadata {
+            request_id: &call.request_id,
+            deadline_unix_ms: Some(unix_now_ms().saturating_add(millis(timeout))),
+            avoid_backlog,
+        };
         let request = async_nats::Request::new()
-            .payload(Bytes::copy_from_slice(input.as_str().as_bytes()))
-            .headers(request_headers)
+            .payload(Bytes::copy_from_slice(call.input.as_str().as_bytes()))
+            .headers(metadata.to_headers())
             .timeout(Some(timeout));
 
         let reply = self

@@ -6,13 +6,16 @@
 
 use futures::StreamExt;
 use prediction_contract::ModelName;
-use prediction_contract::subjects::CACHE_PURGE_SUBJECT;
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
 use crate::cache::PredictionCache;
 use crate::discovery::gather_replies;
+
+/// Gateways tell each other to drop purged predictions from their in-process
+/// tier on this subject (gateway to gateway: workers never see it).
+pub const CACHE_PURGE_SUBJECT: &str = "gateway.cache.purge";
 
 /// A purge, as broadcast to every gateway.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,7 +45,6 @@ pub async fn broadcast(nats: &async_nats::Client, notice: &PurgeNotice) -> usize
 pub async fn listen(
     nats: &async_nats::Client,
     cache: PredictionCache,
-    key_prefix: String,
 ) -> Result<JoinHandle<()>, async_nats::SubscribeError> {
     let mut notices = nats.subscribe(CACHE_PURGE_SUBJECT).await?;
     let nats = nats.clone();
@@ -52,7 +54,7 @@ pub async fn listen(
                 debug!("ignoring a malformed purge notice");
                 continue;
             };
-            if notice.key_prefix != key_prefix {
+            if notice.key_prefix != cache.keys().prefix() {
                 continue;
             }
             match (notice.key, ModelName::parse(&notice.model)) {

@@ -4,12 +4,26 @@
 use std::time::Instant;
 
 use axum::extract::{Request, State};
+use axum::http::HeaderName;
 use axum::middleware::Next;
 use axum::response::Response;
+use prediction_contract::ModelName;
 use tracing::info;
 
-use crate::routes::predict::X_REQUEST_ID;
-use crate::routes::{AppState, PredictionOutcome};
+use crate::prediction::CacheOutcome;
+use crate::state::AppState;
+
+/// The request's id: the client's, or one made for it (see `startup`).
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Attached by the prediction routes to each response (success or error) so the
+/// request log and the metrics can name the model and the cache outcome (`None`
+/// for an error).
+#[derive(Debug, Clone)]
+pub struct PredictionOutcome {
+    pub model: ModelName,
+    pub cache: Option<CacheOutcome>,
+}
 
 /// Logs the request and, for predictions, counts it by model and cache outcome.
 pub async fn log_request(State(state): State<AppState>, request: Request, next: Next) -> Response {
@@ -18,7 +32,7 @@ pub async fn log_request(State(state): State<AppState>, request: Request, next: 
     let method = request.method().clone();
     // Clones that share the request's buffers, not copies.
     let uri = request.uri().clone();
-    let request_id = request.headers().get(X_REQUEST_ID).cloned();
+    let request_id = request.headers().get(&X_REQUEST_ID).cloned();
     let response = next.run(request).await;
     let outcome = response.extensions().get::<PredictionOutcome>();
     let elapsed = started.elapsed();

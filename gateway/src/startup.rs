@@ -19,16 +19,17 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::timeout::RequestBodyTimeoutLayer;
 use tracing::{debug, info, warn};
 
-use crate::auth::Tokens;
-use crate::cache::{CacheSettings, ComputeLock, PredictionCache};
+use crate::cache::PredictionCache;
 use crate::config::GatewayConfig;
 use crate::discovery::ModelDirectory;
 use crate::metrics::Metrics;
+use crate::model_call::ModelCaller;
 use crate::model_client::ModelClient;
-use crate::prediction::{Predictor, PredictorSettings};
+use crate::prediction::Predictor;
 use crate::purge;
 use crate::request_log::log_request;
-use crate::routes::{App, Settings, router};
+use crate::routes::router;
+use crate::state::App;
 
 /// How long startup waits for the first NATS connection before serving anyway
 /// (from the cache) and connecting in the background.
@@ -75,36 +76,27 @@ impl Application {
         let redis_url = redact_url(&config.redis_url);
         let metrics = Metrics::new();
         let cache = PredictionCache::new(
-            &CacheSettings {
-                redis_url: config.redis_url.clone(),
-                redis_tls_ca: config.redis_tls_ca.clone(),
-                redis_timeout: config.redis_timeout,
-                stale_ttl: config.stale_ttl,
-                local_capacity: config.local_capacity,
-                local_ttl: config.local_ttl,
-                key_prefix: config.key_prefix.clone(),
-            },
-            metrics.clone(),
+            &(&config).into(),
+            &(&config).into(),
+            metrics.redis_errors.clone(),
         )
         .with_context(|| format!("configuring Redis at {redis_url}"))?;
-        let models = ModelClient::new(nats.clone());
         let directory = ModelDirectory::new(nats.clone(), config.discovery_interval);
-        let predictor = Predictor::new(
-            cache.clone(),
-            ComputeLock::new(cache.redis(), config.lock_ttl),
-            models.clone(),
+        let models = ModelCaller::new(
+            ModelClient::new(nats.clone()),
             Arc::clone(&directory),
             metrics.clone(),
-            PredictorSettings {
-                key_prefix: config.key_prefix.clone(),
-                cache_ttl: config.cache_ttl,
-                max_ttl: config.max_ttl,
-                request_timeout: config.request_timeout,
-                attempt_timeout: config.attempt_timeout(),
-                max_inflight: config.max_inflight,
-            },
+            (&config).into(),
         );
-        purge::listen(&nats, cache.clone(), config.key_prefix.clone())
+        let predictor = Predictor::new(
+            cache.clone(),
+            models,
+            Arc::clone(&directory),
+            nats.clone(),
+            metrics.clone(),
+            config.request_timeout,
+        );
+        purge::listen(&nats, cache.clone())
             .await
             .context("subscribing to purge broadcasts")?;
 
@@ -112,19 +104,11 @@ impl Application {
             predictor,
             directory,
             cache,
-            models,
+            nats,
             metrics,
-            settings: Arc::new(Settings {
-                default_model: config.default_model.clone(),
-                max_body: config.max_body,
-                tokens: Tokens {
-                    api: config.api_tokens.clone(),
-                    admin: config.admin_token.clone(),
-                    protect_metrics: config.protect_metrics,
-                },
-            }),
+            settings: (&config).into(),
         });
-        let router = router(Arc::clone(&state))
+        let router = router(Arc::clone(&state), (&config).into())
             .layer(DefaultBodyLimit::max(config.max_body))
             .layer(RequestBodyTimeoutLayer::new(config.client_timeout))
             .layer(axum::middleware::from_fn_with_state(state, log_request))

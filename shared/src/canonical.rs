@@ -1,4 +1,5 @@
-//! The canonical form of a prediction input and the cache key derived from it.
+//! The canonical form of a prediction input: what the gateway sends a worker, and
+//! what its cache keys hash.
 //!
 //! The cache rests on one rule: a prediction depends only on (model, model version,
 //! input). So two spellings of the same input must share one cache entry and two
@@ -17,19 +18,6 @@ use std::cmp::Ordering;
 use std::fmt::Write as _;
 
 use serde_json::{Map, Number, Value};
-use sha2::{Digest, Sha256};
-
-use crate::ModelName;
-
-/// Bumped whenever the canonical form or the key layout changes, so that a new
-/// gateway never reads entries written under the old rules. v2: an entry's key
-/// may hold a lease ([`LEASE_PREFIX`]) instead of an entry.
-pub const KEY_FORMAT_VERSION: &str = "v2";
-
-/// What a value under an entry's key starts with when it is not an entry but the
-/// lease of the gateway computing it: `lease:<gateway token>`. Entries are JSON
-/// objects, so they never start with it.
-pub const LEASE_PREFIX: &str = "lease:";
 
 /// Exponents beyond this are refused: no model input needs them and they would let
 /// a tiny body expand into a huge canonical form.
@@ -106,101 +94,6 @@ impl CanonicalInput {
     pub fn as_str(&self) -> &str {
         &self.text
     }
-}
-
-/// SHA-256 of `bytes` in lower-case hex, on the stack. Computed for every request:
-/// `hex::encode` builds its string a `char` at a time, several times slower than
-/// this table-driven slice encoding.
-fn sha256_hex(bytes: &[u8]) -> HexDigest {
-    let mut hex = [0u8; 64];
-    hex::encode_to_slice(Sha256::digest(bytes), &mut hex).expect("64 bytes hold a 32-byte digest");
-    HexDigest(hex)
-}
-
-/// A SHA-256 digest in lower-case hex.
-struct HexDigest([u8; 64]);
-
-impl std::ops::Deref for HexDigest {
-    type Target = str;
-
-    fn deref(&self) -> &str {
-        std::str::from_utf8(&self.0).expect("hex digits are ASCII")
-    }
-}
-
-/// The Redis keys of one (model, input) pair, all under the deployment's prefix.
-///
-/// `prefix` lets several deployments (or tests) share one Redis without seeing each
-/// other's entries.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CacheKey {
-    /// `<prefix>prediction:<format version>:<model>:<sha256 of the canonical input>`
-    entry: String,
-    prefix_len: usize,
-}
-
-const ENTRY_NAMESPACE: &str = "prediction:";
-const LOCK_NAMESPACE: &str = "prediction-lock:";
-
-impl CacheKey {
-    pub fn new(prefix: &str, model: &ModelName, input: &CanonicalInput) -> Self {
-        let digest = sha256_hex(input.as_str().as_bytes());
-        let mut entry = String::with_capacity(
-            prefix.len()
-                + ENTRY_NAMESPACE.len()
-                + KEY_FORMAT_VERSION.len()
-                + model.as_str().len()
-                + 66,
-        );
-        for part in [
-            prefix,
-            ENTRY_NAMESPACE,
-            KEY_FORMAT_VERSION,
-            ":",
-            model.as_str(),
-            ":",
-            &digest,
-        ] {
-            entry.push_str(part);
-        }
-        Self {
-            entry,
-            prefix_len: prefix.len(),
-        }
-    }
-
-    /// The key the prediction is stored under.
-    pub fn as_str(&self) -> &str {
-        &self.entry
-    }
-
-    /// The key of the lock that lets one gateway compute this prediction while the
-    /// others wait. Outside the entries' namespace, so purging a model's entries
-    /// leaves locks of computations in flight alone.
-    pub fn lock_key(&self) -> String {
-        let (prefix, rest) = self.entry.split_at(self.prefix_len);
-        let rest = &rest[ENTRY_NAMESPACE.len()..];
-        format!("{prefix}{LOCK_NAMESPACE}{rest}")
-    }
-
-    /// The key a gateway waiting for another's computation of this key sets, so
-    /// that the computing gateway announces its outcome only when someone waits.
-    pub fn waiting_key(&self) -> String {
-        let mut key = self.lock_key();
-        key.push_str(":waiting");
-        key
-    }
-
-    /// A NATS subject token naming this key: the SHA-256 of the whole key, so it is
-    /// unique per prefix and safe in a subject whatever the prefix holds.
-    pub fn subject_token(&self) -> String {
-        sha256_hex(self.entry.as_bytes()).to_owned()
-    }
-}
-
-/// The pattern matching every entry of one model, for purges.
-pub fn cache_key_pattern(prefix: &str, model: &ModelName) -> String {
-    format!("{prefix}{ENTRY_NAMESPACE}{KEY_FORMAT_VERSION}:{model}:*")
 }
 
 /// What kind of JSON value `value` is, for error messages ("a string", "null").
@@ -517,50 +410,6 @@ mod tests {
             CanonicalInput::from_pairs([("a", "1"), ("b", "2"), ("a", "3")]),
             Err(DuplicateKey("a".into()))
         );
-    }
-
-    #[test]
-    fn cache_key_names_prefix_format_model_and_hash() {
-        let model = ModelName::parse("price").unwrap();
-        let a = CanonicalInput::from_json_slice(br#"{"a":1,"b":2}"#).unwrap();
-        let b = CanonicalInput::from_json_slice(br#"{ "b":2, "a":1 }"#).unwrap();
-        let c = CanonicalInput::from_json_slice(br#"{"a":1,"b":3}"#).unwrap();
-        let key = CacheKey::new("t:", &model, &a);
-        assert_eq!(key, CacheKey::new("t:", &model, &b));
-        assert_ne!(key, CacheKey::new("t:", &model, &c));
-        assert!(key.as_str().starts_with("t:prediction:v2:price:"));
-        assert_eq!(key.as_str().len(), "t:prediction:v2:price:".len() + 64);
-        let other_model = ModelName::parse("price2").unwrap();
-        assert_ne!(key, CacheKey::new("t:", &other_model, &a));
-        assert_ne!(key, CacheKey::new("u:", &model, &a));
-    }
-
-    #[test]
-    fn lock_keys_stay_under_the_prefix_but_outside_the_purge_pattern() {
-        let model = ModelName::parse("price").unwrap();
-        let input = CanonicalInput::from_json_slice(br#"{"a":1}"#).unwrap();
-        let key = CacheKey::new("t:", &model, &input);
-        let lock = key.lock_key();
-        assert!(lock.starts_with("t:prediction-lock:v2:price:"));
-        assert!(lock.ends_with(&*sha256_hex(input.as_str().as_bytes())));
-        let pattern = cache_key_pattern("t:", &model);
-        assert!(key.as_str().starts_with(pattern.trim_end_matches('*')));
-        assert!(!lock.starts_with(pattern.trim_end_matches('*')));
-        // The waiters' mark lives beside the lock: under the prefix (so a Redis
-        // ACL on `~<prefix>*` covers it), out of reach of a purge.
-        let waiting = key.waiting_key();
-        assert_eq!(waiting, format!("{lock}:waiting"));
-        assert!(!waiting.starts_with(pattern.trim_end_matches('*')));
-    }
-
-    #[test]
-    fn subject_tokens_differ_per_prefix_and_are_hex() {
-        let model = ModelName::parse("price").unwrap();
-        let input = CanonicalInput::from_json_slice(br#"{"a":1}"#).unwrap();
-        let a = CacheKey::new("a:", &model, &input).subject_token();
-        let b = CacheKey::new("b:", &model, &input).subject_token();
-        assert_ne!(a, b);
-        assert!(a.len() == 64 && a.bytes().all(|c| c.is_ascii_hexdigit()));
     }
 
     mod properties {

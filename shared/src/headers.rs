@@ -47,6 +47,51 @@ pub mod error_codes {
     pub const DEADLINE_EXCEEDED: u16 = 504;
 }
 
+/// What a request says about itself besides its input: who asked (for the logs),
+/// until when, and whether its caller would rather try another worker than wait
+/// behind a backlog. Borrowed from the headers it is read from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestMetadata<'a> {
+    /// The HTTP request's id, `-` when there is none (a `nats req` by hand).
+    pub request_id: &'a str,
+    /// When the caller stops waiting, in milliseconds since the Unix epoch.
+    pub deadline_unix_ms: Option<u64>,
+    /// See [`AVOID_BACKLOG`].
+    pub avoid_backlog: bool,
+}
+
+impl<'a> RequestMetadata<'a> {
+    pub fn to_headers(&self) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(REQUEST_ID, self.request_id);
+        if let Some(deadline) = self.deadline_unix_ms {
+            let mut digits = itoa::Buffer::new();
+            headers.insert(DEADLINE_UNIX_MS, digits.format(deadline));
+        }
+        if self.avoid_backlog {
+            headers.insert(AVOID_BACKLOG, "1");
+        }
+        headers
+    }
+
+    /// Reads a request's metadata, tolerating missing or malformed headers: a
+    /// request sent by hand may carry none of them.
+    pub fn from_headers(headers: Option<&'a HeaderMap>) -> Self {
+        let get = |name: HeaderName| headers.and_then(|h| h.get(name)).map(|v| v.as_str());
+        Self {
+            request_id: get(REQUEST_ID).unwrap_or("-"),
+            deadline_unix_ms: get(DEADLINE_UNIX_MS).and_then(|v| v.trim().parse().ok()),
+            avoid_backlog: get(AVOID_BACKLOG).is_some(),
+        }
+    }
+
+    /// Whether the caller has stopped waiting, as of `now_unix_ms`.
+    pub fn deadline_passed(&self, now_unix_ms: u64) -> bool {
+        self.deadline_unix_ms
+            .is_some_and(|deadline| now_unix_ms >= deadline)
+    }
+}
+
 /// What a successful reply says about its prediction.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReplyMetadata {
@@ -61,7 +106,8 @@ impl ReplyMetadata {
         let mut headers = HeaderMap::new();
         headers.insert(MODEL_VERSION, self.model_version.as_str());
         if let Some(ttl) = self.freshness_ttl {
-            headers.insert(FRESHNESS_TTL_MS, ttl.as_millis().to_string().as_str());
+            let mut digits = itoa::Buffer::new();
+            headers.insert(FRESHNESS_TTL_MS, digits.format(crate::time::millis(ttl)));
         }
         if let Some(compute_time) = self.compute_time {
             let millis = format!("{:.3}", compute_time.as_secs_f64() * 1000.0);
@@ -117,6 +163,49 @@ impl ServiceError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn request_metadata_round_trips_through_headers() {
+        let metadata = RequestMetadata {
+            request_id: "3f2a",
+            deadline_unix_ms: Some(1_800_000_000_123),
+            avoid_backlog: true,
+        };
+        let headers = metadata.to_headers();
+        assert_eq!(RequestMetadata::from_headers(Some(&headers)), metadata);
+        let quiet = RequestMetadata {
+            avoid_backlog: false,
+            deadline_unix_ms: None,
+            ..metadata
+        };
+        let headers = quiet.to_headers();
+        assert_eq!(RequestMetadata::from_headers(Some(&headers)), quiet);
+    }
+
+    #[test]
+    fn a_request_sent_by_hand_has_no_id_deadline_or_backlog_wish() {
+        let metadata = RequestMetadata::from_headers(None);
+        assert_eq!(metadata.request_id, "-");
+        assert!(!metadata.deadline_passed(u64::MAX));
+        assert!(!metadata.avoid_backlog);
+        let mut headers = HeaderMap::new();
+        headers.insert(DEADLINE_UNIX_MS, "soon");
+        assert_eq!(
+            RequestMetadata::from_headers(Some(&headers)).deadline_unix_ms,
+            None
+        );
+    }
+
+    #[test]
+    fn a_deadline_passes_at_its_millisecond() {
+        let metadata = RequestMetadata {
+            request_id: "-",
+            deadline_unix_ms: Some(1_000),
+            avoid_backlog: false,
+        };
+        assert!(!metadata.deadline_passed(999));
+        assert!(metadata.deadline_passed(1_000));
+    }
 
     #[test]
     fn reply_metadata_round_trips_through_headers() {

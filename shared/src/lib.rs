@@ -4,10 +4,13 @@
 //! framework, no cache client). In the order a prediction request flows through it:
 //!
 //! - [`model_name`]: the validated name of a model, safe to put in a NATS subject;
-//! - [`subjects`]: the subject a model is served on and the queue group workers join;
-//! - [`canonical`]: the canonical form of an input and the cache key derived from it;
-//! - [`headers`]: the NATS headers that carry a request's id and deadline one way and
-//!   the prediction's metadata (model version, freshness, compute time) the other way;
+//! - [`subjects`]: the subject a model is served on, the queue group workers join and
+//!   the service name they register;
+//! - [`canonical`]: the canonical form of an input, what a worker receives;
+//! - [`headers`]: the NATS headers: a request's metadata (id, deadline, whether to
+//!   avoid a backlog) one way, the prediction's (model version, freshness, compute
+//!   time) or an error the other way;
+//! - [`time`]: durations and instants in the protocol's milliseconds;
 //! - [`error_body`]: the JSON error body every HTTP error uses;
 //! - [`nats_connection`], [`telemetry`] and [`shutdown`]: connecting to NATS, log
 //!   setup and the stop signal, as both binaries do them.
@@ -20,10 +23,9 @@ pub mod nats_connection;
 pub mod shutdown;
 pub mod subjects;
 pub mod telemetry;
+pub mod time;
 
-pub use canonical::{
-    CacheKey, CanonicalInput, DuplicateKey, InvalidInput, LEASE_PREFIX, cache_key_pattern,
-};
+pub use canonical::{CanonicalInput, DuplicateKey, InvalidInput};
 pub use error_body::ErrorBody;
-pub use headers::{ReplyMetadata, ServiceError};
+pub use headers::{ReplyMetadata, RequestMetadata, ServiceError};
 pub use model_name::{InvalidModelName, ModelName};

@@ -1,4 +1,5 @@
-//! NATS subject names and the queue group every worker joins.
+//! NATS subject names, the queue group every worker joins and the service name
+//! workers register under.
 
 use crate::ModelName;
 
@@ -12,18 +13,6 @@ pub const QUEUE_GROUP: &str = "q";
 
 /// The service name workers register under (`nats micro ls` shows it).
 pub const SERVICE_NAME: &str = "prediction-worker";
-
-/// Gateways announce the outcome of a model call that other gateways may be
-/// waiting for on `gateway.cache.ready.<CacheKey::subject_token>`.
-pub const CACHE_READY_SUBJECT_PREFIX: &str = "gateway.cache.ready";
-
-/// Gateways tell each other to drop purged predictions from their in-process tier.
-pub const CACHE_PURGE_SUBJECT: &str = "gateway.cache.purge";
-
-/// The subject on which the outcome of computing `key` is announced.
-pub fn cache_ready_subject(key: &crate::CacheKey) -> String {
-    format!("{CACHE_READY_SUBJECT_PREFIX}.{}", key.subject_token())
-}
 
 /// The subject a model is served on: `predict.<model>`.
 pub fn predict_subject(model: &ModelName) -> String {

@@ -1,32 +1,26 @@
-//! Connecting, serving and stopping a worker.
+//! Building and running a worker: connects to NATS, registers the service and
+//! its endpoints, hands them to the serve loop ([`crate::serve`]) and, once it
+//! returns, flushes the last replies and drains the connection.
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
-use async_nats::service::{self, Service, ServiceExt, endpoint::Endpoint};
-use futures::StreamExt;
-use prediction_contract::ReplyMetadata;
-use prediction_contract::headers::{self, error_codes};
+use async_nats::service::{Service, ServiceExt, endpoint::Endpoint};
 use prediction_contract::subjects::{PREDICT_SUBJECT_PREFIX, QUEUE_GROUP, SERVICE_NAME};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio::task::JoinSet;
-use tracing::{debug, info, warn};
+use tokio::sync::Semaphore;
+use tracing::{info, warn};
 
 use crate::batching::{BatchSettings, Runner};
+use crate::builtin::builtin_models;
 use crate::config::WorkerConfig;
-use crate::echo::{ECHO_MODEL_NAME, EchoModel};
-use crate::model::{Input, Model, ModelError};
-use crate::price::{PRICE_MODEL_NAME, PriceModel};
+use crate::model::Model;
+use crate::serve::{Admission, serve};
 
 /// How long a stopping worker waits for its last replies to reach NATS, and then
 /// for its connection to finish draining.
 const FLUSH_ON_STOP_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long after the stop signal the request streams may take to end. They end
-/// as soon as the unsubscribes are processed, well under this, unless NATS is
-/// unreachable.
-const STREAMS_END_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A connected worker, its service registered and its endpoints subscribed.
 pub struct Worker {
@@ -36,50 +30,6 @@ pub struct Worker {
     service: Service,
     endpoints: Vec<(Runner, Endpoint)>,
     admission: Admission,
-}
-
-/// Which requests a worker takes. Core NATS has no server-side queue: a queue
-/// group hands each request to a random member, busy or not. So a worker bounds
-/// what it holds itself: at most `concurrency` inference calls run (see
-/// [`Runner`]), at most `queue_depth` more requests wait, and the rest are refused
-/// at once as busy. A request whose caller will try another worker is refused
-/// earlier, once `redirect_backlog` requests wait: random delivery would otherwise
-/// queue it here while another worker may be idle.
-#[derive(Debug)]
-struct Admission {
-    /// One permit per request held, running or waiting.
-    permits: Arc<Semaphore>,
-    capacity: usize,
-    /// From this many requests held, one that asked to avoid a backlog is refused.
-    redirect_from: usize,
-}
-
-impl Admission {
-    fn new(running_capacity: usize, queue_depth: usize, redirect_backlog: usize) -> Self {
-        let capacity = running_capacity + queue_depth;
-        Self {
-            permits: Arc::new(Semaphore::new(capacity)),
-            capacity,
-            redirect_from: running_capacity + redirect_backlog,
-        }
-    }
-
-    /// A permit to hold `request`, or why not: the busy reply's text. Decided in
-    /// the order requests arrive, so a backlog is seen by the request behind it.
-    fn admit(&self, request: &service::Request) -> Result<OwnedSemaphorePermit, &'static str> {
-        let avoids_backlog = request
-            .message
-            .headers
-            .as_ref()
-            .is_some_and(|h| h.get(headers::AVOID_BACKLOG).is_some());
-        let held = self.capacity - self.permits.available_permits();
-        if avoids_backlog && held >= self.redirect_from {
-            return Err("requests are waiting at this worker; try another worker");
-        }
-        Arc::clone(&self.permits)
-            .try_acquire_owned()
-            .map_err(|_| "the worker is at capacity; try again or another worker")
-    }
 }
 
 impl std::fmt::Debug for Worker {
@@ -97,21 +47,6 @@ pub fn configured_models(config: &WorkerConfig) -> anyhow::Result<Vec<Arc<dyn Mo
         models.extend(crate::onnx::load_manifest(manifest)?);
     }
     Ok(models)
-}
-
-/// The built-in models named in the configuration.
-pub fn builtin_models(config: &WorkerConfig) -> anyhow::Result<Vec<Arc<dyn Model>>> {
-    config
-        .builtin_model_names()
-        .iter()
-        .map(|name| match name.as_str() {
-            PRICE_MODEL_NAME => Ok(Arc::new(PriceModel::new(config.latency())) as Arc<dyn Model>),
-            ECHO_MODEL_NAME => Ok(Arc::new(EchoModel::default()) as Arc<dyn Model>),
-            other => bail!(
-                "unknown model {other:?}; the built-in models are: {PRICE_MODEL_NAME}, {ECHO_MODEL_NAME}"
-            ),
-        })
-        .collect()
 }
 
 impl Worker {
@@ -270,50 +205,7 @@ impl Worker {
             endpoints,
             admission,
         } = self;
-        let mut requests = futures::stream::select_all(
-            endpoints
-                .into_iter()
-                .map(|(runner, endpoint)| endpoint.map(move |request| (runner.clone(), request))),
-        );
-        let mut in_flight = JoinSet::new();
-        let mut service = Some(service);
-        // Set at shutdown: the request streams normally end at once, but not while
-        // NATS is unreachable (the unsubscribe cannot be processed then).
-        let streams_deadline = tokio::time::sleep(Duration::MAX);
-        tokio::pin!(shutdown, streams_deadline);
-        loop {
-            tokio::select! {
-                () = &mut shutdown, if service.is_some() => {
-                    // Unsubscribes every endpoint; the request streams end once the
-                    // messages already delivered to us have been handed out.
-                    if let Some(service) = service.take() {
-                        let _ = service.stop().await;
-                    }
-                    streams_deadline
-                        .as_mut()
-                        .reset(tokio::time::Instant::now() + STREAMS_END_TIMEOUT);
-                    info!(in_flight = in_flight.len(), "stopped taking requests; finishing those received");
-                }
-                () = &mut streams_deadline => {
-                    warn!("the request streams did not end (NATS unreachable?); stopping anyway");
-                    break;
-                }
-                next = requests.next() => {
-                    let Some((runner, request)) = next else { break };
-                    match admission.admit(&request) {
-                        // Boxed: the request's future is kilobytes, which the task
-                        // would otherwise copy around as it is spawned.
-                        Ok(held) => in_flight.spawn(Box::pin(async move {
-                            answer(&runner, request).await;
-                            drop(held);
-                        })),
-                        Err(reason) => in_flight.spawn(refuse_as_busy(runner, request, reason)),
-                    };
-                }
-                Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
-            }
-        }
-        while in_flight.join_next().await.is_some() {}
+        serve(endpoints, service, admission, shutdown).await;
         // With NATS unreachable a flush would wait for a reconnection forever; a
         // stopping worker gives up after a while rather than hang its host.
         let flushed = if client.connection_state() == async_nats::connection::State::Connected {
@@ -369,110 +261,4 @@ pub async fn health_check(config: &WorkerConfig) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("worker {} did not answer a ping", id.trim()))?;
     Ok(())
-}
-
-/// Answers `request` at once with a busy error (see [`Admission`]).
-async fn refuse_as_busy(runner: Runner, request: service::Request, reason: &'static str) {
-    let busy = service::error::Error {
-        status: reason.to_owned(),
-        code: error_codes::BUSY.into(),
-    };
-    if let Err(err) = request.respond(Err(busy)).await {
-        warn!(model = %runner.model().name(), error = %err, "could not send the busy reply");
-    }
-}
-
-/// Computes and sends the reply to one request. Never fails: every problem becomes
-/// an error reply (or, if even that cannot be sent, a log line).
-async fn answer(runner: &Runner, request: service::Request) {
-    let model = runner.model();
-    let started = Instant::now();
-    let message_headers = request.message.headers.as_ref();
-    let request_id = message_headers
-        .and_then(|h| h.get(headers::REQUEST_ID))
-        .map_or("-", |v| v.as_str())
-        .to_owned();
-    let result = if deadline_passed(message_headers) {
-        Err((
-            error_codes::DEADLINE_EXCEEDED,
-            "the caller's deadline passed before the worker started".to_owned(),
-        ))
-    } else {
-        match parse_input(&request.message.payload) {
-            Ok(input) => runner
-                .predict(input)
-                .await
-                .map_err(|err| (err.code(), err.to_string())),
-            Err(err) => Err((err.code(), err.to_string())),
-        }
-    };
-    let compute_time = started.elapsed();
-    let metadata = ReplyMetadata {
-        model_version: model.version().to_owned(),
-        freshness_ttl: model.freshness_ttl(),
-        compute_time: Some(compute_time),
-    };
-    let outcome = match &result {
-        Ok(_) => "ok".to_owned(),
-        Err((code, message)) => {
-            if *code == error_codes::MODEL_FAILED {
-                warn!(model = %model.name(), request_id, error = message, "the model failed");
-            }
-            code.to_string()
-        }
-    };
-    let reply = match result {
-        Ok(prediction) => match serde_json::to_vec(&prediction) {
-            Ok(payload) => Ok(payload.into()),
-            Err(err) => Err(service::error::Error {
-                status: format!("the prediction could not be serialised: {err}"),
-                code: error_codes::MODEL_FAILED.into(),
-            }),
-        },
-        Err((code, message)) => Err(service::error::Error {
-            status: message,
-            code: code.into(),
-        }),
-    };
-    if let Err(err) = request
-        .respond_with_headers(reply, metadata.to_headers())
-        .await
-    {
-        warn!(model = %model.name(), request_id, error = %err, "could not send the reply");
-    }
-    // At debug: the gateway logs every request, with its id, at info; this line
-    // would double the log volume (and cost more than a fast model's inference).
-    // Failures are logged at warn or error where they happen.
-    debug!(
-        model = %model.name(),
-        request_id,
-        outcome,
-        compute_ms = compute_time.as_secs_f64() * 1000.0,
-        "prediction request"
-    );
-}
-
-fn parse_input(payload: &[u8]) -> Result<Input, ModelError> {
-    match serde_json::from_slice(payload) {
-        Ok(serde_json::Value::Object(input)) => Ok(input),
-        Ok(_) => Err(ModelError::InvalidInput(
-            "the input must be a JSON object, e.g. {\"product_id\": \"ETH/EUR\"}".into(),
-        )),
-        Err(err) => Err(ModelError::InvalidInput(format!(
-            "the input is not valid JSON: {err}"
-        ))),
-    }
-}
-
-fn deadline_passed(message_headers: Option<&async_nats::HeaderMap>) -> bool {
-    let Some(deadline_ms) = message_headers
-        .and_then(|h| h.get(headers::DEADLINE_UNIX_MS))
-        .and_then(|v| v.as_str().parse::<u64>().ok())
-    else {
-        return false;
-    };
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or(Duration::ZERO);
-    now.as_millis() >= u128::from(deadline_ms)
 }

@@ -5,9 +5,10 @@
 //! freshness (or past its stale period) whatever the store still holds.
 
 use std::borrow::Cow;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
+use prediction_contract::time::millis;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
@@ -49,7 +50,7 @@ impl CachedPrediction {
         serde_json::to_vec(&StoredEntry {
             model_version: Cow::Borrowed(&self.model_version),
             computed_at_ms: self.computed_at_ms,
-            fresh_ms: u64::try_from(self.fresh_for.as_millis()).unwrap_or(u64::MAX),
+            fresh_ms: millis(self.fresh_for),
             prediction,
         })
         .expect("an entry always serialises")
@@ -89,13 +90,6 @@ impl CachedPrediction {
     pub fn is_within_stale_period(&self, now_ms: u64, stale_for: Duration) -> bool {
         !self.is_fresh(now_ms) && self.staleness(now_ms) < stale_for
     }
-}
-
-/// Milliseconds since the Unix epoch.
-pub fn unix_now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 #[cfg(test)]

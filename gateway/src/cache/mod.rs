@@ -1,38 +1,60 @@
 //! The prediction cache: a small in-process tier in front of Redis.
 //!
 //! Redis is shared by every gateway and holds each entry for its freshness plus the
-//! stale period. The in-process tier keeps hot entries for at most `--local-ttl`, so
-//! a purge or a newer value reaches every gateway within that bound even if the purge
-//! broadcast is lost. When Redis fails, a breaker skips it for a moment so that
-//! requests do not each wait out a Redis timeout.
+//! stale period; `store` is the one component that talks to it, with its keys
+//! (`keys`) and its breaker. The in-process tier (`local`) keeps hot entries
+//! for at most `--local-ttl`. This module puts the two together and turns what
+//! Redis holds into entries: callers see [`Lookup`]s, [`Claim`]s and entries,
+//! never a connection or a byte of Redis.
+//!
+//! Submodules, in the order a request uses them: `keys`, `local`, `entry`,
+//! `lock` (what a compute lock is), `store` (every Redis command).
 
 mod entry;
+mod keys;
+mod local;
 mod lock;
+mod store;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use prediction_contract::{CacheKey, ModelName, cache_key_pattern};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use prediction_contract::ModelName;
+use prediction_contract::time::unix_now_ms;
 use tracing::warn;
 
-pub use entry::{CachedPrediction, CorruptEntry, unix_now_ms};
-pub use lock::{ComputeLock, LockAttempt, LockGuard, LockSite, LockState};
+pub use entry::{CachedPrediction, CorruptEntry};
+pub use keys::{CacheKey, KEY_FORMAT_VERSION, KeySpace, LEASE_PREFIX};
+pub use lock::{Claim, LockClaim, LockGuard, LockSite, LockState};
+pub use store::{RedisSettings, Unavailable};
 
-use crate::metrics::Metrics;
-
-/// After a Redis failure, how long the gateway answers without Redis before trying
-/// it again.
-const REDIS_RETRY_AFTER: Duration = Duration::from_secs(1);
+use local::LocalTier;
+use store::{LeaseLookup, RedisStore};
 
 /// What a lookup found.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub enum Lookup {
+    /// An entry: fresh, stale or expired (the caller judges).
     Found(Arc<CachedPrediction>),
+    /// No entry (or an unreadable one), and no lease tried.
     Missing,
+    /// No entry, and its lease (the compute lock of a key without entry) is this
+    /// gateway's now.
+    Leased(LockGuard),
+    /// No entry; another gateway holds its lease and computes it.
+    LeasedElsewhere,
     /// Redis could not be asked; the caller should answer without the cache.
     Unavailable,
+}
+
+/// Whether a lookup that finds no entry tries for the key's lease in the same
+/// command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnMiss {
+    /// The request will compute on a miss: take the lease.
+    TakeLease,
+    /// The request will not compute (`only-if-cached`): only look.
+    JustLook,
 }
 
 /// How [`PredictionCache::store`] went.
@@ -53,158 +75,138 @@ impl Stored {
     };
 }
 
-/// Settings of the cache tiers.
+/// Settings of the in-process tier and of how long Redis keeps entries.
 #[derive(Debug, Clone)]
 pub struct CacheSettings {
-    pub redis_url: String,
-    /// CA of the Redis server's certificate, for `rediss://`.
-    pub redis_tls_ca: Option<std::path::PathBuf>,
-    pub redis_timeout: Duration,
     /// How long entries are kept after their freshness, to be served stale.
     pub stale_ttl: Duration,
     /// Entries of the in-process tier; 0 turns it off.
     pub local_capacity: u64,
     pub local_ttl: Duration,
-    pub key_prefix: String,
 }
 
 /// Predictions in Redis, fronted by an in-process tier. Cheap to clone.
 #[derive(Clone)]
 pub struct PredictionCache {
-    /// Reconnects by itself; created lazily so the gateway starts (and answers
-    /// from the workers) while Redis is down.
-    redis: ConnectionManager,
+    redis: RedisStore,
     local: Option<Arc<LocalTier>>,
-    breaker: Arc<RedisBreaker>,
     stale_ttl: Duration,
-    key_prefix: Arc<str>,
-    metrics: Metrics,
 }
 
 impl std::fmt::Debug for PredictionCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PredictionCache")
+            .field("redis", &self.redis)
             .field("local_tier", &self.local.is_some())
             .field("stale_ttl", &self.stale_ttl)
-            .finish_non_exhaustive()
+            .finish()
     }
 }
 
 impl PredictionCache {
-    /// Prepares the tiers without opening a Redis connection.
-    pub fn new(settings: &CacheSettings, metrics: Metrics) -> Result<Self, redis::RedisError> {
-        // Small commands pipelined on one connection: without TCP_NODELAY, Nagle's
-        // algorithm holds each one back until the previous is acknowledged.
-        let connection_info =
-            redis::IntoConnectionInfo::into_connection_info(settings.redis_url.as_str())?
-                .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
-        let client = match &settings.redis_tls_ca {
-            None => redis::Client::open(connection_info)?,
-            Some(ca) => {
-                let root_cert = std::fs::read(ca).map_err(|err| {
-                    redis::RedisError::from((
-                        redis::ErrorKind::Io,
-                        "cannot read the Redis CA file",
-                        format!("{}: {err}", ca.display()),
-                    ))
-                })?;
-                redis::Client::build_with_tls(
-                    connection_info,
-                    redis::TlsCertificates {
-                        client_tls: None,
-                        root_cert: Some(root_cert),
-                    },
-                )?
-            }
-        };
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(settings.redis_timeout))
-            .set_response_timeout(Some(settings.redis_timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(100));
-        let redis = ConnectionManager::new_lazy_with_config(client, config)?;
+    /// Prepares the tiers without opening a Redis connection; `redis_errors`
+    /// counts failed Redis commands on a request's path.
+    pub fn new(
+        redis: &RedisSettings,
+        settings: &CacheSettings,
+        redis_errors: prometheus::IntCounter,
+    ) -> Result<Self, redis::RedisError> {
         let local = (settings.local_capacity > 0 && !settings.local_ttl.is_zero())
             .then(|| Arc::new(LocalTier::new(settings.local_capacity, settings.local_ttl)));
         Ok(Self {
-            redis,
+            redis: RedisStore::new(redis, redis_errors)?,
             local,
-            breaker: Arc::new(RedisBreaker::default()),
             stale_ttl: settings.stale_ttl,
-            key_prefix: settings.key_prefix.as_str().into(),
-            metrics,
         })
     }
 
-    /// The Redis connection, for the compute lock.
-    pub fn redis(&self) -> ConnectionManager {
-        self.redis.clone()
+    /// The keys of this deployment.
+    pub fn keys(&self) -> &KeySpace {
+        self.redis.keys()
     }
 
     pub fn stale_ttl(&self) -> Duration {
         self.stale_ttl
     }
 
-    /// Whether Redis is being skipped after a recent failure.
-    pub fn redis_skipped(&self) -> bool {
-        self.breaker.is_open(unix_now_ms())
-    }
-
-    /// Records a Redis failure seen outside this type (by the lock).
-    pub fn note_redis_failure(&self, err: &redis::RedisError) {
-        self.metrics.redis_errors.inc();
-        if !self.breaker.is_open(unix_now_ms()) {
-            warn!(error = %err, retry_after = ?REDIS_RETRY_AFTER, "Redis failed; answering without it for a moment");
-        }
-        self.breaker.trip(unix_now_ms());
-    }
-
     /// The entry under `key`: from the in-process tier while fresh there, else
-    /// from Redis (fresh, stale or expired: the caller judges).
-    pub async fn lookup(&self, key: &CacheKey) -> Lookup {
+    /// from Redis, which (with [`OnMiss::TakeLease`]) gives this gateway the key's
+    /// lease in the same command when it holds no entry.
+    pub async fn lookup(&self, key: &CacheKey, on_miss: OnMiss) -> Lookup {
         if let Some(entry) = self.local_entry(key) {
             return Lookup::Found(entry);
         }
-        if self.redis_skipped() {
-            return Lookup::Unavailable;
-        }
-        let mut redis = self.redis.clone();
-        match redis::cmd("GET")
-            .arg(key.as_str())
-            .query_async::<Option<Vec<u8>>>(&mut redis)
-            .await
-        {
-            Ok(Some(bytes)) => self.accept_fetched(key, &bytes).await,
+        let fetched = match on_miss {
+            OnMiss::JustLook => self
+                .redis
+                .get(key)
+                .await
+                .map(|bytes| bytes.map(LeaseLookup::Entry)),
+            OnMiss::TakeLease => self.redis.get_or_lease(key).await.map(Some),
+        };
+        match fetched {
+            Ok(Some(LeaseLookup::Entry(bytes))) => match self.accept_fetched(key, &bytes) {
+                Some(entry) => Lookup::Found(entry),
+                None => Lookup::Missing,
+            },
+            Ok(Some(LeaseLookup::Taken(lease))) => Lookup::Leased(lease),
+            Ok(Some(LeaseLookup::HeldElsewhere)) => Lookup::LeasedElsewhere,
             Ok(None) => Lookup::Missing,
-            Err(err) => {
-                self.note_redis_failure(&err);
-                Lookup::Unavailable
-            }
+            Err(_) => Lookup::Unavailable,
         }
     }
 
-    /// Like [`lookup`](Self::lookup), but when Redis holds no entry, tries for the
-    /// key's lease (the compute lock of a key without entry) in the same command,
-    /// and returns what that found with the miss: the lease taken, or held by
-    /// another gateway.
-    pub async fn lookup_or_lease(
+    /// Tries to take `key`'s compute lock at `site`, reading the entry in the same
+    /// round trip.
+    pub async fn claim(&self, key: &CacheKey, site: LockSite) -> Claim {
+        let claimed = match site {
+            LockSite::Lease => self.redis.get_or_lease(key).await.map(|found| match found {
+                LeaseLookup::Entry(bytes) => (LockClaim::EntryInTheWay, Some(bytes)),
+                LeaseLookup::Taken(lease) => (LockClaim::Taken(lease), None),
+                LeaseLookup::HeldElsewhere => (LockClaim::HeldElsewhere, None),
+            }),
+            LockSite::Beside => self.redis.lock_beside(key).await.map(|(lock, bytes)| {
+                let lock = lock.map_or(LockClaim::HeldElsewhere, LockClaim::Taken);
+                (lock, bytes)
+            }),
+        };
+        match claimed {
+            Ok((lock, bytes)) => Claim {
+                lock,
+                entry: bytes.and_then(|bytes| self.accept_fetched(key, &bytes)),
+            },
+            // Without Redis this gateway's own copy is all there is to check.
+            Err(_) => Claim {
+                lock: LockClaim::Unavailable,
+                entry: self.local_entry(key),
+            },
+        }
+    }
+
+    /// Marks that this gateway waits for the computation of `key` that another
+    /// holds the lock of at `site`, and reads how it stands.
+    pub async fn mark_waiting(
         &self,
         key: &CacheKey,
-        lock: &ComputeLock,
-    ) -> (Lookup, Option<LockAttempt>) {
-        if let Some(entry) = self.local_entry(key) {
-            return (Lookup::Found(entry), None);
-        }
-        if self.redis_skipped() {
-            return (Lookup::Unavailable, None);
-        }
-        match lock.lookup_or_lease(key).await {
-            Ok(LockAttempt::Entry(bytes)) => (self.accept_fetched(key, &bytes).await, None),
-            Ok(attempt) => (Lookup::Missing, Some(attempt)),
-            Err(err) => {
-                self.note_redis_failure(&err);
-                (Lookup::Unavailable, None)
-            }
-        }
+        site: LockSite,
+    ) -> Result<LockState, Unavailable> {
+        let state = self.redis.mark_waiting(key, site).await?;
+        Ok(LockState {
+            held_for: state.held_for,
+            entry: state
+                .entry
+                .and_then(|bytes| self.accept_fetched(key, &bytes)),
+        })
+    }
+
+    /// Runs `work` while keeping `lock` extended.
+    pub async fn extend_while<F: Future>(&self, lock: &LockGuard, work: F) -> F::Output {
+        self.redis.extend_while(lock, work).await
+    }
+
+    /// Releases `lock` without storing anything.
+    pub fn release(&self, lock: LockGuard) -> impl Future<Output = ()> + Send + 'static {
+        self.redis.clone().release(lock)
     }
 
     /// Whether the in-process tier has a copy of `key` (fresh or not).
@@ -221,20 +223,11 @@ impl PredictionCache {
             .fresh_entry(key.as_str(), unix_now_ms())
     }
 
-    /// Decodes an entry read from Redis, keeping it in the in-process tier while
-    /// fresh; an unreadable one counts as missing (the next store overwrites it).
-    async fn accept_fetched(&self, key: &CacheKey, bytes: &[u8]) -> Lookup {
-        match self.accept_peeked(key, bytes) {
-            Some(entry) => Lookup::Found(entry),
-            None => Lookup::Missing,
-        }
-    }
-
-    /// Reads an entry fetched from Redis (by a lookup, or by the compute lock's
-    /// peek), keeping it in the in-process tier if it is fresh; `None` if it is
-    /// a lease (someone computes it) or unreadable.
-    pub fn accept_peeked(&self, key: &CacheKey, bytes: &[u8]) -> Option<Arc<CachedPrediction>> {
-        if ComputeLock::is_lease(bytes) {
+    /// Reads an entry fetched from Redis, keeping it in the in-process tier if it
+    /// is fresh; `None` if it is a lease (someone computes it) or unreadable (the
+    /// next store overwrites it).
+    fn accept_fetched(&self, key: &CacheKey, bytes: &[u8]) -> Option<Arc<CachedPrediction>> {
+        if RedisStore::is_lease(bytes) {
             return None;
         }
         let entry = match CachedPrediction::decode(bytes) {
@@ -251,13 +244,9 @@ impl PredictionCache {
     }
 
     /// Stores `entry` under `key` in Redis, which drops it at the end of its stale
-    /// period, and replaces this gateway's in-process copy if it has one. Returns
-    /// whether Redis took it.
-    ///
-    /// With the compute `lock` of the key, releases it in the same round trip,
-    /// after the entry is stored (so whoever takes the lock next finds the entry;
-    /// a lease is overwritten by the entry itself), and learns whether another
-    /// gateway waits for this outcome.
+    /// period, and replaces this gateway's in-process copy if it has one. With the
+    /// compute `lock` of the key, releases it in the same round trip (see
+    /// `RedisStore::set`).
     pub async fn store(
         &self,
         key: &CacheKey,
@@ -268,49 +257,17 @@ impl PredictionCache {
         // gets the new entry; an absent one is left to the first read to fill:
         // most computed keys are never asked for again within the in-process
         // tier's TTL, and inserting each would cost every miss for nothing.
-        // Without Redis, though, the in-process tier is the only cache there is.
-        let redis_down = self.breaker.is_open(unix_now_ms());
-        if redis_down || self.holds_locally(key) {
+        if self.holds_locally(key) {
             self.keep_locally(key, entry);
         }
-        if redis_down {
-            if let Some(lock) = lock {
-                tokio::spawn(lock.release());
-            }
-            return Stored::FAILED;
-        }
         let keep_for = entry.fresh_for + self.stale_ttl;
-        let expire_ms = u64::try_from(keep_for.as_millis())
-            .unwrap_or(u64::MAX)
-            .max(1);
-        let mut pipeline = redis::pipe();
-        pipeline
-            .cmd("SET")
-            .arg(key.as_str())
-            .arg(entry.encode())
-            .arg("PX")
-            .arg(expire_ms)
-            .ignore();
-        let releases = lock.is_some();
-        if let Some(lock) = lock {
-            lock.release_in(&mut pipeline, &key.waiting_key());
-        }
-        let mut redis = self.redis.clone();
-        let result = if releases {
-            pipeline
-                .query_async::<(Option<u8>,)>(&mut redis)
-                .await
-                .map(|(waiting,)| waiting.is_some())
-        } else {
-            pipeline.query_async::<()>(&mut redis).await.map(|()| false)
-        };
-        match result {
+        match self.redis.set(key, entry.encode(), keep_for, lock).await {
             Ok(someone_waits) => Stored {
                 stored: true,
                 someone_waits,
             },
-            Err(err) => {
-                self.note_redis_failure(&err);
+            Err(_) => {
+                // Without Redis, the in-process tier is the only cache there is.
                 self.keep_locally(key, entry);
                 Stored::FAILED
             }
@@ -327,189 +284,33 @@ impl PredictionCache {
     /// returns how many Redis held.
     pub async fn purge_model(&self, model: &ModelName) -> Result<u64, redis::RedisError> {
         self.forget_model_locally(model);
-        let pattern = cache_key_pattern(&self.key_prefix, model);
-        let mut redis = self.redis.clone();
-        let mut cursor: u64 = 0;
-        let mut purged = 0;
-        loop {
-            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
-                .arg(1000)
-                .query_async(&mut redis)
-                .await?;
-            if !keys.is_empty() {
-                purged += redis::cmd("UNLINK")
-                    .arg(&keys)
-                    .query_async::<u64>(&mut redis)
-                    .await?;
-            }
-            if next == 0 {
-                return Ok(purged);
-            }
-            cursor = next;
-        }
+        self.redis.purge_model(model).await
     }
 
     /// Deletes one entry from Redis and from this gateway's tier; returns whether
     /// Redis held it.
     pub async fn purge_key(&self, key: &CacheKey) -> Result<bool, redis::RedisError> {
         self.forget_key_locally(key.as_str());
-        let mut redis = self.redis.clone();
-        let removed: u64 = redis::cmd("UNLINK")
-            .arg(key.as_str())
-            .query_async(&mut redis)
-            .await?;
-        Ok(removed > 0)
+        self.redis.purge_key(key).await
     }
 
     /// Drops one entry from the in-process tier only (another gateway purged it).
     pub fn forget_key_locally(&self, key: &str) {
         if let Some(local) = &self.local {
-            local.entries.remove(key);
+            local.forget(key);
         }
     }
 
     /// Drops every entry of `model` from the in-process tier only.
     pub fn forget_model_locally(&self, model: &ModelName) {
         if let Some(local) = &self.local {
-            let pattern = cache_key_pattern(&self.key_prefix, model);
-            let prefix = pattern.trim_end_matches('*');
-            local.entries.retain(|key, _| !key.starts_with(prefix));
+            let prefix = self.keys().model_prefix(model);
+            local.forget_prefixed(&prefix);
         }
     }
 
     /// Whether Redis answers right now (ignoring the breaker).
     pub async fn ping(&self) -> Result<(), redis::RedisError> {
-        let mut redis = self.redis.clone();
-        redis::cmd("PING").query_async::<()>(&mut redis).await
-    }
-}
-
-/// Hot entries kept in this gateway's memory, each for at most the tier's TTL
-/// after it was put there. quick_cache rather than moka: a lookup here is on
-/// every hot hit, and quick_cache's is a hash and a shard's read lock where
-/// moka's future cache also queues the read for its eviction policy (callgrind:
-/// ~300 instructions per lookup against ~1 700). Expiry is checked on the way
-/// out, against the clock reading the freshness check uses.
-#[derive(Debug)]
-struct LocalTier {
-    entries: quick_cache::sync::Cache<String, LocalCopy>,
-    ttl_ms: u64,
-}
-
-#[derive(Debug, Clone)]
-struct LocalCopy {
-    entry: Arc<CachedPrediction>,
-    /// Unix milliseconds after which this copy is no longer served.
-    kept_until_ms: u64,
-}
-
-impl LocalTier {
-    fn new(capacity: u64, ttl: Duration) -> Self {
-        Self {
-            entries: quick_cache::sync::Cache::new(usize::try_from(capacity).unwrap_or(usize::MAX)),
-            ttl_ms: u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX),
-        }
-    }
-
-    /// The copy of `key`, if it was kept less than the TTL ago and the entry is
-    /// still fresh.
-    fn fresh_entry(&self, key: &str, now_ms: u64) -> Option<Arc<CachedPrediction>> {
-        let copy = self.entries.get(key)?;
-        if now_ms >= copy.kept_until_ms {
-            // Dropped now rather than left to eviction, unless a newer copy
-            // replaced it meanwhile.
-            self.entries
-                .remove_if(key, |current| current.kept_until_ms <= now_ms);
-            return None;
-        }
-        copy.entry.is_fresh(now_ms).then_some(copy.entry)
-    }
-
-    fn keep(&self, key: &str, entry: &Arc<CachedPrediction>, now_ms: u64) {
-        let copy = LocalCopy {
-            entry: Arc::clone(entry),
-            kept_until_ms: now_ms.saturating_add(self.ttl_ms),
-        };
-        self.entries.insert(key.to_owned(), copy);
-    }
-
-    fn holds(&self, key: &str) -> bool {
-        self.entries.contains_key(key)
-    }
-}
-
-/// Skips Redis for [`REDIS_RETRY_AFTER`] after a failure. The first request after
-/// that tries Redis again and either closes the breaker or trips it anew.
-#[derive(Debug, Default)]
-struct RedisBreaker {
-    open_until_ms: AtomicU64,
-}
-
-impl RedisBreaker {
-    fn is_open(&self, now_ms: u64) -> bool {
-        now_ms < self.open_until_ms.load(Ordering::Relaxed)
-    }
-
-    fn trip(&self, now_ms: u64) {
-        let until = now_ms + u64::try_from(REDIS_RETRY_AFTER.as_millis()).unwrap_or(1_000);
-        self.open_until_ms.store(until, Ordering::Relaxed);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn entry(computed_at_ms: u64, fresh_for: Duration) -> Arc<CachedPrediction> {
-        Arc::new(CachedPrediction {
-            prediction: bytes::Bytes::from_static(b"{}"),
-            model_version: "1".into(),
-            computed_at_ms,
-            fresh_for,
-        })
-    }
-
-    #[test]
-    fn the_local_tier_serves_a_copy_for_its_ttl_and_while_the_entry_is_fresh() {
-        let tier = LocalTier::new(100, Duration::from_secs(1));
-        let long_fresh = entry(10_000, Duration::from_secs(60));
-        tier.keep("k", &long_fresh, 10_000);
-        assert!(tier.fresh_entry("k", 10_999).is_some());
-        // Past the tier's TTL: gone, though the entry itself is still fresh.
-        assert!(tier.fresh_entry("k", 11_000).is_none());
-        assert!(!tier.holds("k"), "an expired copy is dropped when found");
-
-        let short_fresh = entry(20_000, Duration::from_millis(300));
-        tier.keep("k", &short_fresh, 20_000);
-        assert!(tier.fresh_entry("k", 20_299).is_some());
-        assert!(
-            tier.fresh_entry("k", 20_300).is_none(),
-            "stale entries are not served from memory"
-        );
-        assert!(tier.fresh_entry("other", 20_000).is_none());
-    }
-
-    #[test]
-    fn keeping_a_key_again_renews_its_copy() {
-        let tier = LocalTier::new(100, Duration::from_secs(1));
-        tier.keep("k", &entry(10_000, Duration::from_secs(60)), 10_000);
-        let newer = entry(10_500, Duration::from_secs(60));
-        tier.keep("k", &newer, 10_500);
-        let served = tier.fresh_entry("k", 11_200).expect("the renewed copy");
-        assert!(Arc::ptr_eq(&served, &newer));
-    }
-
-    #[test]
-    fn the_breaker_opens_on_failure_and_closes_after_the_retry_delay() {
-        let breaker = RedisBreaker::default();
-        assert!(!breaker.is_open(10_000));
-        breaker.trip(10_000);
-        assert!(breaker.is_open(10_000));
-        assert!(breaker.is_open(10_999));
-        assert!(!breaker.is_open(11_000));
+        self.redis.ping().await
     }
 }

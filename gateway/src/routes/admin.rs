@@ -2,16 +2,15 @@
 //! [`crate::auth`]).
 
 use axum::Json;
-use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, PathRejection};
-use axum::extract::{Path, State};
-use prediction_contract::{CacheKey, ErrorBody, ModelName};
+use axum::extract::State;
+use prediction_contract::{ErrorBody, ModelName};
 use serde_json::{Value, json};
 
-use super::AppState;
-use super::predict::{json_body, parse_model};
+use super::extract::{JsonInput, ModelPath};
+use crate::cache::CacheKey;
 use crate::error::ApiError;
 use crate::purge::{self, PurgeNotice};
+use crate::state::AppState;
 
 /// What the purge routes answer, for the OpenAPI document (never built).
 #[derive(utoipa::IntoResponses)]
@@ -45,9 +44,8 @@ pub(crate) enum PurgeResponses {
     security((), ("bearer" = [])))]
 pub async fn purge_model(
     State(state): State<AppState>,
-    model: Result<Path<String>, PathRejection>,
+    ModelPath(model): ModelPath,
 ) -> Result<Json<Value>, ApiError> {
-    let model = parse_model(model)?;
     let purged = state
         .cache
         .purge_model(&model)
@@ -66,12 +64,10 @@ pub async fn purge_model(
     security((), ("bearer" = [])))]
 pub async fn purge_input(
     State(state): State<AppState>,
-    model: Result<Path<String>, PathRejection>,
-    body: Result<Bytes, BytesRejection>,
+    ModelPath(model): ModelPath,
+    JsonInput(input): JsonInput,
 ) -> Result<Json<Value>, ApiError> {
-    let model = parse_model(model)?;
-    let input = json_body(body, state.settings.max_body)?.canonical()?;
-    let key = CacheKey::new(state.predictor.key_prefix(), &model, &input);
+    let key = state.cache.keys().key(&model, &input.canonical()?);
     let purged = state
         .cache
         .purge_key(&key)
@@ -89,10 +85,10 @@ async fn tell_every_gateway(
     purged: u64,
 ) -> Json<Value> {
     let notice = PurgeNotice {
-        key_prefix: state.predictor.key_prefix().to_owned(),
+        key_prefix: state.cache.keys().prefix().to_owned(),
         model: model.to_string(),
         key: key.map(|key| key.as_str().to_owned()),
     };
-    let gateways = purge::broadcast(state.models.nats(), &notice).await;
+    let gateways = purge::broadcast(&state.nats, &notice).await;
     Json(json!({"model": model.as_str(), "purged": purged, "gateways": gateways}))
 }

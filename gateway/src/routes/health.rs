@@ -6,7 +6,7 @@ use axum::http::StatusCode;
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use super::AppState;
+use crate::state::AppState;
 
 /// `GET /healthz` (and `/health`, the original API's): the process is up.
 #[utoipa::path(get, path = "/healthz", tag = "operations",
@@ -31,7 +31,7 @@ enum Dependency {
 /// Redis down it still can (from the cache, or from the workers) and says
 /// `degraded`; only with both down is it not ready.
 pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
-    let nats = if state.models.is_connected() {
+    let nats = if state.nats_connected() {
         Dependency::Up
     } else {
         Dependency::Down

@@ -1,25 +1,21 @@
 //! The prediction routes: read-through cache in front of the model workers.
 
-use axum::body::{Body, Bytes};
-use axum::extract::FromRequestParts;
-use axum::extract::rejection::{BytesRejection, PathRejection};
-use axum::extract::{Path, State};
-use axum::http::request::Parts;
-use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use bytes::BytesMut;
+use prediction_contract::time::unix_now_ms;
 use prediction_contract::{ErrorBody, ModelName};
 
-use super::AppState;
-use crate::cache::unix_now_ms;
-use crate::error::ApiError;
-use crate::freshness::RequestDirectives;
+use super::extract::{ModelPath, PredictionBody, PredictionHeaders, QueryInput};
 use crate::input::RawInput;
 use crate::prediction::{Answer, CacheOutcome};
+use crate::request_log::PredictionOutcome;
+use crate::state::AppState;
 
 pub const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
 pub const X_MODEL_VERSION: HeaderName = HeaderName::from_static("x-model-version");
-pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
 
 /// What the prediction routes answer, for the OpenAPI document (never built).
@@ -59,14 +55,6 @@ pub(crate) enum PredictionResponses {
     Timeout(#[to_schema] ErrorBody),
 }
 
-/// Attached to each prediction response so the request log and the metrics can
-/// name the model and the cache outcome (`None` for an error).
-#[derive(Debug, Clone)]
-pub struct PredictionOutcome {
-    pub model: ModelName,
-    pub cache: Option<CacheOutcome>,
-}
-
 /// `POST /v1/models/{model}/predict` with the input as a JSON object body.
 #[utoipa::path(post, path = "/v1/models/{model}/predict", tag = "predictions",
     params(("model" = String, Path, description = "Model name", pattern = "^[a-z0-9][a-z0-9_-]{0,63}$"), ("cache-control" = Option<String>, Header, description = "no-cache, no-store, max-age=N, only-if-cached")),
@@ -75,15 +63,10 @@ pub struct PredictionOutcome {
     security((), ("bearer" = [])))]
 pub async fn predict_from_body(
     State(state): State<AppState>,
-    model: Result<Path<String>, PathRejection>,
+    ModelPath(model): ModelPath,
     headers: PredictionHeaders,
-    body: Result<Bytes, BytesRejection>,
+    PredictionBody(input): PredictionBody,
 ) -> Response {
-    let model = match parse_model(model) {
-        Ok(model) => model,
-        Err(err) => return err.into_response(),
-    };
-    let input = json_body(body, state.settings.max_body);
     serve(&state, model, input, &headers).await
 }
 
@@ -97,10 +80,9 @@ pub async fn predict_from_body(
 pub async fn predict_default_model(
     State(state): State<AppState>,
     headers: PredictionHeaders,
-    body: Result<Bytes, BytesRejection>,
+    PredictionBody(input): PredictionBody,
 ) -> Response {
     let model = state.settings.default_model.clone();
-    let input = json_body(body, state.settings.max_body);
     serve(&state, model, input, &headers).await
 }
 
@@ -113,90 +95,24 @@ pub async fn predict_default_model(
     security((), ("bearer" = [])))]
 pub async fn predict_from_query(
     State(state): State<AppState>,
-    model: Result<Path<String>, PathRejection>,
+    ModelPath(model): ModelPath,
     headers: PredictionHeaders,
     QueryInput(input): QueryInput,
 ) -> Response {
-    let model = match parse_model(model) {
-        Ok(model) => model,
-        Err(err) => return err.into_response(),
-    };
-    serve(&state, model, Ok(input), &headers).await
+    serve(&state, model, input, &headers).await
 }
 
-/// The input of a `GET` prediction: its query string, read as an object of
-/// strings when needed (see [`RawInput::Query`]).
-pub struct QueryInput(RawInput);
-
-impl<S: Send + Sync> FromRequestParts<S> for QueryInput {
-    type Rejection = std::convert::Infallible;
-
-    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        Ok(Self(RawInput::Query(parts.uri.clone())))
-    }
-}
-
-pub(super) fn parse_model(
-    path: Result<Path<String>, PathRejection>,
-) -> Result<ModelName, ApiError> {
-    let Path(name) = path.map_err(|rejection| ApiError::InvalidQuery(rejection.body_text()))?;
-    Ok(ModelName::parse(&name)?)
-}
-
-/// The body of a request as a JSON input, unless it could not be read whole.
-pub(super) fn json_body(
-    body: Result<Bytes, BytesRejection>,
-    limit: usize,
-) -> Result<RawInput, ApiError> {
-    let body = body.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::BodyTooLarge { limit }
-        } else {
-            ApiError::BodyUnreadable
-        }
-    })?;
-    Ok(RawInput::Json(body))
-}
-
-/// What a prediction request's headers say: its id and the client's cache
-/// directives. Read in place, where axum's `HeaderMap` extractor would copy every
-/// header of every request.
-pub struct PredictionHeaders {
-    request_id: Option<HeaderValue>,
-    directives: RequestDirectives,
-}
-
-impl<S: Send + Sync> FromRequestParts<S> for PredictionHeaders {
-    type Rejection = std::convert::Infallible;
-
-    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        Ok(Self {
-            request_id: parts.headers.get(&X_REQUEST_ID).cloned(),
-            directives: RequestDirectives::from_headers(&parts.headers),
-        })
-    }
-}
-
+/// Answers a valid prediction request and tells the request log how it went.
 async fn serve(
     state: &AppState,
     model: ModelName,
-    input: Result<RawInput, ApiError>,
+    input: RawInput,
     headers: &PredictionHeaders,
 ) -> Response {
-    let request_id = headers
-        .request_id
-        .as_ref()
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("-");
-    let answer = match input {
-        Ok(input) => {
-            state
-                .predictor
-                .predict(&model, input, &headers.directives, request_id)
-                .await
-        }
-        Err(err) => Err(err),
-    };
+    let answer = state
+        .predictor
+        .predict(&model, input, &headers.directives, headers.request_id())
+        .await;
     let (cache, mut response) = match answer {
         Ok(answer) => (Some(answer.outcome), prediction_response(&answer)),
         Err(err) => (None, err.into_response()),

@@ -188,7 +188,7 @@ pub async fn spawn_app(gateway_args: &[&str]) -> TestApp {
     let nats = NatsServer::start();
     let redis = RedisServer::start();
     let echo = StubModel::new("echo");
-    let price = Arc::new(worker::price::PriceModel::new(Duration::ZERO));
+    let price = Arc::new(worker::builtin::price::PriceModel::new(Duration::ZERO));
     let worker = start_worker(&nats.url(), vec![echo.clone(), price]).await;
     let key_prefix = format!("test-{}:", unique_suffix());
     let (address, gateway_shutdown) =

@@ -5,7 +5,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use prediction_contract::{CacheKey, CanonicalInput, ModelName};
+use gateway::cache::CacheKey;
+use prediction_contract::{CanonicalInput, ModelName};
 use test_support::{NatsServer, RedisServer};
 
 use crate::helpers::{StubModel, assert_error, header, spawn_app, start_worker};

@@ -2,7 +2,8 @@
 
 use std::time::Duration;
 
-use prediction_contract::{CacheKey, CanonicalInput, LEASE_PREFIX, ModelName};
+use gateway::cache::{CacheKey, LEASE_PREFIX};
+use prediction_contract::{CanonicalInput, ModelName};
 
 use crate::helpers::{StubModel, assert_error, header, spawn_app, start_worker};
 

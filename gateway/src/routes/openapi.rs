@@ -4,7 +4,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes;
+use super::{admin, health, operations, predict};
 
 #[derive(Debug, OpenApi)]
 #[openapi(
@@ -14,15 +14,15 @@ use crate::routes;
                        Every error is `{\"error\":{\"code\",\"message\"}}`."
     ),
     paths(
-        routes::predict::predict_from_body,
-        routes::predict::predict_from_query,
-        routes::predict::predict_default_model,
-        routes::list_models,
-        routes::admin::purge_model,
-        routes::admin::purge_input,
-        routes::health::health,
-        routes::health::ready,
-        routes::metrics,
+        predict::predict_from_body,
+        predict::predict_from_query,
+        predict::predict_default_model,
+        operations::list_models,
+        admin::purge_model,
+        admin::purge_input,
+        health::health,
+        health::ready,
+        operations::metrics,
         openapi_json,
     ),
     components(schemas(prediction_contract::ErrorBody, prediction_contract::error_body::ErrorDetail)),

@@ -1,0 +1,279 @@
+//! The computation of a missed key, shared by every gateway: one gateway takes
+//! the key's compute lock (a lease where there is no entry, a lock beside the
+//! entry otherwise; see [`crate::cache::LockSite`]), calls the model, stores the
+//! entry and announces the outcome to the gateways that wait for it; the others
+//! wait for that announcement, or take over when the lock expires without one.
+//!
+//! Every try for the lock reads the entry in the same round trip: that read is
+//! the one re-check for an entry someone stored since the request looked.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use tracing::warn;
+
+use super::announcement;
+use crate::cache::{
+    CacheKey, CachedPrediction, Claim, LockClaim, LockGuard, LockSite, PredictionCache,
+};
+use crate::discovery::ModelDirectory;
+use crate::error::PublicFailure;
+use crate::model_call::{ModelCall, ModelCallError, ModelCaller};
+
+/// How much longer than a lock's remaining time a waiter waits for the holder's
+/// announcement before trying to take over the lock.
+const LOCK_EXPIRY_GRACE: Duration = Duration::from_millis(50);
+
+/// The result of one computation, shared by everyone who waited for it.
+pub type CallOutcome = Result<Resolved, Arc<PublicFailure>>;
+
+/// A computation's entry and where it came from.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    pub entry: Arc<CachedPrediction>,
+    pub source: Source,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// This gateway asked the model.
+    Model { stored: bool, store_wanted: bool },
+    /// Another gateway asked the model and announced the result.
+    OtherGateway,
+    /// The entry was stored by someone else by the time this computation started.
+    Cache,
+}
+
+/// One computation to run.
+#[derive(Debug)]
+pub struct Job {
+    pub key: CacheKey,
+    pub call: ModelCall,
+    /// Store the result (the client did not say `no-store`).
+    pub store: bool,
+    /// Return an entry that became fresh in the meantime rather than compute.
+    pub recheck: bool,
+    /// Where the key's lock lives: a lease when the lookup found no entry.
+    pub site: LockSite,
+    /// The lookup's try for the lease (taken, or held elsewhere), if it tried:
+    /// the computation's first claim.
+    pub first_claim: Option<Claim>,
+}
+
+impl Job {
+    /// The refresh of an entry in its stale period: stored, and answered by a
+    /// fresh entry if someone stored one meanwhile; its lock goes beside it.
+    pub fn refresh(key: CacheKey, call: ModelCall) -> Self {
+        Self {
+            key,
+            call,
+            store: true,
+            recheck: true,
+            site: LockSite::Beside,
+            first_claim: None,
+        }
+    }
+}
+
+/// How waiting for another gateway's computation ended.
+enum Waited {
+    Done(CallOutcome),
+    /// The holder's lock expired without an announcement: it died, or the
+    /// announcement was lost. Try to take over.
+    LockExpired,
+    /// Waiting is impossible (NATS or Redis is down): compute without the lock.
+    CannotWait,
+}
+
+/// Runs computations. Shared by every request.
+#[derive(Debug)]
+pub struct Computations {
+    cache: PredictionCache,
+    models: ModelCaller,
+    directory: Arc<ModelDirectory>,
+    /// Where announcements are published and awaited.
+    nats: async_nats::Client,
+    /// For the message of a wait that outlasts it.
+    request_timeout: Duration,
+}
+
+impl Computations {
+    pub fn new(
+        cache: PredictionCache,
+        models: ModelCaller,
+        directory: Arc<ModelDirectory>,
+        nats: async_nats::Client,
+        request_timeout: Duration,
+    ) -> Self {
+        Self {
+            cache,
+            models,
+            directory,
+            nats,
+            request_timeout,
+        }
+    }
+
+    /// Whether `entry` can answer a request for `model` now: fresh, and computed
+    /// by the version the workers serve.
+    fn is_usable(&self, job: &Job, entry: &CachedPrediction) -> bool {
+        entry.is_fresh(prediction_contract::time::unix_now_ms())
+            && self
+                .directory
+                .is_current_version(&job.call.model, &entry.model_version)
+    }
+
+    /// One computation of a key: takes the cross-gateway lock (or waits for the
+    /// gateway holding it), asks the model, stores and announces the result.
+    pub async fn run(self: Arc<Self>, mut job: Job) -> CallOutcome {
+        let mut announcements = None;
+        loop {
+            let claim = match job.first_claim.take() {
+                Some(claim) => claim,
+                None => self.cache.claim(&job.key, job.site).await,
+            };
+            if job.recheck
+                && let Some(entry) = claim.entry
+                && self.is_usable(&job, &entry)
+            {
+                if let LockClaim::Taken(lock) = claim.lock {
+                    tokio::spawn(self.cache.release(lock));
+                }
+                return Ok(Resolved {
+                    entry,
+                    source: Source::Cache,
+                });
+            }
+            let lock = match claim.lock {
+                LockClaim::Taken(lock) => Some(lock),
+                LockClaim::HeldElsewhere => {
+                    match self.wait_for_other_gateway(&job, &mut announcements).await {
+                        Waited::Done(outcome) => return outcome,
+                        Waited::LockExpired => continue,
+                        Waited::CannotWait => None,
+                    }
+                }
+                // An entry this request cannot use (stale, of another model
+                // version, unreadable) took the lease's place: the lock goes
+                // beside it.
+                LockClaim::EntryInTheWay => {
+                    job.site = LockSite::Beside;
+                    continue;
+                }
+                LockClaim::Unavailable => None,
+            };
+            return self.compute(job, lock).await;
+        }
+    }
+
+    /// Asks the model (keeping `lock` extended meanwhile), stores the entry
+    /// (which releases the lock) and announces the outcome if anyone waits.
+    async fn compute(self: Arc<Self>, job: Job, mut lock: Option<LockGuard>) -> CallOutcome {
+        // Whether a gateway may be waiting for this outcome: with the lock held,
+        // yes unless the store says nobody marked that it waits.
+        let mut announce = lock.is_some();
+        let call = self.models.call(&job.call);
+        let called = match &lock {
+            Some(lock) => self.cache.extend_while(lock, call).await,
+            None => call.await,
+        };
+        let outcome = match called {
+            Ok(entry) => {
+                let mut stored = false;
+                if job.store && !entry.fresh_for.is_zero() {
+                    // The store releases the lock in the same Redis round trip.
+                    let outcome = self.cache.store(&job.key, &entry, lock.take()).await;
+                    stored = outcome.stored;
+                    announce &= outcome.someone_waits;
+                }
+                Ok(Resolved {
+                    entry,
+                    source: Source::Model {
+                        stored,
+                        store_wanted: job.store,
+                    },
+                })
+            }
+            Err(failure) => Err(failure),
+        };
+        if announce || lock.is_some() {
+            // Off the response path: the entry is stored, so a request from now
+            // on finds it; the announcement is for gateways already waiting.
+            let this = Arc::clone(&self);
+            let announced = outcome.clone().map(|resolved| resolved.entry);
+            tokio::spawn(async move {
+                if announce {
+                    announcement::announce(&this.nats, &job.key, &announced).await;
+                }
+                if let Some(lock) = lock {
+                    this.cache.release(lock).await;
+                }
+            });
+        }
+        outcome
+    }
+
+    /// Waits for the gateway holding the job's lock to announce its outcome.
+    async fn wait_for_other_gateway(
+        &self,
+        job: &Job,
+        announcements: &mut Option<async_nats::Subscriber>,
+    ) -> Waited {
+        if announcements.is_none() {
+            if self.nats.connection_state() != async_nats::connection::State::Connected {
+                return Waited::CannotWait;
+            }
+            match self.nats.subscribe(announcement::subject(&job.key)).await {
+                Ok(subscriber) => *announcements = Some(subscriber),
+                Err(err) => {
+                    warn!(error = %err, "cannot wait for another gateway's model call");
+                    return Waited::CannotWait;
+                }
+            }
+            // The subscription must be in place before the holder can see that
+            // we wait (and announce), or an announcement made in between would
+            // be missed.
+            let _ = self.nats.flush().await;
+        }
+        // The holder announces only to gateways that marked they wait; one that
+        // finished before the mark had stored the entry already (read with the
+        // mark) or left no lock (try again).
+        let Ok(state) = self.cache.mark_waiting(&job.key, job.site).await else {
+            return Waited::CannotWait;
+        };
+        // At the lease site an entry is the holder's; beside one, it may be the
+        // entry being refreshed, and serves only a request that accepts a cached
+        // answer.
+        if let Some(entry) = state.entry
+            && (job.site == LockSite::Lease || job.recheck)
+            && self.is_usable(job, &entry)
+        {
+            return Waited::Done(Ok(Resolved {
+                entry,
+                source: Source::OtherGateway,
+            }));
+        }
+        let Some(expires_in) = state.held_for else {
+            return Waited::LockExpired;
+        };
+        let Some(subscriber) = announcements.as_mut() else {
+            return Waited::CannotWait;
+        };
+        let wait = (expires_in + LOCK_EXPIRY_GRACE).min(job.call.time_left());
+        match tokio::time::timeout(wait, subscriber.next()).await {
+            Ok(Some(message)) => match announcement::decode(&message) {
+                Some(outcome) => Waited::Done(outcome.map(|entry| Resolved {
+                    entry,
+                    source: Source::OtherGateway,
+                })),
+                None => Waited::LockExpired,
+            },
+            Ok(None) => Waited::CannotWait,
+            Err(_) if job.call.time_left().is_zero() => Waited::Done(Err(Arc::new(
+                PublicFailure::from(&ModelCallError::TimedOut(self.request_timeout)),
+            ))),
+            Err(_) => Waited::LockExpired,
+        }
+    }
+}

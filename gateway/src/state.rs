@@ -1,0 +1,42 @@
+//! What every handler and middleware shares: built once by
+//! [`Application::build`](crate::Application::build), cloned (one `Arc`) into
+//! each request.
+
+use std::sync::Arc;
+
+use prediction_contract::ModelName;
+
+use crate::cache::PredictionCache;
+use crate::discovery::ModelDirectory;
+use crate::metrics::Metrics;
+use crate::prediction::Predictor;
+
+/// axum clones the state for every request, so it is one `Arc`.
+pub type AppState = Arc<App>;
+
+#[derive(Debug)]
+pub struct App {
+    pub predictor: Arc<Predictor>,
+    pub directory: Arc<ModelDirectory>,
+    pub cache: PredictionCache,
+    /// For purge broadcasts and the readiness probe.
+    pub nats: async_nats::Client,
+    pub metrics: Metrics,
+    pub settings: Settings,
+}
+
+/// The parts of the configuration handlers read.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Where `POST /predict`, the original API, goes.
+    pub default_model: ModelName,
+    /// The largest body accepted, for the error that names it.
+    pub max_body: usize,
+}
+
+impl App {
+    /// Whether the NATS connection is up right now.
+    pub fn nats_connected(&self) -> bool {
+        self.nats.connection_state() == async_nats::connection::State::Connected
+    }
+}

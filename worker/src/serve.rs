@@ -1,0 +1,215 @@
+//! The serve loop: takes each request as it arrives, admits it or refuses it as
+//! busy, computes and answers it, and stops taking requests at shutdown while
+//! finishing those it holds.
+//!
+//! A request's life here: `Admission::admit` (in arrival order), then
+//! `answer`: its deadline checked, its input parsed, the model run (through its
+//! [`Runner`]), the reply sent with the prediction's metadata, or an error reply
+//! in the NATS Services convention.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::service::{self, endpoint::Endpoint};
+use futures::StreamExt;
+use prediction_contract::headers::error_codes;
+use prediction_contract::time::unix_now_ms;
+use prediction_contract::{ReplyMetadata, RequestMetadata};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+use tracing::{debug, info, warn};
+
+use crate::batching::Runner;
+use crate::model::{Input, ModelError};
+
+/// How long after the stop signal the request streams may take to end. They end
+/// as soon as the unsubscribes are processed, well under this, unless NATS is
+/// unreachable.
+const STREAMS_END_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Which requests a worker takes. Core NATS has no server-side queue: a queue
+/// group hands each request to a random member, busy or not. So a worker bounds
+/// what it holds itself: at most `concurrency` inference calls run (see
+/// [`Runner`]), at most `queue_depth` more requests wait, and the rest are refused
+/// at once as busy. A request whose caller will try another worker is refused
+/// earlier, once `redirect_backlog` requests wait: random delivery would otherwise
+/// queue it here while another worker may be idle.
+#[derive(Debug)]
+pub struct Admission {
+    /// One permit per request held, running or waiting.
+    permits: Arc<Semaphore>,
+    capacity: usize,
+    /// From this many requests held, one that asked to avoid a backlog is refused.
+    redirect_from: usize,
+}
+
+impl Admission {
+    pub fn new(running_capacity: usize, queue_depth: usize, redirect_backlog: usize) -> Self {
+        let capacity = running_capacity + queue_depth;
+        Self {
+            permits: Arc::new(Semaphore::new(capacity)),
+            capacity,
+            redirect_from: running_capacity + redirect_backlog,
+        }
+    }
+
+    /// A permit to hold `request`, or why not: the busy reply's text. Decided in
+    /// the order requests arrive, so a backlog is seen by the request behind it.
+    fn admit(&self, request: &service::Request) -> Result<OwnedSemaphorePermit, &'static str> {
+        let avoids_backlog =
+            RequestMetadata::from_headers(request.message.headers.as_ref()).avoid_backlog;
+        let held = self.capacity - self.permits.available_permits();
+        if avoids_backlog && held >= self.redirect_from {
+            return Err("requests are waiting at this worker; try another worker");
+        }
+        Arc::clone(&self.permits)
+            .try_acquire_owned()
+            .map_err(|_| "the worker is at capacity; try again or another worker")
+    }
+}
+
+/// Serves the requests of `endpoints` until `shutdown` completes, then stops the
+/// `service` (unsubscribing every endpoint) and returns once every request
+/// received has been answered.
+pub async fn serve(
+    endpoints: Vec<(Runner, Endpoint)>,
+    service: service::Service,
+    admission: Admission,
+    shutdown: impl Future<Output = ()>,
+) {
+    let mut requests = futures::stream::select_all(
+        endpoints
+            .into_iter()
+            .map(|(runner, endpoint)| endpoint.map(move |request| (runner.clone(), request))),
+    );
+    let mut in_flight = JoinSet::new();
+    let mut service = Some(service);
+    // Set at shutdown: the request streams normally end at once, but not while
+    // NATS is unreachable (the unsubscribe cannot be processed then).
+    let streams_deadline = tokio::time::sleep(Duration::MAX);
+    tokio::pin!(shutdown, streams_deadline);
+    loop {
+        tokio::select! {
+            () = &mut shutdown, if service.is_some() => {
+                // Unsubscribes every endpoint; the request streams end once the
+                // messages already delivered to us have been handed out.
+                if let Some(service) = service.take() {
+                    let _ = service.stop().await;
+                }
+                streams_deadline
+                    .as_mut()
+                    .reset(tokio::time::Instant::now() + STREAMS_END_TIMEOUT);
+                info!(in_flight = in_flight.len(), "stopped taking requests; finishing those received");
+            }
+            () = &mut streams_deadline => {
+                warn!("the request streams did not end (NATS unreachable?); stopping anyway");
+                break;
+            }
+            next = requests.next() => {
+                let Some((runner, request)) = next else { break };
+                match admission.admit(&request) {
+                    // Boxed: the request's future is kilobytes, which the task
+                    // would otherwise copy around as it is spawned.
+                    Ok(held) => in_flight.spawn(Box::pin(async move {
+                        answer(&runner, request).await;
+                        drop(held);
+                    })),
+                    Err(reason) => in_flight.spawn(refuse_as_busy(runner, request, reason)),
+                };
+            }
+            Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
+        }
+    }
+    while in_flight.join_next().await.is_some() {}
+}
+
+/// Answers `request` at once with a busy error (see [`Admission`]).
+async fn refuse_as_busy(runner: Runner, request: service::Request, reason: &'static str) {
+    let busy = service::error::Error {
+        status: reason.to_owned(),
+        code: error_codes::BUSY.into(),
+    };
+    if let Err(err) = request.respond(Err(busy)).await {
+        warn!(model = %runner.model().name(), error = %err, "could not send the busy reply");
+    }
+}
+
+/// Computes and sends the reply to one request. Never fails: every problem becomes
+/// an error reply (or, if even that cannot be sent, a log line).
+async fn answer(runner: &Runner, request: service::Request) {
+    let model = runner.model();
+    let started = Instant::now();
+    let metadata = RequestMetadata::from_headers(request.message.headers.as_ref());
+    let request_id = metadata.request_id.to_owned();
+    let result = if metadata.deadline_passed(unix_now_ms()) {
+        Err((
+            error_codes::DEADLINE_EXCEEDED,
+            "the caller's deadline passed before the worker started".to_owned(),
+        ))
+    } else {
+        match parse_input(&request.message.payload) {
+            Ok(input) => runner
+                .predict(input)
+                .await
+                .map_err(|err| (err.code(), err.to_string())),
+            Err(err) => Err((err.code(), err.to_string())),
+        }
+    };
+    let compute_time = started.elapsed();
+    let reply_metadata = ReplyMetadata {
+        model_version: model.version().to_owned(),
+        freshness_ttl: model.freshness_ttl(),
+        compute_time: Some(compute_time),
+    };
+    let outcome = match &result {
+        Ok(_) => "ok".to_owned(),
+        Err((code, message)) => {
+            if *code == error_codes::MODEL_FAILED {
+                warn!(model = %model.name(), request_id, error = message, "the model failed");
+            }
+            code.to_string()
+        }
+    };
+    let reply = match result {
+        Ok(prediction) => match serde_json::to_vec(&prediction) {
+            Ok(payload) => Ok(payload.into()),
+            Err(err) => Err(service::error::Error {
+                status: format!("the prediction could not be serialised: {err}"),
+                code: error_codes::MODEL_FAILED.into(),
+            }),
+        },
+        Err((code, message)) => Err(service::error::Error {
+            status: message,
+            code: code.into(),
+        }),
+    };
+    if let Err(err) = request
+        .respond_with_headers(reply, reply_metadata.to_headers())
+        .await
+    {
+        warn!(model = %model.name(), request_id, error = %err, "could not send the reply");
+    }
+    // At debug: the gateway logs every request, with its id, at info; this line
+    // would double the log volume (and cost more than a fast model's inference).
+    // Failures are logged at warn or error where they happen.
+    debug!(
+        model = %model.name(),
+        request_id,
+        outcome,
+        compute_ms = compute_time.as_secs_f64() * 1000.0,
+        "prediction request"
+    );
+}
+
+fn parse_input(payload: &[u8]) -> Result<Input, ModelError> {
+    match serde_json::from_slice(payload) {
+        Ok(serde_json::Value::Object(input)) => Ok(input),
+        Ok(_) => Err(ModelError::InvalidInput(
+            "the input must be a JSON object, e.g. {\"product_id\": \"ETH/EUR\"}".into(),
+        )),
+        Err(err) => Err(ModelError::InvalidInput(format!(
+            "the input is not valid JSON: {err}"
+        ))),
+    }
+}
