@@ -21,7 +21,8 @@ pub enum Role {
 /// completes (and its result is stored) even if every request waiting for it goes
 /// away.
 pub struct InFlight<T: Clone> {
-    calls: Mutex<HashMap<String, Call<T>>>,
+    /// Keyed by an `Arc` the computation's task shares: one allocation per call.
+    calls: Mutex<HashMap<Arc<str>, Call<T>>>,
     next_id: AtomicU64,
     /// What a waiter gets if the computation's task panicked.
     on_panic: fn() -> T,
@@ -61,7 +62,7 @@ impl<T: Clone + Send + Sync + 'static> InFlight<T> {
     /// computed); otherwise starts `compute` as the computation others will join.
     pub async fn compute_or_join<F, Fut>(
         self: &Arc<Self>,
-        key: &str,
+        key: Arc<str>,
         not_before: Option<Instant>,
         compute: F,
     ) -> (T, Role)
@@ -71,7 +72,7 @@ impl<T: Clone + Send + Sync + 'static> InFlight<T> {
     {
         let (outcome, role) = {
             let mut calls = self.calls.lock().expect("not poisoned");
-            match calls.get(key) {
+            match calls.get(&*key) {
                 Some(call) if not_before.is_none_or(|t| call.started_at >= t) => {
                     (call.outcome.clone(), Role::Follower)
                 }
@@ -79,7 +80,7 @@ impl<T: Clone + Send + Sync + 'static> InFlight<T> {
                     let id = self.next_id.fetch_add(1, Ordering::Relaxed);
                     let task = tokio::spawn({
                         let this = Arc::clone(self);
-                        let key = key.to_owned();
+                        let key = Arc::clone(&key);
                         // Boxed: a computation's future is kilobytes, which the
                         // task would otherwise copy around as it is spawned.
                         let computation = Box::pin(compute());
@@ -96,7 +97,7 @@ impl<T: Clone + Send + Sync + 'static> InFlight<T> {
                     // A newer call replaces an older one: later joiners get the
                     // newer answer, while the older call's waiters keep theirs.
                     calls.insert(
-                        key.to_owned(),
+                        key,
                         Call {
                             id,
                             started_at: Instant::now(),
@@ -140,7 +141,7 @@ mod tests {
             let runs = Arc::clone(&runs);
             async move {
                 in_flight
-                    .compute_or_join("k", None, || async move {
+                    .compute_or_join("k".into(), None, || async move {
                         runs.fetch_add(1, Ordering::SeqCst);
                         tokio::time::sleep(Duration::from_millis(50)).await;
                         7
@@ -166,7 +167,7 @@ mod tests {
             let in_flight = Arc::clone(&in_flight);
             tokio::spawn(async move {
                 in_flight
-                    .compute_or_join("k", None, || async {
+                    .compute_or_join("k".into(), None, || async {
                         tokio::time::sleep(Duration::from_millis(100)).await;
                         1
                     })
@@ -175,7 +176,7 @@ mod tests {
         };
         tokio::time::sleep(Duration::from_millis(20)).await;
         let (value, role) = in_flight
-            .compute_or_join("k", Some(Instant::now()), || async { 2 })
+            .compute_or_join("k".into(), Some(Instant::now()), || async { 2 })
             .await;
         assert_eq!((value, role), (2, Role::Leader));
         assert_eq!(first.await.unwrap(), (1, Role::Leader));
@@ -185,7 +186,7 @@ mod tests {
     async fn a_panicking_computation_gives_every_waiter_the_fallback() {
         let in_flight = in_flight();
         let (value, _) = in_flight
-            .compute_or_join("k", None, || async { panic!("model exploded") })
+            .compute_or_join("k".into(), None, || async { panic!("model exploded") })
             .await;
         assert_eq!(value, 0);
     }

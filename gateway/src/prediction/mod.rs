@@ -229,10 +229,10 @@ impl Predictor {
         let not_before = wants_new.then_some(arrived);
         let store = !directives.no_store;
         let input = canonical_input(canonical)?;
-        let key_name = key.as_str().to_owned();
+        let name: Arc<str> = key.as_str().into();
         let (outcome, role) = self
             .in_flight
-            .compute_or_join(&key_name, not_before, {
+            .compute_or_join(name, not_before, {
                 let computations = Arc::clone(&self.computations);
                 let model = model.clone();
                 let request_id = request_id.to_owned();
@@ -302,11 +302,11 @@ impl Predictor {
         let request_id = request_id.to_owned();
         tokio::spawn(async move {
             let computations = Arc::clone(&this.computations);
-            let name = key.as_str().to_owned();
+            let name: Arc<str> = key.as_str().into();
             let request_timeout = this.request_timeout;
             let (outcome, _) = this
                 .in_flight
-                .compute_or_join(&name, None, move || {
+                .compute_or_join(name, None, move || {
                     let call = ModelCall::new(model, input, request_id, request_timeout);
                     computations.run(Job::refresh(key, call))
                 })

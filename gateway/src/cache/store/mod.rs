@@ -306,12 +306,6 @@ impl RedisStore {
         keep_for: Duration,
         lock: Option<LockGuard>,
     ) -> Result<bool, Unavailable> {
-        if self.breaker.is_open(unix_now_ms()) {
-            if let Some(lock) = lock {
-                tokio::spawn(self.clone().release(lock));
-            }
-            return Err(Unavailable::Skipped);
-        }
         let mut pipeline = redis::pipe();
         pipeline
             .cmd("SET")
@@ -331,8 +325,14 @@ impl RedisStore {
         }
         pipeline.cmd("GETDEL").arg(key.waiting_key());
         let query = pipeline.query_async::<(Option<u8>,)>(&mut connection);
-        let (waiting,) = self.send(Gate::Breaker, query).await?;
-        Ok(waiting.is_some())
+        match self.send(Gate::Breaker, query).await {
+            Ok((waiting,)) => Ok(waiting.is_some()),
+            Err(SendError::Skipped) => {
+                tokio::spawn(self.clone().release(lock));
+                Err(Unavailable::Skipped)
+            }
+            Err(err) => Err(err.into()),
+        }
     }
 
     /// Runs `work`, extending `lock` every third of its TTL until it is done,
