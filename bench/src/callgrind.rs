@@ -8,7 +8,8 @@
 //! `make bench` move by a few hundredths from run to run. The gateway runs under
 //! callgrind; its counters are zeroed before each scenario and dumped after it
 //! (`callgrind_control -z`, `-d`), and the total is divided by the requests sent.
-//! Settings: `CALLGRIND_REQUESTS` (per scenario, default 2000).
+//! Settings: `CALLGRIND_REQUESTS` (per scenario, default 2000), `CALLGRIND_OUT_DIR`
+//! (keep the dumps there, for `callgrind_annotate`).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -36,7 +37,11 @@ pub async fn run() -> anyhow::Result<()> {
     }
     let requests = crate::env_number("CALLGRIND_REQUESTS", 2_000) as usize;
     let run_id = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis();
-    let out_dir = std::env::temp_dir().join(format!("bench-callgrind-{run_id}"));
+    // CALLGRIND_OUT_DIR keeps the dumps, for `callgrind_annotate`.
+    let kept = std::env::var_os("CALLGRIND_OUT_DIR").map(std::path::PathBuf::from);
+    let out_dir = kept
+        .clone()
+        .unwrap_or_else(|| std::env::temp_dir().join(format!("bench-callgrind-{run_id}")));
     std::fs::create_dir_all(&out_dir)?;
     let nats = NatsServer::start();
     let redis = RedisServer::start();
@@ -85,7 +90,9 @@ pub async fn run() -> anyhow::Result<()> {
                 .await?,
         );
     }
-    let _ = std::fs::remove_dir_all(&out_dir);
+    if kept.is_none() {
+        let _ = std::fs::remove_dir_all(&out_dir);
+    }
 
     println!("| scenario | gateway instructions per request |");
     println!("|---|---:|");

@@ -9,7 +9,7 @@ use prediction_contract::nats_connection::NatsArgs;
 use prediction_contract::telemetry::LogFormat;
 
 use crate::auth::Tokens;
-use crate::cache::{CacheSettings, RedisSettings};
+use crate::cache::{CacheSettings, RedisMode, RedisSettings};
 use crate::model_call::ModelCallSettings;
 use crate::state::Settings;
 
@@ -28,9 +28,25 @@ pub struct GatewayConfig {
     pub nats: NatsArgs,
 
     /// Redis holding the cached predictions. Credentials may go in the URL
-    /// (`redis://user:password@host:6379`); `rediss://` asks for TLS.
+    /// (`redis://user:password@host:6379`); `rediss://` asks for TLS. With
+    /// `--redis-mode cluster`, a comma-separated list of seed nodes; with
+    /// `sentinel`, of the sentinels.
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     pub redis_url: String,
+
+    /// How that Redis is deployed: `standalone` (one server), `cluster` (Redis
+    /// Cluster) or `sentinel` (a master and replicas behind sentinels).
+    #[arg(
+        long,
+        env = "GATEWAY_REDIS_MODE",
+        value_enum,
+        default_value = "standalone"
+    )]
+    pub redis_mode: RedisMode,
+
+    /// The master the sentinels monitor, with `--redis-mode sentinel`.
+    #[arg(long, env = "GATEWAY_REDIS_SENTINEL_MASTER")]
+    pub redis_sentinel_master: Option<String>,
 
     /// PEM file of the CA that signed the Redis server's certificate (for
     /// `rediss://` URLs); the system's trust store is used otherwise.
@@ -142,7 +158,9 @@ impl GatewayConfig {
 impl From<&GatewayConfig> for RedisSettings {
     fn from(config: &GatewayConfig) -> Self {
         Self {
+            mode: config.redis_mode,
             url: config.redis_url.clone(),
+            sentinel_master: config.redis_sentinel_master.clone(),
             tls_ca: config.redis_tls_ca.clone(),
             timeout: config.redis_timeout,
             lock_ttl: config.lock_ttl,

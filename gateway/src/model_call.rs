@@ -132,7 +132,7 @@ impl ModelCaller {
     /// one more call, then asks, sending the request once more if the first
     /// attempt meets only silence.
     async fn admit_and_ask(&self, call: &ModelCall) -> Result<ModelReply, ModelCallError> {
-        if !self.client.is_connected() {
+        if !self.client.connected_within(call.time_left()).await {
             return Err(ModelCallError::NotConnected);
         }
         // A subscriber that is not a worker (a `nats sub` left running) would

@@ -81,23 +81,54 @@ pub enum ModelCallError {
     Nats(#[source] async_nats::RequestError),
 }
 
+/// How long a model call that finds NATS disconnected waits for the connection
+/// to come back (to another server of the cluster, usually within
+/// milliseconds) before it fails with 503 `nats_unavailable`; never past the
+/// call's deadline, and not at all when no other server is known.
+pub const NATS_RECONNECT_WAIT: Duration = Duration::from_secs(2);
+/// How often a waiting call looks at the connection.
+const RECONNECT_POLL: Duration = Duration::from_millis(10);
+
 /// Sends prediction requests to the queue group serving each model.
 #[derive(Debug, Clone)]
 pub struct ModelClient {
     nats: async_nats::Client,
+    /// How many servers the gateway was given (`--nats-url`).
+    configured_servers: usize,
 }
 
 impl ModelClient {
-    pub fn new(nats: async_nats::Client) -> Self {
-        Self { nats }
-    }
-
-    pub fn nats(&self) -> &async_nats::Client {
-        &self.nats
+    pub fn new(nats: async_nats::Client, configured_servers: usize) -> Self {
+        Self {
+            nats,
+            configured_servers,
+        }
     }
 
     pub fn is_connected(&self) -> bool {
         self.nats.connection_state() == State::Connected
+    }
+
+    /// Whether the connection is up, or comes back within [`NATS_RECONNECT_WAIT`]
+    /// (and `left`). Only worth waiting for while another server is known: one
+    /// configured, or one the server told of (a cluster's `connect_urls`).
+    pub async fn connected_within(&self, left: Duration) -> bool {
+        if self.is_connected() {
+            return true;
+        }
+        let others_known =
+            self.configured_servers > 1 || !self.nats.server_info().connect_urls.is_empty();
+        if !others_known {
+            return false;
+        }
+        let give_up = Instant::now() + NATS_RECONNECT_WAIT.min(left);
+        while Instant::now() < give_up {
+            tokio::time::sleep(RECONNECT_POLL).await;
+            if self.is_connected() {
+                return true;
+            }
+        }
+        false
     }
 
     /// Asks one worker of the call's model for its prediction, waiting at most
@@ -112,9 +143,9 @@ impl ModelClient {
     ) -> Result<ModelReply, ModelCallError> {
         let model = &call.model;
         let timeout = call.time_left();
-        // While disconnected async-nats would buffer the request until the timeout;
-        // failing at once lets the client retry elsewhere.
-        if !self.is_connected() {
+        // While disconnected async-nats would buffer the request until the
+        // timeout; failing within a short bound lets the client retry elsewhere.
+        if !self.connected_within(timeout).await {
             return Err(ModelCallError::NotConnected);
         }
         let metadata = RequestMetadata {

@@ -12,6 +12,7 @@ use axum::extract::DefaultBodyLimit;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
+use prediction_contract::nats_connection::connection_name;
 use prediction_contract::telemetry::redact_url;
 use tokio::net::TcpListener;
 use tower::ServiceExt;
@@ -59,8 +60,9 @@ impl Application {
     pub async fn build(config: GatewayConfig) -> anyhow::Result<Self> {
         let nats_url = config.nats.redacted_url();
         let (nats_options, nats_servers) = config.nats.connect_options().await?;
+        let known_servers = nats_servers.len();
         let nats = nats_options
-            .name("prediction-gateway")
+            .name(connection_name("gateway"))
             .retry_on_initial_connect()
             .event_callback(|event| async move { info!(%event, "NATS connection event") })
             .connect(nats_servers.as_slice())
@@ -80,10 +82,11 @@ impl Application {
             &(&config).into(),
             metrics.redis_errors.clone(),
         )
+        .await
         .with_context(|| format!("configuring Redis at {redis_url}"))?;
         let directory = ModelDirectory::new(nats.clone(), config.discovery_interval);
         let models = ModelCaller::new(
-            ModelClient::new(nats.clone()),
+            ModelClient::new(nats.clone(), known_servers),
             Arc::clone(&directory),
             metrics.clone(),
             (&config).into(),

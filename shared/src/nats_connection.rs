@@ -85,6 +85,13 @@ impl NatsArgs {
     }
 }
 
+/// The name a process gives its NATS connection, `<role>@<host>` (`gateway@web-1`,
+/// `worker@gpu-3`), so a NATS server's connection list (`nats server report
+/// connections`, `/connz`) shows who is who.
+pub fn connection_name(role: &str) -> String {
+    format!("{role}@{}", gethostname::gethostname().to_string_lossy())
+}
+
 /// Why a NATS URL list cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum NatsUrlError {
@@ -171,6 +178,13 @@ mod tests {
             Err(NatsUrlError::ConflictingCredentials)
         ));
         assert!(matches!(connect_options(" , "), Err(NatsUrlError::Empty)));
+    }
+
+    #[test]
+    fn a_connection_is_named_after_its_role_and_host() {
+        let name = connection_name("gateway");
+        let host = name.strip_prefix("gateway@").expect("role@host");
+        assert!(!host.is_empty());
     }
 
     #[test]

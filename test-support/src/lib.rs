@@ -5,6 +5,13 @@
 //! and [`restart`](NatsServer::restart) one on the same port to inject an outage.
 
 pub mod example_models;
+mod nats_cluster;
+mod redis_cluster;
+mod redis_sentinel;
+
+pub use nats_cluster::NatsCluster;
+pub use redis_cluster::RedisCluster;
+pub use redis_sentinel::{RedisSentinels, SENTINEL_MASTER_NAME};
 
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
@@ -25,7 +32,7 @@ pub fn free_port() -> u16 {
 
 /// Finds `name` on PATH or in the sbin folders Debian installs servers into; an
 /// environment variable (`NATS_SERVER_BIN`, `REDIS_SERVER_BIN`) overrides both.
-fn binary(name: &str, env_override: &str) -> PathBuf {
+pub(crate) fn binary(name: &str, env_override: &str) -> PathBuf {
     if let Ok(path) = std::env::var(env_override) {
         return PathBuf::from(path);
     }
@@ -44,17 +51,17 @@ fn binary(name: &str, env_override: &str) -> PathBuf {
 
 /// A server process bound to one port, restartable on that port.
 #[derive(Debug)]
-struct ServerProcess {
+pub(crate) struct ServerProcess {
     program: PathBuf,
     args: Vec<String>,
-    port: u16,
-    child: Option<Child>,
+    pub(crate) port: u16,
+    pub(crate) child: Option<Child>,
 }
 
 impl ServerProcess {
     /// Starts the server on a free port, retrying with another port if the chosen
     /// one is taken by the time the server binds it.
-    fn start(program: PathBuf, args_for_port: impl Fn(u16) -> Vec<String>) -> Self {
+    pub(crate) fn start(program: PathBuf, args_for_port: impl Fn(u16) -> Vec<String>) -> Self {
         let mut last_error = String::new();
         for _ in 0..5 {
             let port = free_port();
@@ -100,14 +107,14 @@ impl ServerProcess {
         }
     }
 
-    fn stop(&mut self) {
+    pub(crate) fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
         }
     }
 
-    fn restart(&mut self) {
+    pub(crate) fn restart(&mut self) {
         self.stop();
         // The port was ours a moment ago; the kernel may need a moment to free it.
         let started = Instant::now();
@@ -353,4 +360,16 @@ impl Drop for Certificates {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// A new empty folder under the system's temporary folder, for a test's files.
+pub(crate) fn temp_dir(purpose: &str) -> PathBuf {
+    static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "test-{purpose}-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+    ));
+    std::fs::create_dir_all(&dir).expect("a temporary folder");
+    dir
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use async_nats::service::{Service, ServiceExt, endpoint::Endpoint};
+use prediction_contract::nats_connection::connection_name;
 use prediction_contract::subjects::{PREDICT_SUBJECT_PREFIX, QUEUE_GROUP, SERVICE_NAME};
 use tokio::sync::Semaphore;
 use tracing::{info, warn};
@@ -105,7 +106,7 @@ impl Worker {
         let (nats_options, nats_servers) = config.nats.connect_options().await?;
         let (closed_tx, closed) = tokio::sync::watch::channel(false);
         let client = nats_options
-            .name(SERVICE_NAME)
+            .name(connection_name("worker"))
             .event_callback(move |event| {
                 if matches!(event, async_nats::Event::Closed) {
                     let _ = closed_tx.send(true);

@@ -14,8 +14,9 @@ use sha2::{Digest, Sha256};
 
 /// Bumped whenever the canonical form or the key layout changes, so that a new
 /// gateway never reads entries written under the old rules. v2: an entry's key
-/// may hold a lease ([`LEASE_PREFIX`]) instead of an entry.
-pub const KEY_FORMAT_VERSION: &str = "v2";
+/// may hold a lease ([`LEASE_PREFIX`]) instead of an entry; v3: the input's
+/// digest is the keys' hash tag.
+pub const KEY_FORMAT_VERSION: &str = "v3";
 
 /// What a value under an entry's key starts with when it is not an entry but the
 /// lease of the gateway computing it: `lease:<gateway token>`. Entries are JSON
@@ -24,6 +25,7 @@ pub const LEASE_PREFIX: &str = "lease:";
 
 const ENTRY_NAMESPACE: &str = "prediction:";
 const LOCK_NAMESPACE: &str = "prediction-lock:";
+const WAITING_SUFFIX: &str = ":waiting";
 
 /// The keys of one deployment: every key the gateway reads or writes is made here.
 #[derive(Debug, Clone)]
@@ -67,7 +69,7 @@ impl KeySpace {
 /// The Redis keys of one (model, input) pair.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CacheKey {
-    /// `<prefix>prediction:<format version>:<model>:<sha256 of the canonical input>`
+    /// `<prefix>prediction:<format version>:<model>:{<sha256 of the canonical input>}`
     entry: String,
     prefix_len: usize,
 }
@@ -82,7 +84,7 @@ impl CacheKey {
                 + ENTRY_NAMESPACE.len()
                 + KEY_FORMAT_VERSION.len()
                 + model.as_str().len()
-                + 66,
+                + 68,
         );
         for part in [
             prefix,
@@ -90,8 +92,9 @@ impl CacheKey {
             KEY_FORMAT_VERSION,
             ":",
             model.as_str(),
-            ":",
+            ":{",
             &digest,
+            "}",
         ] {
             entry.push_str(part);
         }
@@ -110,16 +113,25 @@ impl CacheKey {
     /// others wait. Outside the entries' namespace, so purging a model's entries
     /// leaves locks of computations in flight alone.
     pub fn lock_key(&self) -> String {
-        let (prefix, rest) = self.entry.split_at(self.prefix_len);
-        let rest = &rest[ENTRY_NAMESPACE.len()..];
-        format!("{prefix}{LOCK_NAMESPACE}{rest}")
+        self.lock_key_with("")
     }
 
     /// The key a gateway waiting for another's computation of this key sets, so
     /// that the computing gateway announces its outcome only when someone waits.
     pub fn waiting_key(&self) -> String {
-        let mut key = self.lock_key();
-        key.push_str(":waiting");
+        self.lock_key_with(WAITING_SUFFIX)
+    }
+
+    /// The lock key followed by `suffix`, written at its final size (a miss
+    /// makes one): `format!` would cost several times as much.
+    fn lock_key_with(&self, suffix: &str) -> String {
+        let (prefix, rest) = self.entry.split_at(self.prefix_len);
+        let rest = &rest[ENTRY_NAMESPACE.len()..];
+        let mut key =
+            String::with_capacity(prefix.len() + LOCK_NAMESPACE.len() + rest.len() + suffix.len());
+        for part in [prefix, LOCK_NAMESPACE, rest, suffix] {
+            key.push_str(part);
+        }
         key
     }
 
@@ -163,8 +175,9 @@ mod tests {
         let key = CacheKey::new("t:", &model, &a);
         assert_eq!(key, CacheKey::new("t:", &model, &b));
         assert_ne!(key, CacheKey::new("t:", &model, &c));
-        assert!(key.as_str().starts_with("t:prediction:v2:price:"));
-        assert_eq!(key.as_str().len(), "t:prediction:v2:price:".len() + 64);
+        assert!(key.as_str().starts_with("t:prediction:v3:price:{"));
+        assert!(key.as_str().ends_with('}'));
+        assert_eq!(key.as_str().len(), "t:prediction:v3:price:{}".len() + 64);
         let other_model = ModelName::parse("price2").unwrap();
         assert_ne!(key, CacheKey::new("t:", &other_model, &a));
         assert_ne!(key, CacheKey::new("u:", &model, &a));
@@ -178,8 +191,9 @@ mod tests {
         let keys = KeySpace::new("t:");
         let key = keys.key(&model, &input);
         let lock = key.lock_key();
-        assert!(lock.starts_with("t:prediction-lock:v2:price:"));
-        assert!(lock.ends_with(&*sha256_hex(input.as_str().as_bytes())));
+        assert!(lock.starts_with("t:prediction-lock:v3:price:"));
+        let tag = format!("{{{}}}", &*sha256_hex(input.as_str().as_bytes()));
+        assert!(lock.ends_with(&tag));
         let pattern = keys.model_pattern(&model);
         assert_eq!(pattern.trim_end_matches('*'), keys.model_prefix(&model));
         assert!(key.as_str().starts_with(&keys.model_prefix(&model)));
@@ -189,6 +203,17 @@ mod tests {
         let waiting = key.waiting_key();
         assert_eq!(waiting, format!("{lock}:waiting"));
         assert!(!waiting.starts_with(&keys.model_prefix(&model)));
+        // One hash tag, the same in all three: one cluster slot.
+        for name in [key.as_str(), &lock, &waiting] {
+            assert_eq!(hash_tag(name), Some(tag.trim_matches(['{', '}'])), "{name}");
+        }
+    }
+
+    /// The part of `key` Redis Cluster hashes, if it has a hash tag.
+    fn hash_tag(key: &str) -> Option<&str> {
+        let open = key.find('{')?;
+        let close = key[open + 1..].find('}')? + open + 1;
+        (close > open + 1).then(|| &key[open + 1..close])
     }
 
     #[test]

@@ -26,7 +26,7 @@ use tracing::warn;
 pub use entry::{CachedPrediction, CorruptEntry};
 pub use keys::{CacheKey, KEY_FORMAT_VERSION, KeySpace, LEASE_PREFIX};
 pub use lock::{Claim, LockClaim, LockGuard, LockSite, LockState};
-pub use store::{RedisSettings, Unavailable};
+pub use store::{RedisMode, RedisSettings, Unavailable};
 
 use local::LocalTier;
 use store::{LeaseLookup, RedisStore};
@@ -104,17 +104,17 @@ impl std::fmt::Debug for PredictionCache {
 }
 
 impl PredictionCache {
-    /// Prepares the tiers without opening a Redis connection; `redis_errors`
-    /// counts failed Redis commands on a request's path.
-    pub fn new(
+    /// Prepares the tiers and the Redis connection (opened lazily in standalone
+    /// mode); `redis_errors` counts failed Redis commands on a request's path.
+    pub async fn new(
         redis: &RedisSettings,
         settings: &CacheSettings,
         redis_errors: prometheus::IntCounter,
-    ) -> Result<Self, redis::RedisError> {
+    ) -> anyhow::Result<Self> {
         let local = (settings.local_capacity > 0 && !settings.local_ttl.is_zero())
             .then(|| Arc::new(LocalTier::new(settings.local_capacity, settings.local_ttl)));
         Ok(Self {
-            redis: RedisStore::new(redis, redis_errors)?,
+            redis: RedisStore::new(redis, redis_errors).await?,
             local,
             stale_ttl: settings.stale_ttl,
         })

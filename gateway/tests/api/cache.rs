@@ -2,11 +2,11 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::helpers::{header, spawn_app};
+use crate::helpers::{RedisMode, header, spawn_app, spawn_app_in};
+use crate::in_every_redis_mode;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn second_identical_request_is_served_from_cache() {
-    let app = spawn_app(&[]).await;
+async fn second_identical_request_is_served_from_cache(mode: RedisMode) {
+    let app = spawn_app_in(mode, &[]).await;
 
     let first = app.post("/v1/models/echo/predict", r#"{"x":1}"#).await;
     assert_eq!(first.status(), 200);
@@ -79,9 +79,8 @@ async fn get_with_a_query_shares_the_entry_of_the_equal_json_body() {
     assert_eq!(app.echo.calls(), 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_expired_prediction_is_computed_again() {
-    let app = spawn_app(&["--cache-ttl", "1s"]).await;
+async fn an_expired_prediction_is_computed_again(mode: RedisMode) {
+    let app = spawn_app_in(mode, &["--cache-ttl", "1s"]).await;
 
     let first = app.post("/v1/models/echo/predict", r#"{"t":1}"#).await;
     assert_eq!(header(&first, "x-cache"), "MISS");
@@ -143,3 +142,7 @@ async fn with_redis_down_predictions_bypass_the_cache_and_caching_resumes_after(
         "caching did not resume: {outcomes:?}"
     );
 }
+
+in_every_redis_mode!(second_identical_request_is_served_from_cache);
+
+in_every_redis_mode!(an_expired_prediction_is_computed_again);

@@ -7,7 +7,10 @@ use gateway::cache::{CacheKey, LEASE_PREFIX};
 use prediction_contract::{CanonicalInput, ModelName};
 use serde_json::Value;
 
-use crate::helpers::{StubModel, TestApp, assert_error, header, spawn_app, start_worker};
+use crate::helpers::{
+    RedisMode, StubModel, TestApp, assert_error, header, spawn_app, spawn_app_in, start_worker,
+};
+use crate::in_every_redis_mode;
 
 async fn call_number(response: reqwest::Response) -> u64 {
     let body: Value = response.json().await.unwrap();
@@ -32,9 +35,10 @@ async fn with_model(app: &mut TestApp, model: std::sync::Arc<StubModel>) {
     app.workers.push(worker);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn in_the_stale_period_the_stale_answer_comes_at_once_and_one_refresh_replaces_it() {
-    let mut app = spawn_app(&["--cache-ttl", "1s", "--stale-ttl", "30s"]).await;
+async fn in_the_stale_period_the_stale_answer_comes_at_once_and_one_refresh_replaces_it(
+    mode: RedisMode,
+) {
+    let mut app = spawn_app_in(mode, &["--cache-ttl", "1s", "--stale-ttl", "30s"]).await;
     let slow = StubModel::slow("slowish", Duration::from_millis(600));
     with_model(&mut app, slow.clone()).await;
     let path = "/v1/models/slowish/predict";
@@ -103,9 +107,8 @@ async fn with_every_worker_gone_a_stale_prediction_is_served_instead_of_an_error
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn no_cache_recomputes_and_stores() {
-    let app = spawn_app(&[]).await;
+async fn no_cache_recomputes_and_stores(mode: RedisMode) {
+    let app = spawn_app_in(mode, &[]).await;
     let path = "/v1/models/echo/predict";
     assert_eq!(call_number(app.post(path, "{}").await).await, 1);
 
@@ -286,3 +289,9 @@ async fn a_model_sets_its_own_freshness_within_the_gateways_cap() {
     }
     assert_eq!(volatile.calls(), 2, "a TTL of 0 is never cached");
 }
+
+in_every_redis_mode!(
+    in_the_stale_period_the_stale_answer_comes_at_once_and_one_refresh_replaces_it
+);
+
+in_every_redis_mode!(no_cache_recomputes_and_stores);

@@ -10,7 +10,7 @@ use clap::Parser;
 use gateway::{Application, GatewayConfig};
 use prediction_contract::ModelName;
 use serde_json::{Value, json};
-use test_support::{NatsServer, RedisServer};
+use test_support::{NatsServer, RedisCluster, RedisSentinels, RedisServer, SENTINEL_MASTER_NAME};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use worker::{Input, Model, ModelError, Worker, WorkerConfig};
@@ -144,7 +144,7 @@ pub struct TestApp {
     pub address: String,
     pub http: reqwest::Client,
     pub nats: NatsServer,
-    pub redis: RedisServer,
+    pub redis: TestRedis,
     /// The stub model `echo` every default worker serves.
     pub echo: Arc<StubModel>,
     pub workers: Vec<RunningWorker>,
@@ -182,17 +182,119 @@ impl OtherGateway {
     }
 }
 
+/// How a test's Redis is deployed; the gateway's `--redis-mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RedisMode {
+    Standalone,
+    Cluster,
+    Sentinel,
+}
+
+/// A test's own Redis, however deployed.
+pub enum TestRedis {
+    Standalone(RedisServer),
+    Cluster(RedisCluster),
+    Sentinel(RedisSentinels),
+}
+
+impl TestRedis {
+    pub fn start(mode: RedisMode) -> Self {
+        match mode {
+            RedisMode::Standalone => Self::Standalone(RedisServer::start()),
+            RedisMode::Cluster => Self::Cluster(RedisCluster::start()),
+            RedisMode::Sentinel => Self::Sentinel(RedisSentinels::start()),
+        }
+    }
+
+    /// The gateway's flags that point it at this Redis.
+    pub fn gateway_args(&self) -> Vec<String> {
+        let (mode, url) = match self {
+            Self::Standalone(server) => ("standalone", server.url()),
+            Self::Cluster(cluster) => ("cluster", cluster.urls()),
+            Self::Sentinel(sentinels) => ("sentinel", sentinels.urls()),
+        };
+        let mut args = vec![
+            "--redis-mode".to_owned(),
+            mode.to_owned(),
+            "--redis-url".to_owned(),
+            url,
+        ];
+        if matches!(self, Self::Sentinel(_)) {
+            args.extend([
+                "--redis-sentinel-master".to_owned(),
+                SENTINEL_MASTER_NAME.to_owned(),
+            ]);
+        }
+        args
+    }
+
+    fn standalone(&mut self) -> &mut RedisServer {
+        match self {
+            Self::Standalone(server) => server,
+            _ => panic!("this test stops and starts a standalone Redis"),
+        }
+    }
+
+    /// The URL of a standalone server.
+    pub fn url(&self) -> String {
+        match self {
+            Self::Standalone(server) => server.url(),
+            _ => panic!("this test reads a standalone Redis"),
+        }
+    }
+
+    pub fn stop(&mut self) {
+        self.standalone().stop();
+    }
+
+    pub fn restart(&mut self) {
+        self.standalone().restart();
+    }
+}
+
+/// Runs a test body once per Redis mode: `in_every_redis_mode!(name);` makes a
+/// module `name` with a test `standalone`, `cluster` and `sentinel`, each calling
+/// `name(mode)`.
+#[macro_export]
+macro_rules! in_every_redis_mode {
+    ($body:ident) => {
+        mod $body {
+            use $crate::helpers::RedisMode;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn standalone() {
+                super::$body(RedisMode::Standalone).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn cluster() {
+                super::$body(RedisMode::Cluster).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sentinel() {
+                super::$body(RedisMode::Sentinel).await;
+            }
+        }
+    };
+}
+
 /// Starts servers, one worker serving the stub model `echo` and the built-in `price`
 /// model (no latency), and a gateway with `gateway_args` added to its defaults.
 pub async fn spawn_app(gateway_args: &[&str]) -> TestApp {
+    spawn_app_in(RedisMode::Standalone, gateway_args).await
+}
+
+/// [`spawn_app`] with Redis deployed as `mode` says.
+pub async fn spawn_app_in(mode: RedisMode, gateway_args: &[&str]) -> TestApp {
     let nats = NatsServer::start();
-    let redis = RedisServer::start();
+    let redis = TestRedis::start(mode);
     let echo = StubModel::new("echo");
     let price = Arc::new(worker::builtin::price::PriceModel::new(Duration::ZERO));
     let worker = start_worker(&nats.url(), vec![echo.clone(), price]).await;
     let key_prefix = format!("test-{}:", unique_suffix());
     let (address, gateway_shutdown) =
-        start_gateway(&nats.url(), &redis.url(), &key_prefix, gateway_args).await;
+        start_gateway_on(&nats.url(), &redis, &key_prefix, gateway_args).await;
     TestApp {
         address,
         http: reqwest::Client::builder()
@@ -208,10 +310,31 @@ pub async fn spawn_app(gateway_args: &[&str]) -> TestApp {
     }
 }
 
-/// Starts a gateway on a free port; returns its base URL and its shutdown trigger.
+/// Starts a gateway on a free port in front of the standalone Redis at
+/// `redis_url`; returns its base URL and its shutdown trigger.
 pub async fn start_gateway(
     nats_url: &str,
     redis_url: &str,
+    key_prefix: &str,
+    extra_args: &[&str],
+) -> (String, oneshot::Sender<()>) {
+    let redis = ["--redis-url".to_owned(), redis_url.to_owned()];
+    launch_gateway(nats_url, &redis, key_prefix, extra_args).await
+}
+
+/// Starts a gateway on a free port in front of `redis`.
+pub async fn start_gateway_on(
+    nats_url: &str,
+    redis: &TestRedis,
+    key_prefix: &str,
+    extra_args: &[&str],
+) -> (String, oneshot::Sender<()>) {
+    launch_gateway(nats_url, &redis.gateway_args(), key_prefix, extra_args).await
+}
+
+async fn launch_gateway(
+    nats_url: &str,
+    redis_args: &[String],
     key_prefix: &str,
     extra_args: &[&str],
 ) -> (String, oneshot::Sender<()>) {
@@ -221,11 +344,10 @@ pub async fn start_gateway(
         "127.0.0.1:0",
         "--nats-url",
         nats_url,
-        "--redis-url",
-        redis_url,
         "--key-prefix",
         key_prefix,
     ];
+    args.extend(redis_args.iter().map(String::as_str));
     args.extend_from_slice(extra_args);
     let config = GatewayConfig::try_parse_from(args).unwrap();
     let app = Application::build(config).await.unwrap();
@@ -261,7 +383,7 @@ impl TestApp {
     /// Starts another gateway sharing this one's NATS, Redis and key prefix.
     pub async fn start_another_gateway(&self, args: &[&str]) -> OtherGateway {
         let (address, shutdown) =
-            start_gateway(&self.nats.url(), &self.redis.url(), &self.key_prefix, args).await;
+            start_gateway_on(&self.nats.url(), &self.redis, &self.key_prefix, args).await;
         OtherGateway {
             address,
             _shutdown: shutdown,

@@ -8,7 +8,10 @@ use serde_json::{Value, json};
 use test_support::example_models::{manifest, models_dir, references};
 use worker::onnx::load_manifest;
 
-use crate::helpers::{TestApp, assert_error, header, spawn_app, start_worker};
+use crate::helpers::{
+    RedisMode, TestApp, assert_error, header, spawn_app, spawn_app_in, start_worker,
+};
+use crate::in_every_redis_mode;
 
 async fn served_models(app: &TestApp) -> Value {
     app.get("/v1/models").await.json::<Value>().await.unwrap()["models"].clone()
@@ -108,9 +111,12 @@ fn gbt_manifest(version: &str) -> std::path::PathBuf {
     path
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_new_model_version_stops_the_old_cached_predictions_being_served() {
-    let mut app = spawn_app(&["--discovery-interval", "100ms", "--cache-ttl", "1h"]).await;
+async fn a_new_model_version_stops_the_old_cached_predictions_being_served(mode: RedisMode) {
+    let mut app = spawn_app_in(
+        mode,
+        &["--discovery-interval", "100ms", "--cache-ttl", "1h"],
+    )
+    .await;
     let old = start_worker(
         &app.nats.url(),
         load_manifest(&gbt_manifest("1.9.0")).unwrap(),
@@ -167,3 +173,5 @@ async fn a_new_model_version_stops_the_old_cached_predictions_being_served() {
         "{computed_by:?}"
     );
 }
+
+in_every_redis_mode!(a_new_model_version_stops_the_old_cached_predictions_being_served);

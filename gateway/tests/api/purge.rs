@@ -2,11 +2,11 @@
 
 use serde_json::Value;
 
-use crate::helpers::{assert_error, header, spawn_app};
+use crate::helpers::{RedisMode, assert_error, header, spawn_app, spawn_app_in};
+use crate::in_every_redis_mode;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_model_purge_is_seen_by_another_gateway_at_once() {
-    let app = spawn_app(&[]).await;
+async fn a_model_purge_is_seen_by_another_gateway_at_once(mode: RedisMode) {
+    let app = spawn_app_in(mode, &[]).await;
     let other = app.start_another_gateway(&[]).await;
     let path = "/v1/models/echo/predict";
 
@@ -37,9 +37,8 @@ async fn a_model_purge_is_seen_by_another_gateway_at_once() {
     assert_eq!(app.echo.calls(), 3);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_input_can_be_purged_alone() {
-    let app = spawn_app(&[]).await;
+async fn one_input_can_be_purged_alone(mode: RedisMode) {
+    let app = spawn_app_in(mode, &[]).await;
     let other = app.start_another_gateway(&[]).await;
     let path = "/v1/models/echo/predict";
     app.post(path, r#"{"k":1}"#).await;
@@ -117,3 +116,7 @@ async fn with_an_admin_token_purges_need_it() {
         .unwrap();
     assert_eq!(right.status(), 200);
 }
+
+in_every_redis_mode!(a_model_purge_is_seen_by_another_gateway_at_once);
+
+in_every_redis_mode!(one_input_can_be_purged_alone);

@@ -58,3 +58,13 @@ async fn readiness_reports_each_dependency_and_degrades_before_failing() {
     let (status, body) = wait_for_readiness(&app, "ok").await;
     assert_eq!(status, 200, "{body}");
 }
+
+async fn readiness_says_ok_with_nats_and_redis_up(mode: crate::helpers::RedisMode) {
+    let app = crate::helpers::spawn_app_in(mode, &[]).await;
+    let (status, body) = wait_for_readiness(&app, "ok").await;
+    assert_eq!(status, 200);
+    assert_eq!(body["redis"], "up", "{body}");
+    assert_eq!(body["nats"], "up", "{body}");
+}
+
+crate::in_every_redis_mode!(readiness_says_ok_with_nats_and_redis_up);

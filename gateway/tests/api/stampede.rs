@@ -5,7 +5,10 @@ use std::time::Duration;
 use gateway::cache::{CacheKey, LEASE_PREFIX};
 use prediction_contract::{CanonicalInput, ModelName};
 
-use crate::helpers::{StubModel, assert_error, header, spawn_app, start_worker};
+use crate::helpers::{
+    RedisMode, StubModel, assert_error, header, spawn_app, spawn_app_in, start_worker,
+};
+use crate::in_every_redis_mode;
 
 /// Sends `count` identical requests at once, alternating between two gateways.
 async fn burst(
@@ -27,9 +30,10 @@ async fn burst(
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_hundred_identical_cold_requests_across_two_gateways_make_one_model_call() {
-    let mut app = spawn_app(&[]).await;
+async fn two_hundred_identical_cold_requests_across_two_gateways_make_one_model_call(
+    mode: RedisMode,
+) {
+    let mut app = spawn_app_in(mode, &[]).await;
     let herd = StubModel::slow("herd", Duration::from_millis(500));
     app.workers
         .push(start_worker(&app.nats.url(), vec![herd.clone()]).await);
@@ -253,3 +257,5 @@ async fn the_outcome_is_announced_only_when_another_gateway_waits_for_it() {
         "the waiting gateway was not told"
     );
 }
+
+in_every_redis_mode!(two_hundred_identical_cold_requests_across_two_gateways_make_one_model_call);

@@ -27,12 +27,13 @@ use std::time::Duration;
 use prediction_contract::ModelName;
 use prediction_contract::time::{millis, unix_now_ms};
 use prometheus::IntCounter;
-use redis::aio::ConnectionManager;
 use tracing::warn;
 
 use super::keys::{CacheKey, KeySpace, LEASE_PREFIX};
 use super::lock::{LockGuard, LockSite};
 use breaker::{Breaker, REDIS_RETRY_AFTER};
+use connection::Connection;
+pub use connection::RedisMode;
 
 const RELEASE: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -53,7 +54,11 @@ static RELEASE_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script:
 /// How to reach Redis and use it.
 #[derive(Debug, Clone)]
 pub struct RedisSettings {
+    pub mode: RedisMode,
+    /// One URL, or (cluster, sentinel) a comma-separated list.
     pub url: String,
+    /// The master the sentinels monitor (`sentinel` mode).
+    pub sentinel_master: Option<String>,
     /// CA of the Redis server's certificate, for `rediss://`.
     pub tls_ca: Option<std::path::PathBuf>,
     /// How long a command may take before the gateway answers without Redis.
@@ -102,9 +107,9 @@ pub struct RawLockState {
 /// The gateway's Redis: its connection, its breaker and its keys. Cheap to clone.
 #[derive(Clone)]
 pub struct RedisStore {
-    /// Reconnects by itself; created lazily so the gateway starts (and answers
-    /// from the workers) while Redis is down.
-    connection: ConnectionManager,
+    /// Reconnects by itself; in standalone mode created lazily so the gateway
+    /// starts (and answers from the workers) while Redis is down.
+    connection: Connection,
     breaker: Arc<Breaker>,
     keys: KeySpace,
     lock_ttl: Duration,
@@ -124,11 +129,11 @@ impl std::fmt::Debug for RedisStore {
 }
 
 impl RedisStore {
-    /// Prepares the connection without opening it; `errors` counts failed
-    /// commands on a request's path.
-    pub fn new(settings: &RedisSettings, errors: IntCounter) -> Result<Self, redis::RedisError> {
+    /// Prepares the connection (see [`connection::open`]); `errors` counts
+    /// failed commands on a request's path.
+    pub async fn new(settings: &RedisSettings, errors: IntCounter) -> anyhow::Result<Self> {
         Ok(Self {
-            connection: connection::open(settings)?,
+            connection: connection::open(settings).await?,
             breaker: Arc::new(Breaker::default()),
             keys: KeySpace::new(&settings.key_prefix),
             lock_ttl: settings.lock_ttl,
@@ -387,33 +392,56 @@ impl RedisStore {
         }
     }
 
-    /// Deletes every entry of `model`; returns how many there were.
+    /// Deletes every entry of `model`; returns how many there were. In a
+    /// cluster each master is scanned (a key lives on one master, so each is
+    /// seen once) and each key unlinked on its own, as keys of different hash
+    /// slots cannot share a command there.
     pub async fn purge_model(&self, model: &ModelName) -> Result<u64, redis::RedisError> {
         let pattern = self.keys.model_pattern(model);
         let mut connection = self.connection.clone();
-        let mut cursor: u64 = 0;
         let mut purged = 0;
-        loop {
-            let mut command = redis::cmd("SCAN");
-            command
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
-                .arg(1000);
-            let scan = command.query_async::<(u64, Vec<String>)>(&mut connection);
-            let (next, keys) = self.send(Gate::Direct, scan).await?;
-            if !keys.is_empty() {
-                let mut command = redis::cmd("UNLINK");
-                command.arg(&keys);
-                let unlink = command.query_async::<u64>(&mut connection);
-                purged += self.send(Gate::Direct, unlink).await?;
+        let targets = self.send(Gate::Direct, connection.scan_targets()).await?;
+        for target in targets {
+            let mut cursor: u64 = 0;
+            loop {
+                let mut connection = self.connection.clone();
+                let page = connection.scan_page(&target, cursor, &pattern);
+                let (next, keys) = self.send(Gate::Direct, page).await?;
+                purged += self.unlink(&keys).await?;
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
             }
-            if next == 0 {
-                return Ok(purged);
-            }
-            cursor = next;
         }
+        Ok(purged)
+    }
+
+    /// Unlinks `keys`; returns how many there were.
+    async fn unlink(&self, keys: &[String]) -> Result<u64, redis::RedisError> {
+        if keys.is_empty() {
+            return Ok(0);
+        }
+        if self.connection.takes_keys_of_any_slot() {
+            let mut connection = self.connection.clone();
+            let mut command = redis::cmd("UNLINK");
+            command.arg(keys);
+            let unlink = command.query_async::<u64>(&mut connection);
+            return Ok(self.send(Gate::Direct, unlink).await?);
+        }
+        let unlinks = keys.iter().map(|key| {
+            let mut connection = self.connection.clone();
+            async move {
+                redis::cmd("UNLINK")
+                    .arg(key)
+                    .query_async::<u64>(&mut connection)
+                    .await
+            }
+        });
+        let removed = self
+            .send(Gate::Direct, futures::future::try_join_all(unlinks))
+            .await?;
+        Ok(removed.into_iter().sum())
     }
 
     /// Deletes one entry; returns whether there was one.

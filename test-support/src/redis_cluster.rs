@@ -1,0 +1,200 @@
+//! A real Redis Cluster for tests: three masters with a replica each, on free
+//! loopback ports, made with `redis-cli --cluster create`.
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use crate::{ServerProcess, binary, temp_dir};
+
+/// How long the cluster may take to agree on its slots, or to fail over.
+const CONVERGENCE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Six `redis-server`s in cluster mode: three masters, three replicas.
+#[derive(Debug)]
+pub struct RedisCluster {
+    dir: PathBuf,
+    nodes: Vec<ServerProcess>,
+}
+
+impl RedisCluster {
+    /// Starts the nodes, creates the cluster and waits until every node says its
+    /// state is `ok`. A master that dies is failed over within about a second.
+    pub fn start() -> Self {
+        let dir = temp_dir("redis-cluster");
+        let nodes: Vec<ServerProcess> = (0..6)
+            .map(|_| {
+                let dir = dir.clone();
+                ServerProcess::start(binary("redis-server", "REDIS_SERVER_BIN"), move |port| {
+                    [
+                        "--port",
+                        &port.to_string(),
+                        "--bind",
+                        "127.0.0.1",
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        &format!("nodes-{port}.conf"),
+                        "--cluster-node-timeout",
+                        "1000",
+                        // A replica fails over however long ago it last heard
+                        // from its master: an idle test cluster's replicas
+                        // would otherwise judge their data too old to serve.
+                        "--cluster-replica-validity-factor",
+                        "0",
+                        "--dir",
+                        &dir.display().to_string(),
+                        "--save",
+                        "",
+                        "--appendonly",
+                        "no",
+                        "--protected-mode",
+                        "no",
+                    ]
+                    .map(String::from)
+                    .to_vec()
+                })
+            })
+            .collect();
+        let cluster = Self { dir, nodes };
+        let mut create = vec!["--cluster".to_owned(), "create".to_owned()];
+        create.extend(
+            cluster
+                .nodes
+                .iter()
+                .map(|n| format!("127.0.0.1:{}", n.port)),
+        );
+        create.extend(["--cluster-replicas", "1", "--cluster-yes"].map(String::from));
+        let status = Command::new(binary("redis-cli", "REDIS_CLI_BIN"))
+            .args(&create)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("redis-cli runs");
+        assert!(status.success(), "redis-cli --cluster create failed");
+        cluster.wait_until("every node agrees on the slots", |cluster| {
+            cluster.live_ports().iter().all(|&port| {
+                let info = cluster.cli(port, &["cluster", "info"]);
+                info.contains("cluster_state:ok") && info.contains("cluster_known_nodes:6")
+            }) && cluster.masters().len() == 3
+        });
+        cluster
+    }
+
+    /// The seed list for `--redis-url`: every node.
+    pub fn urls(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|node| format!("redis://127.0.0.1:{}", node.port))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The port of the master serving `key` now.
+    pub fn master_of(&self, key: &str) -> u16 {
+        self.master_serving(key)
+            .expect("every slot has a live master")
+    }
+
+    /// The live master serving `key`, if there is one now (not while a dead
+    /// master's slots wait for their replica).
+    fn master_serving(&self, key: &str) -> Option<u16> {
+        let port = *self.live_ports().first()?;
+        let slot: u16 = self
+            .cli(port, &["cluster", "keyslot", key])
+            .trim()
+            .parse()
+            .ok()?;
+        self.masters()
+            .into_iter()
+            .find(|(_, ranges)| {
+                ranges
+                    .iter()
+                    .any(|(low, high)| (*low..=*high).contains(&slot))
+            })
+            .map(|(port, _)| port)
+    }
+
+    /// The live masters: their ports and the slot ranges each serves.
+    pub fn masters(&self) -> Vec<(u16, Vec<(u16, u16)>)> {
+        let Some(&port) = self.live_ports().first() else {
+            return Vec::new();
+        };
+        self.cli(port, &["cluster", "nodes"])
+            .lines()
+            .filter_map(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                let flags = fields.get(2)?;
+                if !flags.contains("master") || flags.contains("fail") {
+                    return None;
+                }
+                let port = fields.get(1)?.split(['@', ':']).nth(1)?.parse().ok()?;
+                let ranges = fields[8..]
+                    .iter()
+                    .filter_map(|range| {
+                        let (low, high) = range.split_once('-').unwrap_or((range, range));
+                        Some((low.parse().ok()?, high.parse().ok()?))
+                    })
+                    .collect::<Vec<_>>();
+                (!ranges.is_empty()).then_some((port, ranges))
+            })
+            .collect()
+    }
+
+    /// Kills the node on `port` (a master, say).
+    pub fn kill(&mut self, port: u16) {
+        if let Some(node) = self.nodes.iter_mut().find(|node| node.port == port) {
+            node.stop();
+        }
+    }
+
+    /// Waits until a live master other than `old` serves `key` and the cluster
+    /// is `ok` again; returns its port.
+    pub fn wait_for_failover(&self, key: &str, old: u16) -> u16 {
+        self.wait_until("a replica takes over the dead master's slots", |cluster| {
+            let ok = cluster.live_ports().iter().all(|&port| {
+                cluster
+                    .cli(port, &["cluster", "info"])
+                    .contains("cluster_state:ok")
+            });
+            ok && cluster.master_serving(key).is_some_and(|port| port != old)
+        });
+        self.master_of(key)
+    }
+
+    fn live_ports(&self) -> Vec<u16> {
+        self.nodes
+            .iter()
+            .filter(|node| node.child.is_some())
+            .map(|node| node.port)
+            .collect()
+    }
+
+    fn cli(&self, port: u16, args: &[&str]) -> String {
+        let output = Command::new(binary("redis-cli", "REDIS_CLI_BIN"))
+            .args(["-p", &port.to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli runs");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    fn wait_until(&self, what: &str, done: impl Fn(&Self) -> bool) {
+        let started = Instant::now();
+        while !done(self) {
+            assert!(
+                started.elapsed() < CONVERGENCE_TIMEOUT,
+                "Redis Cluster: not done after {CONVERGENCE_TIMEOUT:?}: {what}"
+            );
+            sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        self.nodes.clear();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
