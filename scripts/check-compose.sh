@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Validates docker-compose.yml and the Dockerfile as far as a machine without a
-# Docker engine can: the compose file parses and resolves, every build target it
-# names exists in the Dockerfile, and every file the Dockerfile copies exists.
+# Validates the compose files (docker-compose.yml, and docker-compose.cluster.yml
+# with a Redis Cluster and a NATS cluster) and the Dockerfile as far as a machine
+# without a Docker engine can: each compose file parses and resolves, has its
+# services and their health checks, every build target it names exists in the
+# Dockerfile, and every file the Dockerfile copies exists.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,16 +17,26 @@ else
   fail "neither docker-compose nor 'docker compose' is installed (apt-get install -y docker-compose)"
 fi
 
-"${compose[@]}" -f docker-compose.yml config -q || fail "docker-compose.yml does not validate"
+# check FILE MIN_HEALTHCHECKS SERVICE...
+check() {
+  local file=$1 checks=$2
+  shift 2
+  "${compose[@]}" -f "$file" config -q || fail "$file does not validate"
+  local resolved
+  resolved=$("${compose[@]}" -f "$file" config)
+  for target in $(printf '%s\n' "$resolved" | awk '/^ +target: [a-z]/ {print $2}'); do
+    grep -Eq "^FROM .* AS ${target}\$" Dockerfile || fail "$file builds target '$target', which the Dockerfile lacks"
+  done
+  for service in "$@"; do
+    printf '%s\n' "$resolved" | grep -Eq "^  ${service}:\$" || fail "$file: service '$service' missing"
+  done
+  [ "$(printf '%s\n' "$resolved" | grep -c 'healthcheck:')" -ge "$checks" ] || fail "$file: every long-running service needs a health check"
+}
 
-resolved=$("${compose[@]}" -f docker-compose.yml config)
-for target in $(printf '%s\n' "$resolved" | awk '/^ +target: [a-z]/ {print $2}'); do
-  grep -Eq "^FROM .* AS ${target}\$" Dockerfile || fail "compose builds target '$target', which the Dockerfile lacks"
-done
-for service in nats redis gateway worker; do
-  printf '%s\n' "$resolved" | grep -Eq "^  ${service}:\$" || fail "service '$service' missing"
-done
-[ "$(printf '%s\n' "$resolved" | grep -c 'healthcheck:')" -ge 4 ] || fail "every service needs a health check"
+check docker-compose.yml 4 nats redis gateway worker
+check docker-compose.cluster.yml 12 nats-1 nats-2 nats-3 redis-1 redis-2 redis-3 redis-4 redis-5 redis-6 \
+  redis-cluster gateway-1 gateway-2 worker
+grep -q 'GATEWAY_REDIS_MODE: cluster' docker-compose.cluster.yml || fail "the cluster file's gateways must use --redis-mode cluster"
 
 # Every local source of a COPY (not --from) must exist.
 while read -r sources; do
@@ -34,4 +46,4 @@ while read -r sources; do
   done
 done < <(awk '/^COPY / && !/--from/ { $1=""; NF--; print }' Dockerfile)
 
-echo "check-compose: docker-compose.yml and Dockerfile are consistent"
+echo "check-compose: docker-compose.yml, docker-compose.cluster.yml and the Dockerfile are consistent"

@@ -124,7 +124,16 @@ impl Callgrind {
         let out_file = out_dir.join(format!("{name}.out"));
         let out_arg = format!("--callgrind-out-file={}", out_file.display());
         let prefix = format!("callgrind-{name}:");
-        let mut gateway_args = vec!["--cache-ttl", "30m", "--key-prefix", &prefix];
+        // No rescan of the workers' service info during a count: each is a burst
+        // of work on a timer, which would land in whichever count it fell in.
+        let mut gateway_args = vec![
+            "--cache-ttl",
+            "30m",
+            "--discovery-interval",
+            "1h",
+            "--key-prefix",
+            &prefix,
+        ];
         gateway_args.extend_from_slice(args);
         let (process, port) = stack::gateway_wrapped(
             &["valgrind", "--tool=callgrind", &out_arg],

@@ -89,10 +89,21 @@ pub fn interleaved(
     scenario: impl Fn(usize) -> Load,
     rounds: usize,
 ) -> anyhow::Result<Paired> {
+    interleaved_between((port, |_| baseline.clone()), port, scenario, rounds)
+}
+
+/// [`interleaved`], with the baseline measured on one gateway and the scenario
+/// on another (the same load against two deployments, say).
+pub fn interleaved_between(
+    (baseline_port, baseline): (u16, impl Fn(usize) -> Load),
+    port: u16,
+    scenario: impl Fn(usize) -> Load,
+    rounds: usize,
+) -> anyhow::Result<Paired> {
     let mut baselines = Vec::with_capacity(rounds);
     let mut scenarios = Vec::with_capacity(rounds);
     for round in 0..rounds.max(1) {
-        baselines.push(run(port, baseline)?);
+        baselines.push(run(baseline_port, &baseline(round))?);
         scenarios.push(run(port, &scenario(round))?);
     }
     Ok(Paired {

@@ -28,7 +28,7 @@ use anyhow::{Context, bail};
 use futures::StreamExt;
 use load::{Load, Measured, Paired};
 use report::Row;
-use test_support::{NatsServer, RedisServer};
+use test_support::{NatsServer, RedisCluster, RedisServer};
 
 fn env_number(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -73,6 +73,22 @@ fn paired_row(scenario: &str, paired: &Paired, connections: u32, goal: Option<(&
         connections,
         Some(("healthz", &paired.baseline)),
         goal.map_or(("–", None), |(text, target)| (text, Some(target))),
+    );
+    let (low, high) = paired.round_ratio_range();
+    row.baseline
+        .push_str(&format!("; rounds {low:.2}–{high:.2}×"));
+    row
+}
+
+/// The row of a scenario on a Redis Cluster measured alternately with the same
+/// load on the standalone Redis.
+fn versus_standalone(scenario: &str, paired: &Paired, connections: u32) -> Row {
+    let mut row = row_from(
+        scenario,
+        &paired.scenario,
+        connections,
+        Some(("standalone Redis", &paired.baseline)),
+        ("≥ 0.9× standalone", Some(0.9)),
     );
     let (low, high) = paired.round_ratio_range();
     row.baseline
@@ -329,6 +345,64 @@ async fn run() -> anyhow::Result<()> {
         connections,
         Some(("≥ 0.6×", 0.6)),
     ));
+
+    // The same Redis-only hits and misses with the cache in a Redis Cluster of
+    // three masters (a replica each), against the standalone Redis in the same run.
+    say("Redis Cluster: 3 masters, a replica each; warming 10 000 keys");
+    let cluster = RedisCluster::start();
+    let (cluster_gateway, cluster_port) = stack::gateway(
+        &nats.url(),
+        &cluster.urls(),
+        &[
+            "--redis-mode",
+            "cluster",
+            "--cache-ttl",
+            "30m",
+            "--key-prefix",
+            "c:",
+            "--local-capacity",
+            "0",
+        ],
+    )
+    .await?;
+    fill(cluster_port, 10_000, 64, |i| {
+        format!("/v1/models/price/predict?product_id=K{i}")
+    })
+    .await?;
+    say("cache hit, 10 000 keys: Redis Cluster alternating with standalone Redis");
+    let keys = r#""/v1/models/price/predict?product_id=K" .. math.random(0, 9999)"#;
+    let cluster_hits = load::interleaved_between(
+        (redis_port, |_| round_load(keys)),
+        cluster_port,
+        |_| round_load(keys),
+        rounds,
+    )?;
+    check_clean("cluster hits", &cluster_hits.scenario)?;
+    rows.push(versus_standalone(
+        "cache hit, 10 000 keys, Redis Cluster (3 masters)",
+        &cluster_hits,
+        connections,
+    ));
+    say("cache miss, distinct inputs: Redis Cluster alternating with standalone Redis");
+    let distinct = |tag: &str, round: usize| {
+        round_load(&format!(
+            r#""/v1/models/price/predict?product_id={tag}{run_id}-{round}-" .. n"#
+        ))
+    };
+    let cluster_misses = load::interleaved_between(
+        (redis_port, |round| distinct("SM", round)),
+        cluster_port,
+        |round| distinct("CM", round),
+        rounds,
+    )?;
+    check_clean("cluster misses", &cluster_misses.scenario)?;
+    rows.push(versus_standalone(
+        "cache miss, distinct inputs, Redis Cluster (3 masters)",
+        &cluster_misses,
+        connections,
+    ));
+    drop(cluster_gateway);
+    drop(cluster);
     drop(redis_only);
 
     say("cache miss, all inputs distinct, model at 0 ms, alternating with GET /healthz");

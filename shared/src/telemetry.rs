@@ -40,8 +40,18 @@ pub fn init_tracing(format: LogFormat) -> LogGuard {
     guard
 }
 
-/// A URL fit for logs: any `user:password@` part is replaced by `***@`.
+/// A URL, or a comma-separated list of them, fit for logs: any `user:password@`
+/// part is replaced by `***@`.
 pub fn redact_url(url: &str) -> String {
+    // A list (cluster seeds, sentinels): each URL on its own, or the first one's
+    // authority would run on into the next.
+    if url.contains(',') {
+        return url
+            .split(',')
+            .map(redact_url)
+            .collect::<Vec<_>>()
+            .join(",");
+    }
     let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
         return url.to_owned();
     };
@@ -66,6 +76,10 @@ mod tests {
         );
         assert_eq!(redact_url("nats://tok@nats:4222"), "nats://***@nats:4222");
         assert_eq!(redact_url("nats://nats:4222"), "nats://nats:4222");
+        assert_eq!(
+            redact_url("redis://:s3cret@a:1,redis://:s3cret@b:2"),
+            "redis://***@a:1,redis://***@b:2"
+        );
         assert_eq!(redact_url("redis://h/0?x=a@b"), "redis://h/0?x=a@b");
     }
 }

@@ -16,18 +16,34 @@ const CONVERGENCE_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct RedisCluster {
     dir: PathBuf,
     nodes: Vec<ServerProcess>,
+    /// The password every node requires, if any.
+    password: Option<String>,
 }
 
 impl RedisCluster {
     /// Starts the nodes, creates the cluster and waits until every node says its
     /// state is `ok`. A master that dies is failed over within about a second.
     pub fn start() -> Self {
+        Self::start_with_password(None)
+    }
+
+    /// A cluster whose nodes require `password` (`requirepass`, and `masterauth`
+    /// for their replicas), when given.
+    pub fn start_with_password(password: Option<&str>) -> Self {
         let dir = temp_dir("redis-cluster");
+        let auth: Vec<String> = password
+            .map(|password| {
+                ["--requirepass", password, "--masterauth", password]
+                    .map(String::from)
+                    .to_vec()
+            })
+            .unwrap_or_default();
         let nodes: Vec<ServerProcess> = (0..6)
             .map(|_| {
                 let dir = dir.clone();
+                let auth = auth.clone();
                 ServerProcess::start(binary("redis-server", "REDIS_SERVER_BIN"), move |port| {
-                    [
+                    let mut args: Vec<String> = [
                         "--port",
                         &port.to_string(),
                         "--bind",
@@ -53,11 +69,17 @@ impl RedisCluster {
                         "no",
                     ]
                     .map(String::from)
-                    .to_vec()
+                    .to_vec();
+                    args.extend(auth.iter().cloned());
+                    args
                 })
             })
             .collect();
-        let cluster = Self { dir, nodes };
+        let cluster = Self {
+            dir,
+            nodes,
+            password: password.map(str::to_owned),
+        };
         let mut create = vec!["--cluster".to_owned(), "create".to_owned()];
         create.extend(
             cluster
@@ -67,6 +89,7 @@ impl RedisCluster {
         );
         create.extend(["--cluster-replicas", "1", "--cluster-yes"].map(String::from));
         let status = Command::new(binary("redis-cli", "REDIS_CLI_BIN"))
+            .args(cluster.auth_args())
             .args(&create)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -82,11 +105,16 @@ impl RedisCluster {
         cluster
     }
 
-    /// The seed list for `--redis-url`: every node.
+    /// The seed list for `--redis-url`: every node (with the password, if any).
     pub fn urls(&self) -> String {
+        let credentials = self
+            .password
+            .as_ref()
+            .map(|password| format!(":{password}@"))
+            .unwrap_or_default();
         self.nodes
             .iter()
-            .map(|node| format!("redis://127.0.0.1:{}", node.port))
+            .map(|node| format!("redis://{credentials}127.0.0.1:{}", node.port))
             .collect::<Vec<_>>()
             .join(",")
     }
@@ -171,8 +199,17 @@ impl RedisCluster {
             .collect()
     }
 
+    /// What redis-cli needs to authenticate.
+    fn auth_args(&self) -> Vec<String> {
+        self.password
+            .as_ref()
+            .map(|password| vec!["-a".into(), password.clone(), "--no-auth-warning".into()])
+            .unwrap_or_default()
+    }
+
     fn cli(&self, port: u16, args: &[&str]) -> String {
         let output = Command::new(binary("redis-cli", "REDIS_CLI_BIN"))
+            .args(self.auth_args())
             .args(["-p", &port.to_string()])
             .args(args)
             .output()

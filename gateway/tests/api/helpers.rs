@@ -332,7 +332,7 @@ pub async fn start_gateway_on(
     launch_gateway(nats_url, &redis.gateway_args(), key_prefix, extra_args).await
 }
 
-async fn launch_gateway(
+pub async fn launch_gateway(
     nats_url: &str,
     redis_args: &[String],
     key_prefix: &str,

@@ -124,3 +124,44 @@ async fn a_redis_server_given_as_a_sentinel_is_refused() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn a_cluster_that_requires_a_password_serves_with_it_and_refuses_a_wrong_one() {
+    let nats = NatsServer::start();
+    let cluster = RedisCluster::start_with_password(Some("s3cret"));
+    let _worker =
+        crate::helpers::start_worker(&nats.url(), vec![crate::helpers::StubModel::new("echo")])
+            .await;
+    let (gateway, _stop) = crate::helpers::launch_gateway(
+        &nats.url(),
+        &[
+            "--redis-mode".into(),
+            "cluster".into(),
+            "--redis-url".into(),
+            cluster.urls(),
+        ],
+        "auth:",
+        &[],
+    )
+    .await;
+    let http = reqwest::Client::new();
+    for expected in ["MISS", "HIT"] {
+        let response = http
+            .post(format!("{gateway}/v1/models/echo/predict"))
+            .body(r#"{"x":1}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(crate::helpers::header(&response, "x-cache"), expected);
+    }
+    let wrong = cluster.urls().replace("s3cret", "wrong");
+    let (code, text) =
+        gateway_exit(&nats, &["--redis-mode", "cluster", "--redis-url", &wrong]).await;
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("refused the credentials"), "{text}");
+    assert!(
+        !text.contains("wrong@"),
+        "the password is not shown: {text}"
+    );
+}

@@ -176,7 +176,9 @@ pub async fn open(settings: &RedisSettings) -> anyhow::Result<Connection> {
             let client = client(settings, urls[0])?;
             // Best effort: a server that does not answer yet is connected to
             // when it does, as ever; one that answers as the wrong kind is refused.
-            if let Some(info) = probe(&client, settings.timeout).await {
+            // Credentials are not checked here: as ever, Redis is asked again
+            // at every request and the gateway answers without it meanwhile.
+            if let Probe::Answered(info) = probe(&client, settings.timeout).await {
                 if info.cluster_enabled {
                     bail!(
                         "{shown} is a Redis Cluster node: set --redis-mode cluster and list the cluster's nodes in --redis-url"
@@ -207,7 +209,7 @@ async fn open_cluster(settings: &RedisSettings, urls: &[&str]) -> anyhow::Result
     let mut answered = 0;
     for url in urls {
         let client = client(settings, url)?;
-        let Some(info) = probe(&client, settings.timeout).await else {
+        let Some(info) = probe(&client, settings.timeout).await.answered(url)? else {
             continue;
         };
         answered += 1;
@@ -262,7 +264,7 @@ async fn open_sentinel(settings: &RedisSettings, urls: &[&str]) -> anyhow::Resul
     let mut answering = None;
     for url in urls {
         let client = client(settings, url)?;
-        let Some(info) = probe(&client, settings.timeout).await else {
+        let Some(info) = probe(&client, settings.timeout).await.answered(url)? else {
             continue;
         };
         if !info.sentinel {
@@ -473,23 +475,62 @@ struct ServerKind {
     sentinel: bool,
 }
 
-/// Asks the server of `client` what it is; `None` if it does not answer (in
-/// time, or to `INFO`).
-async fn probe(client: &redis::Client, timeout: Duration) -> Option<ServerKind> {
+/// What asking a server what it is found.
+enum Probe {
+    Answered(ServerKind),
+    /// It did not answer in time.
+    Unreachable,
+    /// It answered, and refused the credentials (or their absence).
+    Refused(String),
+}
+
+impl Probe {
+    /// The server's kind, or `None` if it did not answer; refused credentials
+    /// stop the startup.
+    fn answered(self, url: &str) -> anyhow::Result<Option<ServerKind>> {
+        match self {
+            Self::Answered(kind) => Ok(Some(kind)),
+            Self::Unreachable => Ok(None),
+            Self::Refused(reason) => bail!("{} refused the credentials: {reason}", redact_url(url)),
+        }
+    }
+}
+
+/// Asks the server of `client` what it is.
+async fn probe(client: &redis::Client, timeout: Duration) -> Probe {
+    let refused = |err: &redis::RedisError| {
+        matches!(
+            err.kind(),
+            redis::ErrorKind::AuthenticationFailed
+                | redis::ErrorKind::Server(redis::ServerErrorKind::NoPerm)
+        ) || err
+            .code()
+            .is_some_and(|code| code == "NOAUTH" || code == "WRONGPASS")
+    };
     let config = redis::AsyncConnectionConfig::new()
         .set_connection_timeout(Some(timeout))
         .set_response_timeout(Some(timeout));
-    let mut connection = client
+    let mut connection = match client
         .get_multiplexed_async_connection_with_config(&config)
         .await
-        .ok()?;
-    let info: String = redis::cmd("INFO").query_async(&mut connection).await.ok()?;
-    Some(ServerKind {
-        cluster_enabled: info.lines().any(|line| line.trim() == "cluster_enabled:1"),
-        sentinel: info
-            .lines()
-            .any(|line| line.trim() == "redis_mode:sentinel"),
-    })
+    {
+        Ok(connection) => connection,
+        Err(err) if refused(&err) => return Probe::Refused(err.to_string()),
+        Err(_) => return Probe::Unreachable,
+    };
+    match redis::cmd("INFO")
+        .query_async::<String>(&mut connection)
+        .await
+    {
+        Ok(info) => Probe::Answered(ServerKind {
+            cluster_enabled: info.lines().any(|line| line.trim() == "cluster_enabled:1"),
+            sentinel: info
+                .lines()
+                .any(|line| line.trim() == "redis_mode:sentinel"),
+        }),
+        Err(err) if refused(&err) => Probe::Refused(err.to_string()),
+        Err(_) => Probe::Unreachable,
+    }
 }
 
 /// A client of the server at `url`, with TCP_NODELAY and the CA of `--redis-tls-ca`.
