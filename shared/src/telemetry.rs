@@ -46,11 +46,7 @@ pub fn redact_url(url: &str) -> String {
     // A list (cluster seeds, sentinels): each URL on its own, or the first one's
     // authority would run on into the next.
     if url.contains(',') {
-        return url
-            .split(',')
-            .map(redact_url)
-            .collect::<Vec<_>>()
-            .join(",");
+        return url.split(',').map(redact_url).collect::<Vec<_>>().join(",");
     }
     let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
         return url.to_owned();
