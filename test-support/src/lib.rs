@@ -373,3 +373,27 @@ pub(crate) fn temp_dir(purpose: &str) -> PathBuf {
     std::fs::create_dir_all(&dir).expect("a temporary folder");
     dir
 }
+
+/// What `redis-cli -p <port> <auth…> <args…>` prints (empty if it cannot run).
+pub(crate) fn redis_cli(port: u16, auth: &[String], args: &[&str]) -> String {
+    let output = Command::new(binary("redis-cli", "REDIS_CLI_BIN"))
+        .args(auth)
+        .args(["-p", &port.to_string()])
+        .args(args)
+        .output()
+        .expect("redis-cli runs");
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Waits, polling every 100 ms, until `done` holds; panics naming `what` after
+/// `timeout`.
+pub(crate) fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !done() {
+        assert!(
+            started.elapsed() < timeout,
+            "not done after {timeout:?}: {what}"
+        );
+        sleep(Duration::from_millis(100));
+    }
+}

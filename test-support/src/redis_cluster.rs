@@ -3,8 +3,7 @@
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::thread::sleep;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::{ServerProcess, binary, temp_dir};
 
@@ -208,24 +207,15 @@ impl RedisCluster {
     }
 
     fn cli(&self, port: u16, args: &[&str]) -> String {
-        let output = Command::new(binary("redis-cli", "REDIS_CLI_BIN"))
-            .args(self.auth_args())
-            .args(["-p", &port.to_string()])
-            .args(args)
-            .output()
-            .expect("redis-cli runs");
-        String::from_utf8_lossy(&output.stdout).into_owned()
+        crate::redis_cli(port, &self.auth_args(), args)
     }
 
     fn wait_until(&self, what: &str, done: impl Fn(&Self) -> bool) {
-        let started = Instant::now();
-        while !done(self) {
-            assert!(
-                started.elapsed() < CONVERGENCE_TIMEOUT,
-                "Redis Cluster: not done after {CONVERGENCE_TIMEOUT:?}: {what}"
-            );
-            sleep(Duration::from_millis(100));
-        }
+        crate::wait_until(
+            &format!("Redis Cluster: {what}"),
+            CONVERGENCE_TIMEOUT,
+            || done(self),
+        );
     }
 }
 
