@@ -6,10 +6,12 @@
 
 pub mod example_models;
 mod nats_cluster;
+mod redis_access;
 mod redis_cluster;
 mod redis_sentinel;
 
 pub use nats_cluster::NatsCluster;
+pub use redis_access::RedisAccess;
 pub use redis_cluster::RedisCluster;
 pub use redis_sentinel::{RedisSentinels, SENTINEL_MASTER_NAME};
 
@@ -182,90 +184,87 @@ impl NatsServer {
 
 /// A `redis-server` of the test's own, keeping nothing on disk.
 #[derive(Debug)]
-pub struct RedisServer(ServerProcess);
+pub struct RedisServer {
+    process: ServerProcess,
+    access: RedisAccess,
+}
+
+/// What every test Redis server is told: keep nothing on disk, and listen on
+/// loopback only.
+pub(crate) fn ephemeral_server_args() -> Vec<String> {
+    [
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--protected-mode",
+        "no",
+    ]
+    .map(String::from)
+    .to_vec()
+}
 
 impl RedisServer {
     pub fn start() -> Self {
         Self::start_with_args(&[])
     }
 
-    /// Starts with extra command line arguments (`--requirepass`, ...).
+    /// Starts with extra command line arguments (`--maxmemory`, ...).
     pub fn start_with_args(extra: &[&str]) -> Self {
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        Self(ServerProcess::start(
-            binary("redis-server", "REDIS_SERVER_BIN"),
-            move |port| {
-                let mut args: Vec<String> = [
-                    "--port",
-                    &port.to_string(),
-                    "--bind",
-                    "127.0.0.1",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                    "--protected-mode",
-                    "no",
-                ]
-                .map(String::from)
-                .to_vec();
-                args.extend(extra.iter().cloned());
-                args
-            },
-        ))
+        Self::start_with(RedisAccess::default(), extra)
     }
 
-    /// The server's port, for URLs with credentials.
-    pub fn port(&self) -> u16 {
-        self.0.port
+    /// Starts one that only `access` lets in.
+    pub fn start_with_access(access: RedisAccess) -> Self {
+        Self::start_with(access, Vec::new())
     }
 
     /// Starts one that speaks only TLS, with `certificates`' server certificate.
     pub fn start_tls(certificates: &Certificates) -> Self {
-        let (cert, key, ca) = (
-            certificates.server_cert.display().to_string(),
-            certificates.server_key.display().to_string(),
-            certificates.ca.display().to_string(),
-        );
-        Self(ServerProcess::start(
-            binary("redis-server", "REDIS_SERVER_BIN"),
-            move |port| {
-                [
-                    "--port",
-                    "0",
-                    "--tls-port",
-                    &port.to_string(),
-                    "--bind",
-                    "127.0.0.1",
-                    "--tls-cert-file",
-                    &cert,
-                    "--tls-key-file",
-                    &key,
-                    "--tls-ca-cert-file",
-                    &ca,
-                    "--tls-auth-clients",
-                    "no",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                ]
-                .map(String::from)
-                .to_vec()
-            },
-        ))
+        Self::start_with_access(RedisAccess::default().over_tls(certificates))
     }
 
+    fn start_with(access: RedisAccess, extra: Vec<String>) -> Self {
+        let listen = access.clone();
+        let process =
+            ServerProcess::start(binary("redis-server", "REDIS_SERVER_BIN"), move |port| {
+                let mut args = redis_access::as_arguments(listen.server_directives(port));
+                args.extend(ephemeral_server_args());
+                args.extend(extra.iter().cloned());
+                args
+            });
+        Self { process, access }
+    }
+
+    /// The server's port, for URLs with credentials.
+    pub fn port(&self) -> u16 {
+        self.process.port
+    }
+
+    /// Its URL, with the credentials of its access.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.0.port)
+        self.access.url(self.process.port)
+    }
+
+    /// Its URL with another password, to be refused.
+    pub fn url_with_password(&self, password: &str) -> String {
+        self.access.url_with_password(self.process.port, password)
+    }
+
+    /// The CA file a client needs, when it speaks TLS.
+    pub fn tls_ca(&self) -> Option<&str> {
+        self.access.tls_ca()
     }
 
     pub fn stop(&mut self) {
-        self.0.stop();
+        self.process.stop();
     }
 
     pub fn restart(&mut self) {
-        self.0.restart();
+        self.process.restart();
     }
 }
 

@@ -5,80 +5,73 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::{ServerProcess, binary, temp_dir};
+use crate::redis_access::as_arguments;
+use crate::{RedisAccess, ServerProcess, binary, ephemeral_server_args, temp_dir};
 
 /// How long the cluster may take to agree on its slots, or to fail over.
 const CONVERGENCE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Six `redis-server`s in cluster mode: three masters, three replicas.
+/// `redis-server`s in cluster mode: three masters, and a replica each unless
+/// started without.
 #[derive(Debug)]
 pub struct RedisCluster {
     dir: PathBuf,
     nodes: Vec<ServerProcess>,
-    /// The password every node requires, if any.
-    password: Option<String>,
+    /// Who may talk to every node, and how.
+    access: RedisAccess,
 }
 
 impl RedisCluster {
     /// Starts the nodes, creates the cluster and waits until every node says its
     /// state is `ok`. A master that dies is failed over within about a second.
     pub fn start() -> Self {
-        Self::start_with_password(None)
+        Self::start_with(RedisAccess::default())
     }
 
-    /// A cluster whose nodes require `password` (`requirepass`, and `masterauth`
-    /// for their replicas), when given.
-    pub fn start_with_password(password: Option<&str>) -> Self {
+    /// A cluster whose nodes (and their replication and cluster bus) only
+    /// `access` lets in.
+    pub fn start_with(access: RedisAccess) -> Self {
+        Self::start_nodes(access, 1)
+    }
+
+    /// Three masters and no replicas: what the cluster client costs, without
+    /// the cost of replication, against one standalone server.
+    pub fn start_without_replicas() -> Self {
+        Self::start_nodes(RedisAccess::default(), 0)
+    }
+
+    fn start_nodes(access: RedisAccess, replicas_per_master: usize) -> Self {
         let dir = temp_dir("redis-cluster");
-        let auth: Vec<String> = password
-            .map(|password| {
-                ["--requirepass", password, "--masterauth", password]
-                    .map(String::from)
-                    .to_vec()
-            })
-            .unwrap_or_default();
-        let nodes: Vec<ServerProcess> = (0..6)
+        let nodes: Vec<ServerProcess> = (0..3 * (1 + replicas_per_master))
             .map(|_| {
                 let dir = dir.clone();
-                let auth = auth.clone();
+                let access = access.clone();
                 ServerProcess::start(binary("redis-server", "REDIS_SERVER_BIN"), move |port| {
-                    let mut args: Vec<String> = [
-                        "--port",
-                        &port.to_string(),
-                        "--bind",
-                        "127.0.0.1",
-                        "--cluster-enabled",
-                        "yes",
-                        "--cluster-config-file",
-                        &format!("nodes-{port}.conf"),
-                        "--cluster-node-timeout",
-                        "1000",
-                        // A replica fails over however long ago it last heard
-                        // from its master: an idle test cluster's replicas
-                        // would otherwise judge their data too old to serve.
-                        "--cluster-replica-validity-factor",
-                        "0",
-                        "--dir",
-                        &dir.display().to_string(),
-                        "--save",
-                        "",
-                        "--appendonly",
-                        "no",
-                        "--protected-mode",
-                        "no",
-                    ]
-                    .map(String::from)
-                    .to_vec();
-                    args.extend(auth.iter().cloned());
+                    let mut args = as_arguments(access.server_directives(port));
+                    args.extend(ephemeral_server_args());
+                    args.extend(
+                        [
+                            "--cluster-enabled",
+                            "yes",
+                            "--cluster-config-file",
+                            &format!("nodes-{port}.conf"),
+                            "--cluster-node-timeout",
+                            "1000",
+                            // A replica fails over however long ago it last heard
+                            // from its master: an idle test cluster's replicas
+                            // would otherwise judge their data too old to serve.
+                            "--cluster-replica-validity-factor",
+                            "0",
+                            "--dir",
+                            &dir.display().to_string(),
+                        ]
+                        .map(String::from),
+                    );
                     args
                 })
             })
             .collect();
-        let cluster = Self {
-            dir,
-            nodes,
-            password: password.map(str::to_owned),
-        };
+        let cluster = Self { dir, nodes, access };
         let mut create = vec!["--cluster".to_owned(), "create".to_owned()];
         create.extend(
             cluster
@@ -86,36 +79,54 @@ impl RedisCluster {
                 .iter()
                 .map(|n| format!("127.0.0.1:{}", n.port)),
         );
-        create.extend(["--cluster-replicas", "1", "--cluster-yes"].map(String::from));
-        let status = Command::new(binary("redis-cli", "REDIS_CLI_BIN"))
-            .args(cluster.auth_args())
+        create.extend([
+            "--cluster-replicas".to_owned(),
+            replicas_per_master.to_string(),
+            "--cluster-yes".to_owned(),
+        ]);
+        let output = Command::new(binary("redis-cli", "REDIS_CLI_BIN"))
+            .args(cluster.access.cli_args())
             .args(&create)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
+            .stdin(Stdio::null())
+            .output()
             .expect("redis-cli runs");
-        assert!(status.success(), "redis-cli --cluster create failed");
+        assert!(
+            output.status.success(),
+            "redis-cli --cluster create failed: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let known = format!("cluster_known_nodes:{}", cluster.nodes.len());
         cluster.wait_until("every node agrees on the slots", |cluster| {
             cluster.live_ports().iter().all(|&port| {
                 let info = cluster.cli(port, &["cluster", "info"]);
-                info.contains("cluster_state:ok") && info.contains("cluster_known_nodes:6")
+                info.contains("cluster_state:ok") && info.contains(&known)
             }) && cluster.masters().len() == 3
         });
         cluster
     }
 
-    /// The seed list for `--redis-url`: every node (with the password, if any).
+    /// The seed list for `--redis-url`: every node (with the credentials, if any).
     pub fn urls(&self) -> String {
-        let credentials = self
-            .password
-            .as_ref()
-            .map(|password| format!(":{password}@"))
-            .unwrap_or_default();
         self.nodes
             .iter()
-            .map(|node| format!("redis://{credentials}127.0.0.1:{}", node.port))
+            .map(|node| self.access.url(node.port))
             .collect::<Vec<_>>()
             .join(",")
+    }
+
+    /// The seed list with another password, to be refused.
+    pub fn urls_with_password(&self, password: &str) -> String {
+        self.nodes
+            .iter()
+            .map(|node| self.access.url_with_password(node.port, password))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The CA file a client needs, when the nodes speak TLS.
+    pub fn tls_ca(&self) -> Option<&str> {
+        self.access.tls_ca()
     }
 
     /// The port of the master serving `key` now.
@@ -198,16 +209,8 @@ impl RedisCluster {
             .collect()
     }
 
-    /// What redis-cli needs to authenticate.
-    fn auth_args(&self) -> Vec<String> {
-        self.password
-            .as_ref()
-            .map(|password| vec!["-a".into(), password.clone(), "--no-auth-warning".into()])
-            .unwrap_or_default()
-    }
-
     fn cli(&self, port: u16, args: &[&str]) -> String {
-        crate::redis_cli(port, &self.auth_args(), args)
+        crate::redis_cli(port, &self.access.cli_args(), args)
     }
 
     fn wait_until(&self, what: &str, done: impl Fn(&Self) -> bool) {

@@ -4,7 +4,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::{ServerProcess, binary, temp_dir};
+use crate::redis_access::{as_arguments, as_config_file};
+use crate::{RedisAccess, ServerProcess, binary, ephemeral_server_args, temp_dir};
 
 /// The name the sentinels monitor the master under.
 pub const SENTINEL_MASTER_NAME: &str = "cache";
@@ -19,64 +20,63 @@ pub struct RedisSentinels {
     dir: PathBuf,
     servers: Vec<ServerProcess>,
     sentinels: Vec<ServerProcess>,
-}
-
-fn server_args(port: u16, extra: &[String]) -> Vec<String> {
-    let mut args: Vec<String> = [
-        "--port",
-        &port.to_string(),
-        "--bind",
-        "127.0.0.1",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        "--protected-mode",
-        "no",
-    ]
-    .map(String::from)
-    .to_vec();
-    args.extend(extra.iter().cloned());
-    args
+    /// Who may talk to the master and the replica, and how.
+    access: RedisAccess,
+    /// Who may talk to the sentinels.
+    sentinel_access: RedisAccess,
 }
 
 impl RedisSentinels {
     /// Starts them and waits until every sentinel knows the replica and the two
     /// other sentinels, so a failover can happen.
     pub fn start() -> Self {
+        Self::start_with(RedisAccess::default())
+    }
+
+    /// The same, with servers and sentinels that only `access` lets in.
+    pub fn start_with(access: RedisAccess) -> Self {
+        Self::start_with_separate(access.clone(), access)
+    }
+
+    /// The same, with servers that `access` lets in and sentinels that
+    /// `sentinel_access` does (open sentinels before a protected master, say).
+    pub fn start_with_separate(access: RedisAccess, sentinel_access: RedisAccess) -> Self {
         let dir = temp_dir("redis-sentinel");
-        let master = ServerProcess::start(binary("redis-server", "REDIS_SERVER_BIN"), |port| {
-            server_args(port, &[])
-        });
-        let master_port = master.port;
-        let replica =
+        let server = |replica_of: Option<u16>| {
+            let access = access.clone();
             ServerProcess::start(binary("redis-server", "REDIS_SERVER_BIN"), move |port| {
-                server_args(
-                    port,
-                    &[
-                        "--replicaof".into(),
-                        "127.0.0.1".into(),
-                        master_port.to_string(),
-                    ],
-                )
-            });
+                let mut args = as_arguments(access.server_directives(port));
+                args.extend(ephemeral_server_args());
+                if let Some(master) = replica_of {
+                    args.extend(["--replicaof".into(), "127.0.0.1".into(), master.to_string()]);
+                }
+                args
+            })
+        };
+        let master = server(None);
+        let replica = server(Some(master.port));
+        let master_port = master.port;
         let sentinels = (0..3)
             .map(|_| {
                 let dir = dir.clone();
+                let (access, sentinel_access) = (access.clone(), sentinel_access.clone());
                 ServerProcess::start(binary("redis-server", "REDIS_SERVER_BIN"), move |port| {
                     // Sentinels rewrite their configuration file: one each.
                     let config = dir.join(format!("sentinel-{port}.conf"));
-                    std::fs::write(
-                        &config,
-                        format!(
-                            "port {port}\nbind 127.0.0.1\nprotected-mode no\ndir {dir}\n\
-                             sentinel monitor {SENTINEL_MASTER_NAME} 127.0.0.1 {master_port} 2\n\
-                             sentinel down-after-milliseconds {SENTINEL_MASTER_NAME} 1000\n\
-                             sentinel failover-timeout {SENTINEL_MASTER_NAME} 5000\n",
-                            dir = dir.display()
-                        ),
-                    )
-                    .expect("writing a sentinel's configuration");
+                    let monitor = format!(
+                        "bind 127.0.0.1\nprotected-mode no\ndir {dir}\n\
+                         sentinel monitor {SENTINEL_MASTER_NAME} 127.0.0.1 {master_port} 2\n\
+                         sentinel down-after-milliseconds {SENTINEL_MASTER_NAME} 1000\n\
+                         sentinel failover-timeout {SENTINEL_MASTER_NAME} 5000\n",
+                        dir = dir.display()
+                    );
+                    let access = as_config_file(sentinel_access.sentinel_directives(
+                        port,
+                        SENTINEL_MASTER_NAME,
+                        &access,
+                    ));
+                    std::fs::write(&config, monitor + &access)
+                        .expect("writing a sentinel's configuration");
                     vec![config.display().to_string(), "--sentinel".into()]
                 })
             })
@@ -85,10 +85,13 @@ impl RedisSentinels {
             dir,
             servers: vec![master, replica],
             sentinels,
+            access,
+            sentinel_access,
         };
         sentinels.wait_until("every sentinel knows the replica and the others", |s| {
             s.sentinels.iter().all(|sentinel| {
-                let master = s.cli(sentinel.port, &["sentinel", "master", SENTINEL_MASTER_NAME]);
+                let master =
+                    s.sentinel_cli(sentinel.port, &["sentinel", "master", SENTINEL_MASTER_NAME]);
                 let field = |name: &str| {
                     let lines: Vec<&str> = master.lines().collect();
                     lines
@@ -106,13 +109,27 @@ impl RedisSentinels {
         sentinels
     }
 
-    /// The sentinels, for `--redis-url`.
+    /// The sentinels, for `--redis-url`, with the master's credentials (if any).
     pub fn urls(&self) -> String {
+        self.urls_with(|port| self.access.url(port))
+    }
+
+    /// The sentinels with another password, to be refused.
+    pub fn urls_with_password(&self, password: &str) -> String {
+        self.urls_with(|port| self.access.url_with_password(port, password))
+    }
+
+    fn urls_with(&self, url: impl Fn(u16) -> String) -> String {
         self.sentinels
             .iter()
-            .map(|sentinel| format!("redis://127.0.0.1:{}", sentinel.port))
+            .map(|sentinel| url(sentinel.port))
             .collect::<Vec<_>>()
             .join(",")
+    }
+
+    /// The CA file a client needs, when they speak TLS.
+    pub fn tls_ca(&self) -> Option<&str> {
+        self.access.tls_ca()
     }
 
     /// The master's port, as the sentinels see it now.
@@ -122,7 +139,7 @@ impl RedisSentinels {
             .iter()
             .find(|sentinel| sentinel.child.is_some())
             .expect("a live sentinel");
-        let reply = self.cli(
+        let reply = self.sentinel_cli(
             live.port,
             &["sentinel", "get-master-addr-by-name", SENTINEL_MASTER_NAME],
         );
@@ -153,8 +170,13 @@ impl RedisSentinels {
         self.master_port()
     }
 
+    /// `redis-cli` against the master or the replica.
     fn cli(&self, port: u16, args: &[&str]) -> String {
-        crate::redis_cli(port, &[], args)
+        crate::redis_cli(port, &self.access.cli_args(), args)
+    }
+
+    fn sentinel_cli(&self, port: u16, args: &[&str]) -> String {
+        crate::redis_cli(port, &self.sentinel_access.cli_args(), args)
     }
 
     fn wait_until(&self, what: &str, done: impl Fn(&Self) -> bool) {

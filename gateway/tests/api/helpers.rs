@@ -10,7 +10,9 @@ use clap::Parser;
 use gateway::{Application, GatewayConfig};
 use prediction_contract::ModelName;
 use serde_json::{Value, json};
-use test_support::{NatsServer, RedisCluster, RedisSentinels, RedisServer, SENTINEL_MASTER_NAME};
+use test_support::{
+    NatsServer, RedisAccess, RedisCluster, RedisSentinels, RedisServer, SENTINEL_MASTER_NAME,
+};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use worker::{Input, Model, ModelError, Worker, WorkerConfig};
@@ -199,19 +201,43 @@ pub enum TestRedis {
 
 impl TestRedis {
     pub fn start(mode: RedisMode) -> Self {
+        Self::start_with(mode, RedisAccess::default())
+    }
+
+    /// One that only `access` lets in.
+    pub fn start_with(mode: RedisMode, access: RedisAccess) -> Self {
         match mode {
-            RedisMode::Standalone => Self::Standalone(RedisServer::start()),
-            RedisMode::Cluster => Self::Cluster(RedisCluster::start()),
-            RedisMode::Sentinel => Self::Sentinel(RedisSentinels::start()),
+            RedisMode::Standalone => Self::Standalone(RedisServer::start_with_access(access)),
+            RedisMode::Cluster => Self::Cluster(RedisCluster::start_with(access)),
+            RedisMode::Sentinel => Self::Sentinel(RedisSentinels::start_with(access)),
         }
     }
 
     /// The gateway's flags that point it at this Redis.
     pub fn gateway_args(&self) -> Vec<String> {
-        let (mode, url) = match self {
-            Self::Standalone(server) => ("standalone", server.url()),
-            Self::Cluster(cluster) => ("cluster", cluster.urls()),
-            Self::Sentinel(sentinels) => ("sentinel", sentinels.urls()),
+        let url = match self {
+            Self::Standalone(server) => server.url(),
+            Self::Cluster(cluster) => cluster.urls(),
+            Self::Sentinel(sentinels) => sentinels.urls(),
+        };
+        self.gateway_args_with_url(url)
+    }
+
+    /// The same flags with a wrong password in the URL.
+    pub fn gateway_args_with_password(&self, password: &str) -> Vec<String> {
+        let url = match self {
+            Self::Standalone(server) => server.url_with_password(password),
+            Self::Cluster(cluster) => cluster.urls_with_password(password),
+            Self::Sentinel(sentinels) => sentinels.urls_with_password(password),
+        };
+        self.gateway_args_with_url(url)
+    }
+
+    fn gateway_args_with_url(&self, url: String) -> Vec<String> {
+        let (mode, tls_ca) = match self {
+            Self::Standalone(server) => ("standalone", server.tls_ca()),
+            Self::Cluster(cluster) => ("cluster", cluster.tls_ca()),
+            Self::Sentinel(sentinels) => ("sentinel", sentinels.tls_ca()),
         };
         let mut args = vec![
             "--redis-mode".to_owned(),
@@ -219,6 +245,9 @@ impl TestRedis {
             "--redis-url".to_owned(),
             url,
         ];
+        if let Some(ca) = tls_ca {
+            args.extend(["--redis-tls-ca".to_owned(), ca.to_owned()]);
+        }
         if matches!(self, Self::Sentinel(_)) {
             args.extend([
                 "--redis-sentinel-master".to_owned(),

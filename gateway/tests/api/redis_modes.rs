@@ -4,8 +4,12 @@
 use std::time::Duration;
 
 use test_support::{
-    NatsServer, RedisCluster, RedisSentinels, RedisServer, SENTINEL_MASTER_NAME, free_port,
+    Certificates, NatsServer, RedisAccess, RedisCluster, RedisSentinels, RedisServer,
+    SENTINEL_MASTER_NAME, free_port,
 };
+
+use crate::helpers::{RedisMode, StubModel, TestRedis, header, start_gateway_on, start_worker};
+use crate::in_every_redis_mode;
 
 /// Runs the gateway binary with `args`; returns its exit code and what it wrote.
 async fn gateway_exit(nats: &NatsServer, args: &[&str]) -> (Option<i32>, String) {
@@ -125,25 +129,18 @@ async fn a_redis_server_given_as_a_sentinel_is_refused() {
     .await;
 }
 
-#[tokio::test]
-async fn a_cluster_that_requires_a_password_serves_with_it_and_refuses_a_wrong_one() {
+/// An ACL user over TLS with a private CA: the gateway serves through it in
+/// every mode (for sentinels, the same user and CA reach the sentinels and
+/// the master they name), and a wrong password stops it at startup, unshown.
+async fn an_acl_user_over_tls_serves_and_a_wrong_password_is_refused(mode: RedisMode) {
+    let certificates = Certificates::generate();
+    let redis = TestRedis::start_with(
+        mode,
+        RedisAccess::user("gateway", "s3cret").over_tls(&certificates),
+    );
     let nats = NatsServer::start();
-    let cluster = RedisCluster::start_with_password(Some("s3cret"));
-    let _worker =
-        crate::helpers::start_worker(&nats.url(), vec![crate::helpers::StubModel::new("echo")])
-            .await;
-    let (gateway, _stop) = crate::helpers::launch_gateway(
-        &nats.url(),
-        &[
-            "--redis-mode".into(),
-            "cluster".into(),
-            "--redis-url".into(),
-            cluster.urls(),
-        ],
-        "auth:",
-        &[],
-    )
-    .await;
+    let _worker = start_worker(&nats.url(), vec![StubModel::new("echo")]).await;
+    let (gateway, _stop) = start_gateway_on(&nats.url(), &redis, "acl:", &[]).await;
     let http = reqwest::Client::new();
     for expected in ["MISS", "HIT"] {
         let response = http
@@ -153,13 +150,52 @@ async fn a_cluster_that_requires_a_password_serves_with_it_and_refuses_a_wrong_o
             .await
             .unwrap();
         assert_eq!(response.status(), 200);
-        assert_eq!(crate::helpers::header(&response, "x-cache"), expected);
+        assert_eq!(header(&response, "x-cache"), expected);
     }
-    let wrong = cluster.urls().replace("s3cret", "wrong");
-    let (code, text) =
-        gateway_exit(&nats, &["--redis-mode", "cluster", "--redis-url", &wrong]).await;
+
+    let wrong = redis.gateway_args_with_password("wrong");
+    let wrong: Vec<&str> = wrong.iter().map(String::as_str).collect();
+    let (code, text) = gateway_exit(&nats, &wrong).await;
     assert_eq!(code, Some(1), "{text}");
     assert!(text.contains("refused the credentials"), "{text}");
+    assert!(
+        !text.contains("wrong@"),
+        "the password is not shown: {text}"
+    );
+}
+
+in_every_redis_mode!(an_acl_user_over_tls_serves_and_a_wrong_password_is_refused);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_sentinels_before_a_protected_master_are_asked_without_credentials() {
+    let sentinels = RedisSentinels::start_with_separate(
+        RedisAccess::user("gateway", "s3cret"),
+        RedisAccess::default(),
+    );
+    let redis = TestRedis::Sentinel(sentinels);
+    let nats = NatsServer::start();
+    let _worker = start_worker(&nats.url(), vec![StubModel::new("echo")]).await;
+    let (gateway, _stop) = start_gateway_on(&nats.url(), &redis, "open-sentinels:", &[]).await;
+    let http = reqwest::Client::new();
+    for expected in ["MISS", "HIT"] {
+        let response = http
+            .post(format!("{gateway}/v1/models/echo/predict"))
+            .body(r#"{"x":1}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(header(&response, "x-cache"), expected);
+    }
+
+    let wrong = redis.gateway_args_with_password("wrong");
+    let wrong: Vec<&str> = wrong.iter().map(String::as_str).collect();
+    let (code, text) = gateway_exit(&nats, &wrong).await;
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("the sentinels name refused the credentials"),
+        "{text}"
+    );
     assert!(
         !text.contains("wrong@"),
         "the password is not shown: {text}"

@@ -7,9 +7,13 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use gateway::cache::CacheKey;
 use prediction_contract::{CanonicalInput, ModelName};
-use test_support::{NatsServer, RedisServer};
+use test_support::{NatsServer, RedisAccess, RedisServer};
 
-use crate::helpers::{StubModel, assert_error, header, spawn_app, start_worker};
+use crate::helpers::{
+    RedisMode, StubModel, TestRedis, assert_error, header, spawn_app, start_gateway_on,
+    start_worker,
+};
+use crate::in_every_redis_mode;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_foreign_value_under_a_cache_key_is_a_miss_and_is_overwritten() {
@@ -311,17 +315,10 @@ async fn a_nats_token_in_the_url_authenticates() {
     assert_eq!(response.status(), 200);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_redis_acl_user_and_password_in_the_url_authenticate() {
-    // Exactly the rights SECURITY.md tells operators to give the gateways.
-    let redis = RedisServer::start_with_args(&[
-        "--user",
-        "default",
-        "off",
-        "--user",
-        "gateway",
-        "on",
-        ">acl-s3cret",
+/// Exactly the rights SECURITY.md tells operators to give the gateways' Redis
+/// user, in every mode, on the key prefix `acl:`.
+fn gateway_rights(mode: RedisMode) -> Vec<&'static str> {
+    let mut rights = vec![
         "~acl:*",
         "+get",
         "+set",
@@ -335,15 +332,28 @@ async fn a_redis_acl_user_and_password_in_the_url_authenticate() {
         "+pexpire",
         "+pttl",
         "+ping",
-    ]);
+    ];
+    match mode {
+        RedisMode::Standalone => {}
+        RedisMode::Cluster => rights.extend(["+cluster|slots", "+cluster|nodes"]),
+        RedisMode::Sentinel => rights.push("+role"),
+    }
+    rights
+}
+
+async fn a_redis_acl_user_with_only_the_documented_rights_serves(mode: RedisMode) {
+    let redis = TestRedis::start_with(
+        mode,
+        RedisAccess::user("gateway", "acl-s3cret").with_rules(&gateway_rights(mode)),
+    );
     let nats = NatsServer::start();
     let _worker = start_worker(&nats.url(), vec![StubModel::new("echo")]).await;
-    let redis_url = format!("redis://gateway:acl-s3cret@127.0.0.1:{}", redis.port());
-    let (address, _stop) =
-        crate::helpers::start_gateway(&nats.url(), &redis_url, "acl:", &[]).await;
+    let (address, _stop) = start_gateway_on(&nats.url(), &redis, "acl:", &[]).await;
     let http = reqwest::Client::new();
     assert_ready_and_caching(&http, &address, r#"{"acl":1}"#, "the ACL user was accepted").await;
 }
+
+in_every_redis_mode!(a_redis_acl_user_with_only_the_documented_rights_serves);
 
 /// `/readyz` says ok, and the same input twice is a MISS then a HIT: NATS, Redis
 /// and a worker all work over whatever connection settings the test chose.

@@ -14,7 +14,7 @@ use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
-use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
+use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
 use redis::{Cmd, IntoConnectionInfo, Pipeline, RedisFuture, RedisResult, Value};
 use tracing::{info, warn};
 
@@ -175,16 +175,15 @@ pub async fn open(settings: &RedisSettings) -> anyhow::Result<Connection> {
             }
             let client = client(settings, urls[0])?;
             // Best effort: a server that does not answer yet is connected to
-            // when it does, as ever; one that answers as the wrong kind is refused.
-            // Credentials are not checked here: as ever, Redis is asked again
-            // at every request and the gateway answers without it meanwhile.
-            if let Probe::Answered(info) = probe(&client, settings.timeout).await {
-                if info.cluster_enabled {
+            // when it does, as ever; one that answers as the wrong kind, or
+            // refuses the credentials, is a mistake no retry mends.
+            if let Some(info) = probe(&client, settings.timeout).await.answered(urls[0])? {
+                if info == ServerKind::ClusterNode {
                     bail!(
                         "{shown} is a Redis Cluster node: set --redis-mode cluster and list the cluster's nodes in --redis-url"
                     );
                 }
-                if info.sentinel {
+                if info == ServerKind::Sentinel {
                     bail!(
                         "{shown} is a sentinel: set --redis-mode sentinel and --redis-sentinel-master"
                     );
@@ -213,11 +212,11 @@ async fn open_cluster(settings: &RedisSettings, urls: &[&str]) -> anyhow::Result
             continue;
         };
         answered += 1;
-        if !info.cluster_enabled {
+        if matches!(info, ServerKind::Server | ServerKind::Sentinel) {
             bail!(
                 "{} is not a Redis Cluster node (cluster_enabled:0): set --redis-mode {} or list cluster nodes",
                 redact_url(url),
-                if info.sentinel {
+                if info == ServerKind::Sentinel {
                     "sentinel"
                 } else {
                     "standalone"
@@ -262,16 +261,29 @@ async fn open_sentinel(settings: &RedisSettings, urls: &[&str]) -> anyhow::Resul
         );
     };
     let mut answering = None;
+    let mut sentinels_take_credentials = true;
     for url in urls {
-        let client = client(settings, url)?;
-        let Some(info) = probe(&client, settings.timeout).await.answered(url)? else {
+        let mut client = client(settings, url)?;
+        let mut probed = probe(&client, settings.timeout).await;
+        if matches!(probed, Probe::Refused(_)) {
+            // The common deployment protects the master and leaves the
+            // sentinels open: a sentinel that lets the gateway in without the
+            // URL's credentials is asked without them.
+            let anonymous = client_without_credentials(settings, url)?;
+            if let Probe::Answered(info) = probe(&anonymous, settings.timeout).await {
+                sentinels_take_credentials = false;
+                probed = Probe::Answered(info);
+                client = anonymous;
+            }
+        }
+        let Some(info) = probed.answered(url)? else {
             continue;
         };
-        if !info.sentinel {
+        if matches!(info, ServerKind::Server | ServerKind::ClusterNode) {
             bail!(
                 "{} is not a sentinel: with --redis-mode sentinel, --redis-url lists the sentinels{}",
                 redact_url(url),
-                if info.cluster_enabled {
+                if info == ServerKind::ClusterNode {
                     " (it is a Redis Cluster node: --redis-mode cluster)"
                 } else {
                     ""
@@ -295,15 +307,24 @@ async fn open_sentinel(settings: &RedisSettings, urls: &[&str]) -> anyhow::Resul
         .arg(master)
         .query_async(&mut connection)
         .await?;
-    if address.is_none() {
+    let Some((host, port)) = address else {
         bail!(
             "the sentinels at {} monitor no master named {master:?}",
             redact_url(&settings.url)
         );
-    }
-    Ok(Connection::Sentinel(
-        SentinelConnection::connect(settings, urls, master).await?,
-    ))
+    };
+    let connection = SentinelConnection::connect(settings, urls, master, sentinels_take_credentials)
+        .await
+        .map_err(|err| match err.downcast_ref::<redis::RedisError>() {
+            Some(redis_error) if redis_error.kind() == redis::ErrorKind::AuthenticationFailed => {
+                anyhow::anyhow!(
+                    "the master {host}:{port} the sentinels name refused the credentials of {}: {redis_error}",
+                    redact_url(&settings.url)
+                )
+            }
+            _ => err,
+        })?;
+    Ok(Connection::Sentinel(connection))
 }
 
 /// The master the sentinels name, followed through failovers: redis-rs keeps a
@@ -327,29 +348,56 @@ struct SentinelShared {
 }
 
 impl SentinelConnection {
+    /// Connects to the master the sentinels at `urls` name, with the URLs'
+    /// credentials (given to the sentinels too when `sentinels_take_credentials`)
+    /// and the CA of `--redis-tls-ca` for both.
     async fn connect(
         settings: &RedisSettings,
         urls: &[&str],
         master: &str,
+        sentinels_take_credentials: bool,
     ) -> anyhow::Result<Self> {
-        let first = urls[0].into_connection_info()?;
-        let redis_info = first.redis_settings().clone();
-        let mut node = SentinelNodeConnectionInfo::default()
-            .set_redis_connection_info(redis_info)
-            .set_tcp_settings(nodelay());
-        if let redis::ConnectionAddr::TcpTls { insecure, .. } = first.addr() {
-            node = node.set_tls_mode(if *insecure {
-                redis::TlsMode::Insecure
-            } else {
-                redis::TlsMode::Secure
-            });
-        }
-        let mut sentinel = SentinelClient::build(
-            urls.to_vec(),
+        let infos = urls
+            .iter()
+            .map(|url| url.into_connection_info())
+            .collect::<RedisResult<Vec<_>>>()?;
+        let credentials = infos[0].redis_settings().clone();
+        let tls = match infos[0].addr() {
+            redis::ConnectionAddr::TcpTls { insecure: true, .. } => Some(redis::TlsMode::Insecure),
+            redis::ConnectionAddr::TcpTls { .. } => Some(redis::TlsMode::Secure),
+            _ => None,
+        };
+        let mut builder = SentinelClientBuilder::new(
+            infos.iter().map(|info| info.addr().clone()),
             master,
-            Some(node),
             SentinelServerType::Master,
-        )?;
+        )?
+        .set_client_to_redis_db(credentials.db())
+        .set_client_to_redis_tcp_settings(nodelay())
+        .set_client_to_sentinel_tcp_settings(nodelay());
+        if let Some(username) = credentials.username() {
+            builder = builder.set_client_to_redis_username(username);
+            if sentinels_take_credentials {
+                builder = builder.set_client_to_sentinel_username(username);
+            }
+        }
+        if let Some(password) = credentials.password() {
+            builder = builder.set_client_to_redis_password(password);
+            if sentinels_take_credentials {
+                builder = builder.set_client_to_sentinel_password(password);
+            }
+        }
+        if let Some(mode) = tls {
+            builder = builder
+                .set_client_to_redis_tls_mode(mode)
+                .set_client_to_sentinel_tls_mode(mode);
+            if let Some(certificates) = certificates(settings)? {
+                builder = builder
+                    .set_client_to_redis_certificates(certificates.clone())
+                    .set_client_to_sentinel_certificates(certificates);
+            }
+        }
+        let mut sentinel = builder.build()?;
         let client = sentinel
             .async_get_client()
             .await
@@ -470,9 +518,15 @@ impl ConnectionLike for SentinelConnection {
 }
 
 /// What a server says it is.
-struct ServerKind {
-    cluster_enabled: bool,
-    sentinel: bool,
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ServerKind {
+    /// A Redis server on its own, a master or a replica.
+    Server,
+    ClusterNode,
+    Sentinel,
+    /// One that lets the gateway's user in but not run `INFO` (an ACL user
+    /// with only the commands the cache sends): taken for what the mode says.
+    Unknown,
 }
 
 /// What asking a server what it is found.
@@ -522,12 +576,21 @@ async fn probe(client: &redis::Client, timeout: Duration) -> Probe {
         .query_async::<String>(&mut connection)
         .await
     {
-        Ok(info) => Probe::Answered(ServerKind {
-            cluster_enabled: info.lines().any(|line| line.trim() == "cluster_enabled:1"),
-            sentinel: info
+        Ok(info) => Probe::Answered(
+            if info
                 .lines()
-                .any(|line| line.trim() == "redis_mode:sentinel"),
-        }),
+                .any(|line| line.trim() == "redis_mode:sentinel")
+            {
+                ServerKind::Sentinel
+            } else if info.lines().any(|line| line.trim() == "cluster_enabled:1") {
+                ServerKind::ClusterNode
+            } else {
+                ServerKind::Server
+            },
+        ),
+        Err(err) if err.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoPerm) => {
+            Probe::Answered(ServerKind::Unknown)
+        }
         Err(err) if refused(&err) => Probe::Refused(err.to_string()),
         Err(_) => Probe::Unreachable,
     }
@@ -535,10 +598,31 @@ async fn probe(client: &redis::Client, timeout: Duration) -> Probe {
 
 /// A client of the server at `url`, with TCP_NODELAY and the CA of `--redis-tls-ca`.
 fn client(settings: &RedisSettings, url: &str) -> anyhow::Result<redis::Client> {
-    let connection_info = url
+    client_of(settings, connection_info(url)?)
+}
+
+/// The same client, sending no credentials.
+fn client_without_credentials(
+    settings: &RedisSettings,
+    url: &str,
+) -> anyhow::Result<redis::Client> {
+    client_of(
+        settings,
+        connection_info(url)?.set_redis_settings(redis::RedisConnectionInfo::default()),
+    )
+}
+
+fn connection_info(url: &str) -> anyhow::Result<redis::ConnectionInfo> {
+    Ok(url
         .into_connection_info()
         .with_context(|| format!("reading the Redis URL {}", redact_url(url)))?
-        .set_tcp_settings(nodelay());
+        .set_tcp_settings(nodelay()))
+}
+
+fn client_of(
+    settings: &RedisSettings,
+    connection_info: redis::ConnectionInfo,
+) -> anyhow::Result<redis::Client> {
     Ok(match certificates(settings)? {
         None => redis::Client::open(connection_info)?,
         Some(certificates) => redis::Client::build_with_tls(connection_info, certificates)?,
