@@ -1,5 +1,5 @@
 # One entry point for everything: `make help` lists the targets.
-.PHONY: help run test test-deps requests build lint fmt compose-check bench bench-micro bench-model models python-models fuzz soak audit callgrind
+.PHONY: help run test test-deps python-worker-test requests build lint fmt compose-check bench bench-micro bench-model models python-models fuzz soak audit callgrind
 
 help: ## list the targets
 	@awk -F':.*## ' '/^[a-z-]+:.*## / {printf "  make %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -8,11 +8,15 @@ run: ## build and run the whole system locally (NATS, Redis, 1 gateway on :8080,
 	scripts/run-local.sh
 
 test: test-deps ## the whole test suite (starts its own nats-server and redis-server)
-	cargo test --workspace --locked
+	PREDICTION_WORKER_PYTHON="$$(scripts/python-env.sh)" cargo test --workspace --locked
+	"$$(scripts/python-env.sh)" -m pytest -q workers/python
 	scripts/check-compose.sh
 
 test-deps: ## the independent NATS client the tests use (nats-py, from PyPI)
 	@python3 -c 'import nats' 2>/dev/null || python3 -m pip install --quiet --disable-pip-version-check nats-py
+
+python-worker-test: ## the Python worker library's own tests (pytest, against a real nats-server)
+	"$$(scripts/python-env.sh)" -m pytest -q workers/python
 
 requests: ## the original demo: 100 timed requests against a running gateway
 	scripts/requests.sh

@@ -9,6 +9,8 @@ NATS_URL=${NATS_URL:-nats://127.0.0.1:4222}
 REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379}
 GATEWAY_LISTEN=${GATEWAY_LISTEN:-0.0.0.0:8080}
 WORKERS=${WORKERS:-2}
+# PYTHON_WORKERS=1 also starts the scikit-learn example (workers/python/examples/iris.py).
+PYTHON_WORKERS=${PYTHON_WORKERS:-0}
 RUN_DIR=${RUN_DIR:-$(mktemp -d -t prediction-run.XXXXXX)}
 export NATS_URL REDIS_URL GATEWAY_LISTEN
 
@@ -83,6 +85,17 @@ for i in $(seq "$WORKERS"); do
   pids+=($!)
 done
 
+if [ "$PYTHON_WORKERS" -gt 0 ]; then
+  say "preparing the Python worker library (target/python-venv)"
+  python=$(scripts/python-env.sh)
+  for i in $(seq "$PYTHON_WORKERS"); do
+    say "starting Python worker $i: the iris example (logs: $RUN_DIR/python-worker-$i.log)"
+    (cd workers/python/examples && exec "$python" -m prediction_worker iris:worker) \
+      >"$RUN_DIR/python-worker-$i.log" 2>&1 &
+    pids+=($!)
+  done
+fi
+
 say "starting the gateway on $GATEWAY_LISTEN (logs: $RUN_DIR/gateway.log)"
 target/release/gateway >"$RUN_DIR/gateway.log" 2>&1 &
 pids+=($!)
@@ -100,6 +113,13 @@ Ready. Try (the first answer takes the model's second, the next comes from the c
   curl -i http://127.0.0.1:$port/v1/models/price-gbt/predict -H 'content-type: application/json' \
        -d '{"features":[2001.5,2002.1,2001.8,2003.0,2004.2,2003.9,2005.1,2006.0,2005.5,2007.3]}'
   curl -s http://127.0.0.1:$port/v1/models    # what the workers serve, with versions
+TXT
+if [ "$PYTHON_WORKERS" -gt 0 ]; then cat <<TXT
+  curl -i http://127.0.0.1:$port/v1/models/iris/predict -H 'content-type: application/json' \
+       -d '{"sepal_length":5.1,"sepal_width":3.5,"petal_length":1.4,"petal_width":0.2}'   # the Python worker
+TXT
+fi
+cat <<TXT
   make requests        # the original demo: 100 requests, timed
 
 Ctrl-C stops everything this started.

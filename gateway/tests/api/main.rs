@@ -13,6 +13,7 @@ mod metrics;
 mod onnx;
 mod outage;
 mod purge;
+mod python_workers;
 mod readiness;
 mod redis_modes;
 mod security;

@@ -1,0 +1,62 @@
+"""A model as the worker serves it: its name, version and freshness, the
+function that computes it, and how it batches."""
+
+from __future__ import annotations
+
+import inspect
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+#: The names the gateway accepts (the Rust crate's ``ModelName``): lowercase
+#: letters and digits, then also ``-`` and ``_``, at most 64 characters.
+MODEL_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+
+
+class InvalidInput(Exception):
+    """Raise it for an input the model cannot accept: the caller gets HTTP 422
+    (NATS code 400) with this message, so say what is wrong with the input.
+
+    A batch function may also *return* an ``InvalidInput`` in place of one
+    input's answer, failing that input alone.
+    """
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A registered model."""
+
+    name: str
+    version: str
+    #: Seconds the prediction stays fresh; ``None``: the gateway's default; 0:
+    #: not cached.
+    freshness_ttl: float | None
+    function: Callable[..., Any]
+    #: The most inputs one call computes; 1 means the function takes one input.
+    max_batch: int
+    #: Seconds the first input of a batch waits for others to join it.
+    batch_window: float
+
+    @property
+    def batches(self) -> bool:
+        return self.max_batch > 1
+
+    @property
+    def is_async(self) -> bool:
+        return inspect.iscoroutinefunction(self.function)
+
+    def __post_init__(self) -> None:
+        if not MODEL_NAME.match(self.name):
+            raise ValueError(
+                f"invalid model name {self.name!r}: use lowercase letters, digits, "
+                "'-' and '_' (starting with a letter or digit), at most 64 characters"
+            )
+        if not self.version or not isinstance(self.version, str):
+            raise ValueError(f"model {self.name}: the version must be a non-empty string")
+        if self.freshness_ttl is not None and self.freshness_ttl < 0:
+            raise ValueError(f"model {self.name}: freshness_ttl must be >= 0 seconds or None")
+        if self.max_batch < 1:
+            raise ValueError(f"model {self.name}: max_batch must be at least 1")
+        if self.batch_window < 0:
+            raise ValueError(f"model {self.name}: batch_window must be >= 0 seconds")

@@ -1,0 +1,397 @@
+"""The worker: registers its models with the NATS Services API, admits or
+refuses each request, answers it, and shuts down without losing one."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import socket
+import ssl
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from typing import Any, TypeVar
+
+import nats
+import nats.micro
+from nats.aio.client import Client
+from nats.micro.request import Request
+from nats.micro.service import EndpointStats, Service
+
+from . import contract
+from .config import Settings, settings_from_environment, validated
+from .contract import BAD_INPUT, BUSY, MODEL_FAILED, RequestMetadata
+from .model import ModelSpec
+from .runner import PredictionError, Runner
+
+log = logging.getLogger("prediction_worker")
+
+__version__ = "0.1.0"
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: How long, after the stop signal, the unsubscribes and the final drain may
+#: take: they end at once unless NATS is unreachable, and then the worker exits
+#: anyway rather than hang.
+NATS_STOP_TIMEOUT = 2.0
+
+
+class Worker:
+    """Serves the models registered with :meth:`model` on ``predict.<model>``.
+
+    ``Worker(nats_url=..., concurrency=..., queue_depth=...)``; each setting
+    left out comes from the environment (``NATS_URL``, ``WORKER_CONCURRENCY``,
+    ``WORKER_QUEUE_DEPTH``, ...) or its default, and the command line
+    (``python -m prediction_worker module:worker --help``) overrides both.
+    """
+
+    def __init__(
+        self,
+        nats_url: str | None = None,
+        *,
+        concurrency: int | None = None,
+        queue_depth: int | None = None,
+        redirect_backlog: int | None = None,
+        nats_creds: str | None = None,
+        nats_tls_ca: str | None = None,
+    ) -> None:
+        self.settings = settings_from_environment(
+            nats_url=nats_url,
+            concurrency=concurrency,
+            queue_depth=queue_depth,
+            redirect_backlog=redirect_backlog,
+            nats_creds=nats_creds,
+            nats_tls_ca=nats_tls_ca,
+        )
+        self._specs: dict[str, ModelSpec] = {}
+        self._stop: asyncio.Event | None = None
+        self._ready: asyncio.Event | None = None
+        self.service_id: str | None = None
+
+    def model(
+        self,
+        name: str,
+        *,
+        version: str = "1",
+        freshness_ttl: float | None = None,
+        max_batch: int = 1,
+        batch_window: float = 0.001,
+    ) -> Callable[[F], F]:
+        """Registers the decorated function as the model ``name``.
+
+        It takes one input (a ``dict``) and returns the prediction (anything
+        JSON can carry); with ``max_batch > 1`` it takes a list of up to
+        ``max_batch`` inputs, gathered for ``batch_window`` seconds, and returns
+        one answer per input, in order. A plain ``def`` runs in a thread pool;
+        an ``async def`` is awaited on the event loop and must not block.
+        ``freshness_ttl``: seconds the gateway caches the prediction (``None``:
+        its default; 0: not cached).
+        """
+
+        def register(function: F) -> F:
+            if name in self._specs:
+                raise ValueError(f"model {name} is registered twice")
+            self._specs[name] = ModelSpec(
+                name=name,
+                version=str(version),
+                freshness_ttl=freshness_ttl,
+                function=function,
+                max_batch=max_batch,
+                batch_window=batch_window,
+            )
+            return function
+
+        return register
+
+    @property
+    def models(self) -> list[ModelSpec]:
+        return list(self._specs.values())
+
+    def configure(self, **settings: Any) -> None:
+        """Replaces the settings given (the command line's flags)."""
+        self.settings = validated(replace(self.settings, **settings))
+
+    def run(self) -> None:
+        """Serves until SIGTERM or Ctrl-C, then stops taking requests, answers
+        those it holds and drains its NATS connection. Blocks."""
+        asyncio.run(self._serve_until_signalled())
+
+    async def _serve_until_signalled(self) -> None:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await self.serve(stop)
+
+    async def wait_until_ready(self) -> None:
+        """Returns once the worker's endpoints are subscribed (for tests and
+        embedding)."""
+        while self._ready is None:
+            await asyncio.sleep(0.01)
+        await self._ready.wait()
+
+    async def serve(self, stop: asyncio.Event) -> None:
+        """Serves until ``stop`` is set, then shuts down gracefully."""
+        if not self._specs:
+            raise RuntimeError("no model registered: decorate a function with @worker.model(...)")
+        self._ready = asyncio.Event()
+        settings = self.settings
+        slots_per_call = max(spec.max_batch for spec in self._specs.values())
+        running_capacity = settings.concurrency * slots_per_call
+        admission = Admission(
+            running_capacity,
+            settings.queue_depth,
+            settings.redirect_backlog
+            if settings.redirect_backlog is not None
+            else running_capacity,
+        )
+        executor = ThreadPoolExecutor(max_workers=settings.concurrency, thread_name_prefix="model")
+        slots = asyncio.Semaphore(settings.concurrency)
+        runners = {name: Runner(spec, slots, executor) for name, spec in self._specs.items()}
+        client = await _connect(settings)
+        in_flight: set[asyncio.Task[None]] = set()
+        try:
+            service = await nats.micro.add_service(
+                client,
+                name=contract.SERVICE_NAME,
+                version=__version__,
+                description="Serves model predictions on predict.<model> (Python)",
+                metadata={name: spec.version for name, spec in self._specs.items()},
+                queue_group=contract.QUEUE_GROUP,
+                stats_handler=lambda stats: _stats_data(runners, stats),
+            )
+            self.service_id = service.id
+            group = service.add_group(name=contract.PREDICT_SUBJECT_PREFIX)
+            for name, runner in runners.items():
+                await group.add_endpoint(
+                    name=name,
+                    subject=name,
+                    handler=_handler(runner, admission, in_flight, service),
+                    metadata={"model_version": runner.spec.version},
+                )
+            await client.flush()
+            log.info(
+                "serving %s on NATS (concurrency %d, queue depth %d)",
+                ", ".join(f"{n} {s.version}" for n, s in self._specs.items()),
+                settings.concurrency,
+                settings.queue_depth,
+                extra={"service_id": service.id},
+            )
+            self._ready.set()
+            await stop.wait()
+            log.info("stopping: no new requests; finishing %d received", len(in_flight))
+            await _within(service.stop(), "unsubscribing")
+            while in_flight:
+                await asyncio.gather(*list(in_flight), return_exceptions=True)
+            for runner in runners.values():
+                await runner.close()
+        finally:
+            await _within(client.drain(), "draining the NATS connection")
+            if not client.is_closed:
+                await client.close()
+            executor.shutdown(wait=False, cancel_futures=True)
+            log.info("stopped")
+
+
+class Admission:
+    """Which requests the worker holds. Core NATS has no server-side queue: a
+    queue group hands each request to a random member, busy or not, so a worker
+    bounds what it holds itself and refuses the rest at once as busy; one whose
+    caller would rather try another worker is refused earlier, once requests
+    wait here."""
+
+    def __init__(self, running_capacity: int, queue_depth: int, redirect_backlog: int) -> None:
+        self.capacity = running_capacity + queue_depth
+        self.redirect_from = running_capacity + redirect_backlog
+        self.held = 0
+
+    def admit(self, metadata: RequestMetadata) -> str | None:
+        """``None`` if the request is taken (call :meth:`release` when it is
+        answered), else the busy reply's text."""
+        if metadata.avoid_backlog and self.held >= self.redirect_from:
+            return "requests are waiting at this worker; try another worker"
+        if self.held >= self.capacity:
+            return "the worker is at capacity; try again or another worker"
+        self.held += 1
+        return None
+
+    def release(self) -> None:
+        self.held -= 1
+
+
+def _handler(
+    runner: Runner, admission: Admission, in_flight: set[asyncio.Task[None]], service: Service
+) -> Callable[[Request], Any]:
+    """The endpoint's handler. nats-py calls it for one message at a time, so
+    it hands each admitted request to a task of its own and returns at once."""
+    endpoint_stats = _EndpointStats(service, runner.spec.name)
+
+    async def handle(request: Request) -> None:
+        metadata = RequestMetadata.from_headers(request.headers)
+        refusal = admission.admit(metadata)
+        if refusal is not None:
+            endpoint_stats.record(0, refusal)
+            await request.respond_error(str(BUSY), refusal)
+            return
+        task = asyncio.get_running_loop().create_task(
+            _answer(runner, request, metadata, endpoint_stats)
+        )
+        in_flight.add(task)
+
+        def done(task: asyncio.Task[None]) -> None:
+            in_flight.discard(task)
+            admission.release()
+
+        task.add_done_callback(done)
+
+    return handle
+
+
+async def _answer(
+    runner: Runner, request: Request, metadata: RequestMetadata, stats: _EndpointStats
+) -> None:
+    """Computes and sends one reply. Never raises: every problem becomes an
+    error reply, or a log line when even that cannot be sent."""
+    spec = runner.spec
+    started = time.perf_counter()
+    error: PredictionError | None = None
+    payload = b""
+    try:
+        if metadata.deadline_passed(time.time_ns() // 1_000_000):
+            raise PredictionError(
+                contract.DEADLINE_EXCEEDED,
+                "the caller's deadline passed before the worker started",
+            )
+        prediction = await runner.predict(_parse_input(request.data), metadata)
+        try:
+            payload = json.dumps(prediction, allow_nan=False, separators=(",", ":")).encode()
+        except (TypeError, ValueError) as err:
+            log.error(
+                "the prediction cannot be sent as JSON: %s",
+                err,
+                extra={"model": spec.name, "request_id": metadata.request_id},
+            )
+            raise PredictionError(
+                MODEL_FAILED, f"model {spec.name} returned a prediction JSON cannot carry"
+            ) from None
+    except PredictionError as err:
+        error = err
+    except Exception:
+        log.exception("unexpected", extra={"model": spec.name, "request_id": metadata.request_id})
+        error = PredictionError(MODEL_FAILED, f"model {spec.name} failed")
+    compute_seconds = time.perf_counter() - started
+    headers = contract.reply_headers(spec.version, spec.freshness_ttl, compute_seconds)
+    try:
+        if error is None:
+            await request.respond(payload, headers=headers)
+        else:
+            await request.respond_error(str(error.code), error.message, headers=headers)
+    except Exception as err:  # the connection is gone: nothing else to do
+        log.warning(
+            "could not send the reply: %s",
+            err,
+            extra={"model": spec.name, "request_id": metadata.request_id},
+        )
+    stats.record(time.perf_counter() - started, None if error is None else error.message)
+    log.debug(
+        "prediction request",
+        extra={
+            "model": spec.name,
+            "request_id": metadata.request_id,
+            "outcome": "ok" if error is None else str(error.code),
+            "compute_ms": round(compute_seconds * 1000, 3),
+        },
+    )
+
+
+def _parse_input(payload: bytes) -> dict[str, Any]:
+    try:
+        value = json.loads(payload)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise PredictionError(BAD_INPUT, f"the input is not valid JSON: {err}") from None
+    if not isinstance(value, dict):
+        raise PredictionError(
+            BAD_INPUT, 'the input must be a JSON object, e.g. {"product_id": "ETH/EUR"}'
+        )
+    return value
+
+
+class _EndpointStats:
+    """Keeps ``nats micro stats`` true. nats-py's service counts a request's
+    error and processing time around the handler call, which here returns as
+    soon as the request is handed to its task; so the answer's outcome is
+    added to the endpoint's counters when it is sent. Those counters are
+    nats-py's own attributes: if a later nats-py renames them, the stats only
+    lose the errors and times, and serving is unaffected."""
+
+    def __init__(self, service: Service, name: str) -> None:
+        self._service = service
+        self._name = name
+
+    def record(self, elapsed_seconds: float, error: str | None) -> None:
+        endpoint = next(
+            (
+                e
+                for e in getattr(self._service, "_endpoints", [])
+                if getattr(e, "_name", None) == self._name
+            ),
+            None,
+        )
+        if endpoint is None:
+            return
+        try:
+            endpoint._processing_time += int(elapsed_seconds * 1e9)
+            endpoint._average_processing_time = int(
+                endpoint._processing_time / max(endpoint._num_requests, 1)
+            )
+            if error is not None:
+                endpoint._num_errors += 1
+                endpoint._last_error = error
+        except AttributeError:
+            pass
+
+
+def _stats_data(runners: dict[str, Runner], stats: EndpointStats) -> Any:
+    runner = runners.get(stats.name)
+    return runner.stats.to_dict() if runner is not None else None
+
+
+async def _connect(settings: Settings) -> Client:
+    servers = [url.strip() for url in settings.nats_url.split(",") if url.strip()]
+    options: dict[str, Any] = {}
+    if settings.nats_creds:
+        options["user_credentials"] = settings.nats_creds
+    if settings.nats_tls_ca:
+        options["tls"] = ssl.create_default_context(cafile=settings.nats_tls_ca)
+
+    async def disconnected() -> None:
+        log.warning("disconnected from NATS; reconnecting")
+
+    async def reconnected() -> None:
+        log.info("reconnected to NATS")
+
+    async def error(err: Exception) -> None:
+        log.warning("NATS: %s", err)
+
+    return await nats.connect(
+        servers=servers,
+        name=f"python-worker@{socket.gethostname()}",
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.5,
+        disconnected_cb=disconnected,
+        reconnected_cb=reconnected,
+        error_cb=error,
+        **options,
+    )
+
+
+async def _within(operation: Any, what: str) -> None:
+    try:
+        await asyncio.wait_for(operation, NATS_STOP_TIMEOUT)
+    except asyncio.TimeoutError:
+        log.warning("%s took over %.0f s (NATS unreachable?); going on", what, NATS_STOP_TIMEOUT)
+    except Exception as err:
+        log.warning("%s failed: %s", what, err)

@@ -1,0 +1,443 @@
+"""The library against a real nats-server: the contract as the gateway sees it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import nats
+import pytest
+from nats.errors import NoRespondersError
+
+from prediction_worker import InvalidInput, Worker
+
+HERE = Path(__file__).parent
+
+
+def run(test: Callable[[], Awaitable[None]]) -> None:
+    asyncio.run(asyncio.wait_for(test(), 60))
+
+
+class Serving:
+    """A worker serving in the background, and a client to ask it."""
+
+    def __init__(self, worker: Worker, nats_url: str) -> None:
+        self.worker = worker
+        self.nats_url = nats_url
+        self.stop = asyncio.Event()
+
+    async def __aenter__(self) -> Serving:
+        self.task = asyncio.get_running_loop().create_task(self.worker.serve(self.stop))
+        await asyncio.wait_for(self.worker.wait_until_ready(), 10)
+        self.client = await nats.connect(self.nats_url)
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        self.stop.set()
+        await asyncio.wait_for(self.task, 10)
+        await self.client.close()
+
+    async def ask(
+        self, model: str, payload: Any, headers: dict[str, str] | None = None, timeout: float = 5
+    ) -> Any:
+        body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+        return await self.client.request(f"predict.{model}", body, timeout=timeout, headers=headers)
+
+    async def srv(self, verb: str) -> Any:
+        reply = await self.client.request(f"$SRV.{verb}.prediction-worker", b"", timeout=2)
+        return json.loads(reply.data)
+
+
+def error_of(reply: Any) -> tuple[str, str] | None:
+    headers = reply.headers or {}
+    if "Nats-Service-Error-Code" not in headers:
+        return None
+    return headers["Nats-Service-Error-Code"], headers["Nats-Service-Error"]
+
+
+def test_a_prediction_comes_back_with_its_version_freshness_and_compute_time(nats_url: str) -> None:
+    worker = Worker(nats_url)
+
+    @worker.model("sentiment", version="1.0.0", freshness_ttl=60)
+    def sentiment(inp: dict) -> dict:
+        if "text" not in inp:
+            raise InvalidInput("missing string field `text`")
+        return {"positive": "bad" not in inp["text"]}
+
+    async def test() -> None:
+        async with Serving(worker, nats_url) as serving:
+            reply = await serving.ask("sentiment", {"text": "a good day"})
+            assert error_of(reply) is None
+            assert json.loads(reply.data) == {"positive": True}
+            assert reply.headers["Model-Version"] == "1.0.0"
+            assert reply.headers["Freshness-Ttl-Ms"] == "60000"
+            assert float(reply.headers["Compute-Time-Ms"]) >= 0
+
+    run(test)
+
+
+def test_no_freshness_leaves_the_gateways_default_and_zero_means_not_cached(nats_url: str) -> None:
+    worker = Worker(nats_url)
+    worker.model("default-ttl")(lambda inp: 1)
+    worker.model("uncached", freshness_ttl=0)(lambda inp: 2)
+
+    async def test() -> None:
+        async with Serving(worker, nats_url) as serving:
+            default = await serving.ask("default-ttl", {})
+            assert "Freshness-Ttl-Ms" not in default.headers
+            assert default.headers["Model-Version"] == "1"
+            uncached = await serving.ask("uncached", {})
+            assert uncached.headers["Freshness-Ttl-Ms"] == "0"
+
+    run(test)
+
+
+def test_invalid_input_is_400_with_its_message(nats_url: str) -> None:
+    worker = Worker(nats_url)
+
+    @worker.model("sentiment")
+    def sentiment(inp: dict) -> dict:
+        if "text" not in inp:
+            raise InvalidInput("missing string field `text`")
+        return {}
+
+    async def test() -> None:
+        async with Serving(worker, nats_url) as serving:
+            reply = await serving.ask("sentiment", {"txt": "typo"})
+            assert error_of(reply) == ("400", "missing string field `text`")
+            not_json = await serving.ask("sentiment", b"{nope")
+            code, message = error_of(not_json) or ("", "")
+            assert code == "400" and "not valid JSON" in message
+            not_object = await serving.ask("sentiment", [1, 2])
+            code, message = error_of(not_object) or ("", "")
+            assert code == "400" and "JSON object" in message
+
+    run(test)
+
+
+def test_an_exception_is_500_logged_with_its_traceback_and_never_sent(
+    nats_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    worker = Worker(nats_url)
+
+    @worker.model("fragile")
+    def fragile(inp: dict) -> dict:
+        raise RuntimeError("secret-database-password-in-the-message")
+
+    async def test() -> None:
+        async with Serving(worker, nats_url) as serving:
+            reply = await serving.ask("fragile", {"x": 1}, headers={"Request-Id": "req-42"})
+            code, message = error_of(reply) or ("", "")
+            assert code == "500"
+            assert "secret" not in message and "RuntimeError" not in message
+            assert "req-42" in message, "the message names the request to look up"
+
+    with caplog.at_level(logging.ERROR, logger="prediction_worker"):
+        run(test)
+    failures = [r for r in caplog.records if r.exc_info]
+    assert failures, "the traceback is logged"
+    assert "secret-database-password-in-the-message" in str(failures[0].exc_info[1])
+    assert failures[0].request_id == "req-42"
+
+
+def test_a_prediction_json_cannot_carry_is_500(nats_url: str) -> None:
+    worker = Worker(nats_url)
+    worker.model("odd")(lambda inp: {"not json": {1, 2}})
+
+    async def test() -> None:
+        async with Serving(worker, nats_url) as serving:
+            code, _ = error_of(await serving.ask("odd", {})) or ("", "")
+            assert code == "500"
+
+    run(test)
+
+
+def test_a_request_past_its_deadline_is_504_and_not_computed(nats_url: str) -> None:
+    worker = Worker(nats_url)
+    calls = []
+    worker.model("counted")(lambda inp: calls.append(inp) or 1)
+
+    async def test() -> None:
+        async with Serving(worker, nats_url) as serving:
+            past = str(int(time.time() * 1000) - 1)
+            reply = await serving.ask("counted", {}, headers={"Deadline-Unix-Ms": past})
+            assert (error_of(reply) or ("",))[0] == "504"
+            future = str(int(time.time() * 1000) + 60_000)
+            reply = await serving.ask("counted", {}, headers={"Deadline-Unix-Ms": future})
+            assert error_of(reply) is None
+
+    run(test)
+    assert len(calls) == 1
+
+
+def test_async_models_are_awaited(nats_url: str) -> None:
+    worker = Worker(nats_url)
+
+    @worker.model("later")
+    async def later(inp: dict) -> dict:
+        await asyncio.sleep(0.01)
+        return {"echo": inp}
+
+    async def test() -> None:
+        async with Serving(worker, nats_url) as serving:
+            reply = await serving.ask("later", {"a": 1})
+            assert json.loads(reply.data) == {"echo": {"a": 1}}
+
+    run(test)
+
+
+def test_a_batch_model_computes_many_requests_in_few_calls_each_getting_its_own_answer(
+    nats_url: str,
+) -> None:
+    worker = Worker(nats_url, concurrency=2)
+    batch_sizes: list[int] = []
+
+    @worker.model("double", max_batch=32, batch_window=0.02)
+    def double(batch: list[dict]) -> list[Any]:
+        batch_sizes.append(len(batch))
+        return [
+            InvalidInput("n must be a number")
+            if not isinstance(i.get("n"), int)
+            else {"n": i["n"] * 2}
+            for i in batch
+        ]
+
+    async def test() -> None:
+        async with Serving(worker, nats_url) as serving:
+            replies = await asyncio.gather(*(serving.ask("double", {"n": n}) for n in range(64)))
+            assert [json.loads(r.data) for r in replies] == [{"n": 2 * n} for n in range(64)]
+            bad, good = await asyncio.gather(
+                serving.ask("double", {"n": "x"}), serving.ask("double", {"n": 5})
+            )
+            assert error_of(bad) == ("400", "n must be a number")
+            assert json.loads(good.data) == {"n": 10}
+            stats = await serving.srv("STATS")
+            data = stats["endpoints"][0]["data"]
+            assert data["predictions"] == 66
+            assert data["inference_calls"] == len(batch_sizes)
+            assert data["largest_batch"] == max(batch_sizes) <= 32
+
+    run(test)
+    assert len(batch_sizes) <= 10, f"64 requests took {len(batch_sizes)} calls: {batch_sizes}"
+
+
+def test_a_batch_function_that_answers_the_wrong_count_fails_the_batch_not_the_worker(
+    nats_url: str,
+) -> None:
+    worker = Worker(nats_url)
+    worker.model("short", max_batch=8, batch_window=0.01)(lambda batch: batch[:-1])
+    worker.model("fine")(lambda inp: "ok")
+
+    async def test() -> None:
+        async with Serving(worker, nats_url) as serving:
+            replies = await asyncio.gather(*(serving.ask("short", {"i": i}) for i in range(4)))
+            assert {(error_of(r) or ("",))[0] for r in replies} == {"500"}
+            assert json.loads((await serving.ask("fine", {})).data) == "ok"
+
+    run(test)
+
+
+def test_a_blocked_model_does_not_stop_the_worker_answering_others(nats_url: str) -> None:
+    worker = Worker(nats_url, concurrency=2)
+    release = threading.Event()
+
+    @worker.model("stuck")
+    def stuck(inp: dict) -> str:
+        release.wait(20)
+        return "finally"
+
+    worker.model("quick")(lambda inp: "quick")
+
+    async def test() -> None:
+        async with Serving(worker, nats_url) as serving:
+            blocked = asyncio.ensure_future(serving.ask("stuck", {}, timeout=30))
+            await asyncio.sleep(0.1)
+            for _ in range(5):
+                assert json.loads((await serving.ask("quick", {})).data) == "quick"
+            release.set()
+            assert json.loads((await blocked).data) == "finally"
+
+    run(test)
+
+
+def test_past_concurrency_and_queue_depth_it_answers_busy_at_once(nats_url: str) -> None:
+    worker = Worker(nats_url, concurrency=1, queue_depth=1)
+    release = threading.Event()
+
+    @worker.model("slow")
+    def slow(inp: dict) -> int:
+        release.wait(20)
+        return 1
+
+    async def test() -> None:
+        async with Serving(worker, nats_url) as serving:
+            running = asyncio.ensure_future(serving.ask("slow", {"i": 1}, timeout=30))
+            await asyncio.sleep(0.1)
+            # One waits in the queue; a caller that offers to go elsewhere is
+            # turned away rather than queued behind it.
+            waiting = asyncio.ensure_future(serving.ask("slow", {"i": 2}, timeout=30))
+            await asyncio.sleep(0.1)
+            redirected = await serving.ask("slow", {"i": 3}, headers={"Avoid-Backlog": "1"})
+            assert (error_of(redirected) or ("",))[0] == "503"
+            started = time.monotonic()
+            full = await serving.ask("slow", {"i": 4})
+            assert (error_of(full) or ("",))[0] == "503"
+            assert time.monotonic() - started < 1, "busy is answered at once"
+            release.set()
+            for reply in await asyncio.gather(running, waiting):
+                assert error_of(reply) is None
+            stats = await serving.srv("STATS")
+            endpoint = stats["endpoints"][0]
+            assert endpoint["num_requests"] == 4
+            assert endpoint["num_errors"] == 2
+
+    run(test)
+
+
+def test_it_registers_as_the_gateways_workers_do(nats_url: str) -> None:
+    worker = Worker(nats_url)
+    worker.model("sentiment", version="1.0.0")(lambda inp: 1)
+    worker.model("embed", version="2", max_batch=4)(lambda batch: [0] * len(batch))
+
+    async def test() -> None:
+        async with Serving(worker, nats_url) as serving:
+            info = await serving.srv("INFO")
+            assert info["name"] == "prediction-worker"
+            assert info["metadata"] == {"sentiment": "1.0.0", "embed": "2"}
+            endpoints = {e["name"]: e for e in info["endpoints"]}
+            assert endpoints["sentiment"]["subject"] == "predict.sentiment"
+            assert endpoints["sentiment"]["queue_group"] == "q"
+            assert endpoints["sentiment"]["metadata"] == {"model_version": "1.0.0"}
+            assert endpoints["embed"]["subject"] == "predict.embed"
+            ping = await serving.srv("PING")
+            assert ping["id"] == worker.service_id
+
+    run(test)
+
+
+def test_stopping_answers_every_request_held_then_takes_no_more(nats_url: str) -> None:
+    worker = Worker(nats_url, concurrency=4)
+
+    @worker.model("slowish", max_batch=4, batch_window=0.01)
+    def slowish(batch: list[dict]) -> list[int]:
+        time.sleep(0.3)
+        return [i["i"] for i in batch]
+
+    async def test() -> None:
+        serving = Serving(worker, nats_url)
+        await serving.__aenter__()
+        held = [
+            asyncio.ensure_future(serving.ask("slowish", {"i": i}, timeout=10)) for i in range(12)
+        ]
+        await asyncio.sleep(0.1)
+        serving.stop.set()
+        replies = await asyncio.gather(*held)
+        assert [json.loads(r.data) for r in replies] == list(range(12))
+        await asyncio.wait_for(serving.task, 10)
+        with pytest.raises(NoRespondersError):
+            await serving.ask("slowish", {"i": 99}, timeout=1)
+        await serving.client.close()
+
+    run(test)
+
+
+def test_bad_registrations_are_refused_with_what_is_wrong() -> None:
+    worker = Worker("nats://127.0.0.1:1")
+    with pytest.raises(ValueError, match="invalid model name"):
+        worker.model("Has.Dots")(lambda inp: 1)
+    with pytest.raises(ValueError, match="max_batch"):
+        worker.model("zero", max_batch=0)(lambda batch: batch)
+    worker.model("once")(lambda inp: 1)
+    with pytest.raises(ValueError, match="twice"):
+        worker.model("once")(lambda inp: 2)
+    with pytest.raises(ValueError, match="concurrency"):
+        Worker(concurrency=0)
+
+
+def test_settings_come_from_arguments_then_the_environment_then_defaults(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("NATS_URL", "nats://from-env:4222")
+    monkeypatch.setenv("WORKER_QUEUE_DEPTH", "7")
+    worker = Worker(concurrency=3)
+    assert worker.settings.nats_url == "nats://from-env:4222"
+    assert worker.settings.concurrency == 3
+    assert worker.settings.queue_depth == 7
+    assert Worker("nats://given:1").settings.nats_url == "nats://given:1"
+    monkeypatch.setenv("WORKER_CONCURRENCY", "many")
+    with pytest.raises(ValueError, match="WORKER_CONCURRENCY"):
+        Worker()
+
+
+def test_the_command_line_serves_a_module_and_sigterm_loses_nothing(nats_url: str) -> None:
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(HERE), *sys.path]),
+        "NATS_URL": nats_url,
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "prediction_worker", "sample_models:worker", "--concurrency", "4"],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+    async def test() -> None:
+        client = await nats.connect(nats_url)
+        for _ in range(200):
+            try:
+                await client.request("predict.slow-square", b'{"n":1}', timeout=1)
+                break
+            except (NoRespondersError, asyncio.TimeoutError):
+                await asyncio.sleep(0.05)
+        held = [
+            asyncio.ensure_future(
+                client.request("predict.slow-square", json.dumps({"n": n}).encode(), timeout=10)
+            )
+            for n in range(20)
+        ]
+        await asyncio.sleep(0.1)
+        process.send_signal(signal.SIGTERM)
+        replies = await asyncio.gather(*held)
+        assert [json.loads(r.data) for r in replies] == [{"square": n * n} for n in range(20)]
+        await client.close()
+
+    run(test)
+    assert process.wait(10) == 0
+    logs = process.stderr.read() if process.stderr else ""
+    assert "stopping" in logs and "stopped" in logs, logs
+
+
+def test_the_command_line_names_what_is_wrong() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "prediction_worker", "no_such_module:worker"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode != 0
+    assert "cannot import no_such_module" in result.stderr
+
+
+def test_flags_override_the_workers_arguments_which_override_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from prediction_worker.config import flags_given, parse_arguments
+
+    monkeypatch.setenv("WORKER_QUEUE_DEPTH", "7")
+    monkeypatch.setenv("WORKER_CONCURRENCY", "5")
+    worker = Worker(concurrency=3, queue_depth=9)
+    worker.configure(**flags_given(parse_arguments(["m:worker", "--concurrency", "2"])))
+    assert (worker.settings.concurrency, worker.settings.queue_depth) == (2, 9)
+    with pytest.raises(ValueError, match="concurrency"):
+        worker.configure(**flags_given(parse_arguments(["m:worker", "--concurrency", "0"])))
