@@ -12,8 +12,8 @@ test: test-deps ## the whole test suite (starts its own nats-server and redis-se
 	"$$(scripts/python-env.sh)" -m pytest -q workers/python
 	scripts/check-compose.sh
 
-test-deps: ## the independent NATS client the tests use (nats-py, from PyPI)
-	@python3 -c 'import nats' 2>/dev/null || python3 -m pip install --quiet --disable-pip-version-check nats-py
+test-deps: ## the independent NATS client the tests use and the manifests' checker's YAML parser (from PyPI)
+	@python3 -c 'import nats, yaml' 2>/dev/null || python3 -m pip install --quiet --disable-pip-version-check nats-py pyyaml
 
 python-worker-test: ## the Python worker library's own tests (pytest, against a real nats-server)
 	"$$(scripts/python-env.sh)" -m pytest -q workers/python
@@ -65,5 +65,6 @@ audit: ## licenses, banned crates and sources of every dependency (cargo-deny, i
 	@command -v cargo-deny >/dev/null || cargo install cargo-deny --locked
 	cargo deny check licenses bans sources
 
-compose-check: ## validate docker-compose.yml and the Dockerfile offline
+compose-check: ## validate the compose files, the Dockerfile and deploy/ (Prometheus, Grafana, Kubernetes) offline
+	cargo build --locked --bin gateway --bin worker
 	scripts/check-compose.sh

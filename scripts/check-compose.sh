@@ -33,7 +33,19 @@ check() {
   [ "$(printf '%s\n' "$resolved" | grep -c 'healthcheck:')" -ge "$checks" ] || fail "$file: every long-running service needs a health check"
 }
 
-check docker-compose.yml 4 nats redis gateway worker
+check docker-compose.yml 6 nats redis gateway worker prometheus grafana
+
+# The monitoring configuration the main file mounts: Prometheus's own checker
+# for its configuration, and the dashboard's JSON.
+if command -v promtool >/dev/null 2>&1; then
+  promtool check config --syntax-only deploy/prometheus/prometheus.yml >/dev/null \
+    || fail "deploy/prometheus/prometheus.yml does not validate (promtool check config)"
+else
+  fail "promtool is not installed (apt-get install -y prometheus)"
+fi
+python3 scripts/check-kubernetes.py || fail "deploy/kubernetes does not validate"
+python3 -m json.tool deploy/grafana/dashboards/prediction-cache.json >/dev/null \
+  || fail "deploy/grafana/dashboards/prediction-cache.json is not valid JSON"
 check docker-compose.cluster.yml 12 nats-1 nats-2 nats-3 redis-1 redis-2 redis-3 redis-4 redis-5 redis-6 \
   redis-cluster gateway-1 gateway-2 worker
 grep -q 'GATEWAY_REDIS_MODE: cluster' docker-compose.cluster.yml || fail "the cluster file's gateways must use --redis-mode cluster"
@@ -46,4 +58,4 @@ while read -r sources; do
   done
 done < <(awk '/^COPY / && !/--from/ { $1=""; NF--; print }' Dockerfile)
 
-echo "check-compose: docker-compose.yml, docker-compose.cluster.yml and the Dockerfile are consistent"
+echo "check-compose: docker-compose.yml, docker-compose.cluster.yml, the Dockerfile and deploy/ are consistent"

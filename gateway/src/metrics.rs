@@ -4,8 +4,8 @@
 //! gateways in one process (as in the tests) count separately.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// Latency buckets from 100 µs (a hit) to 30 s (a slow model).
@@ -32,6 +32,10 @@ pub struct Metrics {
     pub model_call_retries: IntCounterVec,
     /// Latency of model calls (the NATS request), by model.
     pub model_call_duration: HistogramVec,
+    /// Model calls this gateway has in flight now, by model: with the workers'
+    /// `worker_requests_in_flight` and `worker_requests_waiting`, the demand to
+    /// scale workers on.
+    pub model_calls_in_flight: IntGaugeVec,
     pub redis_errors: IntCounter,
     /// Keys with a model call in flight that other requests can join.
     pub coalesced_keys_in_flight: IntGauge,
@@ -91,6 +95,14 @@ impl Metrics {
             &["model"],
         )
         .expect("valid metric");
+        let model_calls_in_flight = IntGaugeVec::new(
+            Opts::new(
+                "gateway_model_calls_in_flight",
+                "Model calls in flight (sent to a worker, not yet answered), by model.",
+            ),
+            &["model"],
+        )
+        .expect("valid metric");
         let redis_errors = IntCounter::new("gateway_redis_errors_total", "Failed Redis commands.")
             .expect("valid metric");
         let coalesced_keys_in_flight = IntGauge::new(
@@ -109,6 +121,7 @@ impl Metrics {
             Box::new(model_calls.clone()),
             Box::new(model_call_retries.clone()),
             Box::new(model_call_duration.clone()),
+            Box::new(model_calls_in_flight.clone()),
             Box::new(redis_errors.clone()),
             Box::new(coalesced_keys_in_flight.clone()),
             Box::new(stale_refresh_failures.clone()),
@@ -124,6 +137,7 @@ impl Metrics {
             model_calls,
             model_call_retries,
             model_call_duration,
+            model_calls_in_flight,
             redis_errors,
             coalesced_keys_in_flight,
             stale_refresh_failures,

@@ -84,6 +84,13 @@ impl ModelCaller {
     ) -> Result<Arc<CachedPrediction>, Arc<PublicFailure>> {
         let model = call.model.as_str();
         let started = Instant::now();
+        let in_flight = self
+            .metrics
+            .model_calls_in_flight
+            .with_label_values(&[model]);
+        in_flight.inc();
+        // Decremented however the call ends, even if its future is dropped.
+        let _in_flight = scopeguard::guard(in_flight, |gauge| gauge.dec());
         let result = self.admit_and_ask(call).await;
         self.metrics
             .model_call_duration

@@ -6,11 +6,13 @@
 
 pub mod example_models;
 mod nats_cluster;
+mod prometheus;
 mod redis_access;
 mod redis_cluster;
 mod redis_sentinel;
 
 pub use nats_cluster::NatsCluster;
+pub use prometheus::{PrometheusServer, SCRAPE_INTERVAL};
 pub use redis_access::RedisAccess;
 pub use redis_cluster::RedisCluster;
 pub use redis_sentinel::{RedisSentinels, SENTINEL_MASTER_NAME};

@@ -24,6 +24,7 @@ use serde_json::{Value, json};
 use tokio::runtime::Handle;
 use tokio::sync::{Semaphore, oneshot};
 
+use crate::metrics::{ModelGauges, WorkerMetrics};
 use crate::model::{Input, Model, ModelError};
 
 /// How batches are formed.
@@ -74,6 +75,8 @@ pub struct Runner {
     stats: Arc<InferenceStats>,
     /// The batcher's queue, for a batching model.
     batcher: Option<mpsc::Sender<Pending>>,
+    metrics: WorkerMetrics,
+    gauges: ModelGauges,
 }
 
 impl std::fmt::Debug for Runner {
@@ -89,14 +92,21 @@ impl Runner {
     /// A runner of `model` sharing the worker's inference `slots`. Starts the
     /// model's batcher thread when it batches and `settings` allow batches; must
     /// be called within a tokio runtime, where the batches will run.
-    pub fn new(model: Arc<dyn Model>, slots: Arc<Semaphore>, settings: BatchSettings) -> Self {
+    pub fn new(
+        model: Arc<dyn Model>,
+        slots: Arc<Semaphore>,
+        settings: BatchSettings,
+        metrics: &WorkerMetrics,
+    ) -> Self {
         let stats = Arc::new(InferenceStats::default());
+        let gauges = metrics.model(model.name().as_str());
         let batcher = (model.batches() && settings.max_batch > 1).then(|| {
             let (queue, requests) = mpsc::channel();
             let batcher = Batcher {
                 model: Arc::clone(&model),
                 slots: Arc::clone(&slots),
                 stats: Arc::clone(&stats),
+                gauges: gauges.clone(),
                 settings,
                 runtime: Handle::current(),
             };
@@ -111,7 +121,22 @@ impl Runner {
             slots,
             stats,
             batcher,
+            metrics: metrics.clone(),
+            gauges,
         }
+    }
+
+    /// Counts a request's outcome (`ok`, or its error code) and its time here.
+    pub fn record(&self, outcome: &str, elapsed: Duration) {
+        let model = self.model.name().as_str();
+        self.metrics
+            .requests
+            .with_label_values(&[model, outcome])
+            .inc();
+        self.metrics
+            .request_duration
+            .with_label_values(&[model])
+            .observe(elapsed.as_secs_f64());
     }
 
     pub fn model(&self) -> &Arc<dyn Model> {
@@ -125,12 +150,22 @@ impl Runner {
     /// The prediction for `input`, once a slot (and, batching, a batch) runs it.
     pub async fn predict(&self, input: Input) -> Result<Value, ModelError> {
         let Some(batcher) = &self.batcher else {
+            let waiting = scopeguard::guard(self.gauges.waiting.clone(), |gauge| gauge.dec());
+            waiting.inc();
             let _slot = self.slots.acquire().await.expect("never closed");
+            drop(waiting);
+            let running = scopeguard::guard(self.gauges.in_flight.clone(), |gauge| gauge.dec());
+            running.inc();
             self.stats.record(1);
+            self.gauges.batch_size.observe(1.0);
             return self.model.predict(&input).await;
         };
+        // Counted as waiting until its batch runs (see `Batcher::form_batches`),
+        // even if its caller stops waiting: the batch computes it anyway.
+        self.gauges.waiting.inc();
         let (reply, result) = oneshot::channel();
         if batcher.send(Pending { input, reply }).is_err() {
+            self.gauges.waiting.dec();
             return Err(ModelError::Failed("the model's batcher has stopped".into()));
         }
         result.await.unwrap_or_else(|_| {
@@ -146,6 +181,7 @@ struct Batcher {
     model: Arc<dyn Model>,
     slots: Arc<Semaphore>,
     stats: Arc<InferenceStats>,
+    gauges: ModelGauges,
     settings: BatchSettings,
     runtime: Handle,
 }
@@ -177,12 +213,18 @@ impl Batcher {
             }
             let model = Arc::clone(&self.model);
             let stats = Arc::clone(&self.stats);
+            let gauges = self.gauges.clone();
             self.runtime.spawn(async move {
                 let _slot = slot;
                 let (inputs, replies): (Vec<_>, Vec<_>) = batch
                     .into_iter()
                     .map(|pending| (pending.input, pending.reply))
                     .unzip();
+                let size = inputs.len() as i64;
+                gauges.waiting.sub(size);
+                let running = scopeguard::guard(gauges.in_flight, move |gauge| gauge.sub(size));
+                running.add(size);
+                gauges.batch_size.observe(size as f64);
                 stats.record(inputs.len());
                 let results = model.predict_batch(&inputs).await;
                 for (reply, result) in replies.into_iter().zip(results) {
@@ -265,7 +307,12 @@ mod tests {
             window: Duration::from_millis(20),
             max_batch: 16,
         };
-        let runner = Runner::new(model.clone(), Arc::new(Semaphore::new(1)), settings);
+        let runner = Runner::new(
+            model.clone(),
+            Arc::new(Semaphore::new(1)),
+            settings,
+            &WorkerMetrics::new(),
+        );
         let mut inputs: Vec<_> = (0..40).map(|x| input(json!(x))).collect();
         inputs[7] = input(json!("seven"));
         let results = run_concurrently(&runner, inputs).await;
@@ -296,7 +343,12 @@ mod tests {
             window: Duration::from_millis(20),
             max_batch: 1,
         };
-        let runner = Runner::new(model.clone(), Arc::new(Semaphore::new(4)), settings);
+        let runner = Runner::new(
+            model.clone(),
+            Arc::new(Semaphore::new(4)),
+            settings,
+            &WorkerMetrics::new(),
+        );
         let results = run_concurrently(&runner, (0..10).map(|x| input(json!(x))).collect()).await;
         assert!(results.iter().all(Result::is_ok));
         assert_eq!(*model.batches.lock().unwrap(), vec![1; 10]);

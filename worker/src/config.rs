@@ -61,6 +61,12 @@ pub struct WorkerConfig {
     #[arg(long, env = "WORKER_REDIRECT_BACKLOG")]
     pub redirect_backlog: Option<usize>,
 
+    /// Serve Prometheus metrics at `GET /metrics` on this address (e.g.
+    /// `0.0.0.0:9100`): per model, requests by outcome, latency, batch sizes,
+    /// and requests computing and waiting. Off when not given.
+    #[arg(long, env = "WORKER_METRICS_LISTEN")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
+
     /// Write this worker's NATS service id to this file once it serves, so a
     /// container health check can ping exactly this worker.
     #[arg(long, env = "WORKER_ID_FILE")]

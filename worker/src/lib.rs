@@ -24,6 +24,7 @@
 pub mod batching;
 pub mod builtin;
 pub mod config;
+pub mod metrics;
 pub mod model;
 pub mod onnx;
 pub mod serve;

@@ -126,6 +126,7 @@ pub async fn serve(
 
 /// Answers `request` at once with a busy error (see [`Admission`]).
 async fn refuse_as_busy(runner: Runner, request: service::Request, reason: &'static str) {
+    runner.record("503", Duration::ZERO);
     let busy = service::error::Error {
         status: reason.to_owned(),
         code: error_codes::BUSY.into(),
@@ -190,6 +191,7 @@ async fn answer(runner: &Runner, request: service::Request) {
     {
         warn!(model = %model.name(), request_id, error = %err, "could not send the reply");
     }
+    runner.record(&outcome, started.elapsed());
     // At debug: the gateway logs every request, with its id, at info; this line
     // would double the log volume (and cost more than a fast model's inference).
     // Failures are logged at warn or error where they happen.

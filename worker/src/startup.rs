@@ -16,6 +16,7 @@ use tracing::{info, warn};
 use crate::batching::{BatchSettings, Runner};
 use crate::builtin::builtin_models;
 use crate::config::WorkerConfig;
+use crate::metrics::{WorkerMetrics, serve_metrics};
 use crate::model::Model;
 use crate::serve::{Admission, serve};
 
@@ -31,6 +32,8 @@ pub struct Worker {
     service: Service,
     endpoints: Vec<(Runner, Endpoint)>,
     admission: Admission,
+    /// `GET /metrics` on `--metrics-listen`, and the address it is bound to.
+    metrics_server: Option<(std::net::SocketAddr, tokio::task::JoinHandle<()>)>,
 }
 
 impl std::fmt::Debug for Worker {
@@ -81,10 +84,15 @@ impl Worker {
             max_batch: usize::from(config.max_batch),
         };
         let running = Arc::new(Semaphore::new(config.concurrency));
+        let metrics = WorkerMetrics::new();
         let runners: Vec<Runner> = models
             .into_iter()
-            .map(|model| Runner::new(model, Arc::clone(&running), batching))
+            .map(|model| Runner::new(model, Arc::clone(&running), batching, &metrics))
             .collect();
+        let metrics_server = match config.metrics_listen {
+            Some(address) => Some(serve_metrics(address, metrics.clone()).await?),
+            None => None,
+        };
         // A slot runs one request, or a batch of up to `max_batch` of them.
         let per_slot = if runners.iter().any(|runner| runner.model().batches()) {
             batching.max_batch
@@ -169,6 +177,7 @@ impl Worker {
             service,
             endpoints,
             admission: Admission::new(running_capacity, config.queue_depth, redirect_backlog),
+            metrics_server,
         };
         info!(
             nats = %nats_url,
@@ -181,6 +190,11 @@ impl Worker {
             "worker ready"
         );
         Ok(worker)
+    }
+
+    /// Where `GET /metrics` is served, with `--metrics-listen`.
+    pub fn metrics_address(&self) -> Option<std::net::SocketAddr> {
+        self.metrics_server.as_ref().map(|(address, _)| *address)
     }
 
     pub fn model_names(&self) -> Vec<&str> {
@@ -205,8 +219,12 @@ impl Worker {
             service,
             endpoints,
             admission,
+            metrics_server,
         } = self;
         serve(endpoints, service, admission, shutdown).await;
+        if let Some((_, task)) = metrics_server {
+            task.abort();
+        }
         // With NATS unreachable a flush would wait for a reconnection forever; a
         // stopping worker gives up after a while rather than hang its host.
         let flushed = if client.connection_state() == async_nats::connection::State::Connected {

@@ -12,6 +12,7 @@ mod freshness;
 mod metrics;
 mod onnx;
 mod outage;
+mod prometheus;
 mod purge;
 mod python_workers;
 mod readiness;
