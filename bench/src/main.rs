@@ -101,6 +101,34 @@ fn versus_standalone(
     row
 }
 
+/// The row of a scenario on a gateway tracing at 1%, measured alternately with
+/// the same load on the gateway with tracing off.
+fn versus_untraced(scenario: &str, paired: &Paired, connections: u32) -> Row {
+    let mut row = row_from(
+        scenario,
+        &paired.scenario,
+        connections,
+        Some(("tracing off", &paired.baseline)),
+        ("cost, reported", None),
+    );
+    let (low, high) = paired.round_ratio_range();
+    row.baseline
+        .push_str(&format!("; rounds {low:.2}–{high:.2}×"));
+    row
+}
+
+/// An OTLP/HTTP endpoint that accepts every export and keeps nothing; returns
+/// its base URL.
+async fn otlp_sink() -> anyhow::Result<String> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let address = format!("http://{}", listener.local_addr()?);
+    let app = axum::Router::new().route("/v1/traces", axum::routing::post(|| async { "" }));
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok(address)
+}
+
 fn check_clean(name: &str, measured: &Measured) -> anyhow::Result<()> {
     if measured.errors > 0 || measured.status_errors > 0 {
         bail!(
@@ -317,6 +345,67 @@ async fn run() -> anyhow::Result<()> {
         connections,
         Some(("≥ 0.85×", 0.85)),
     ));
+
+    // Tracing at 1% sampling, against the same hits and misses with tracing
+    // off, exporting over OTLP/HTTP to a sink that accepts and drops spans.
+    let sink = otlp_sink().await?;
+    let (traced_gateway, traced_port) = stack::gateway(
+        &nats.url(),
+        &redis.url(),
+        &[
+            "--cache-ttl",
+            "30m",
+            "--key-prefix",
+            "a:",
+            "--otlp-endpoint",
+            &sink,
+            "--otlp-protocol",
+            "http/protobuf",
+            "--trace-sample-ratio",
+            "0.01",
+        ],
+    )
+    .await?;
+    fill(traced_port, 1, 1, |_| {
+        "/v1/models/price/predict?product_id=ETH%2FEUR".into()
+    })
+    .await?;
+    say("cache hit, one hot key: traced at 1% alternating with tracing off");
+    let hot_key = r#""/v1/models/price/predict?product_id=ETH%2FEUR""#;
+    let traced_hits = load::interleaved_between(
+        (port, |_| round_load(hot_key)),
+        traced_port,
+        |_| round_load(hot_key),
+        rounds,
+    )?;
+    check_clean("traced hits", &traced_hits.scenario)?;
+    rows.push(versus_untraced(
+        "cache hit, 1 hot key, traced at 1%",
+        &traced_hits,
+        connections,
+    ));
+    say("cache miss, distinct inputs: traced at 1% alternating with tracing off");
+    let traced_misses = load::interleaved_between(
+        (port, |round| {
+            round_load(&format!(
+                r#""/v1/models/price/predict?product_id=UT{run_id}-{round}-" .. n"#
+            ))
+        }),
+        traced_port,
+        |round| {
+            round_load(&format!(
+                r#""/v1/models/price/predict?product_id=TR{run_id}-{round}-" .. n"#
+            ))
+        },
+        rounds,
+    )?;
+    check_clean("traced misses", &traced_misses.scenario)?;
+    rows.push(versus_untraced(
+        "cache miss, distinct inputs, traced at 1%",
+        &traced_misses,
+        connections,
+    ));
+    drop(traced_gateway);
 
     say("cache hit, 10 000 keys, Redis only: warming");
     let (redis_only, redis_port) = stack::gateway(

@@ -5,6 +5,7 @@ use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
+use tracing::Instrument;
 
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
@@ -83,7 +84,9 @@ impl<T: Clone + Send + Sync + 'static> InFlight<T> {
                         let key = Arc::clone(&key);
                         // Boxed: a computation's future is kilobytes, which the
                         // task would otherwise copy around as it is spawned.
-                        let computation = Box::pin(compute());
+                        // In the leader's span: the model call it makes belongs
+                        // to the leader's trace (a no-op with tracing off).
+                        let computation = Box::pin(compute().in_current_span());
                         async move {
                             let outcome = computation.await;
                             this.finish(&key, id);

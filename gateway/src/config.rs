@@ -1,5 +1,6 @@
 //! Gateway settings: every one a flag and an environment variable.
 
+use prediction_contract::traces::TraceArgs;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -146,6 +147,9 @@ pub struct GatewayConfig {
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
+
+    #[command(flatten)]
+    pub traces: TraceArgs,
 }
 
 impl GatewayConfig {

@@ -10,6 +10,6 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = GatewayConfig::parse();
-    let _log_guard = init_tracing(config.log_format);
+    let _log_guard = init_tracing(config.log_format, &config.traces, "gateway")?;
     Application::build(config).await?.run_until_stopped().await
 }

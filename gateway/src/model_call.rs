@@ -10,8 +10,10 @@
 //! first answer winning. The reply becomes a cache entry with the model's
 //! freshness, bounded by `--max-ttl`.
 
+use prediction_contract::traces;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tracing::Instrument;
 
 use futures::future::{self, Either};
 use prediction_contract::time::unix_now_ms;
@@ -91,7 +93,17 @@ impl ModelCaller {
         in_flight.inc();
         // Decremented however the call ends, even if its future is dropped.
         let _in_flight = scopeguard::guard(in_flight, |gauge| gauge.dec());
-        let result = self.admit_and_ask(call).await;
+        let call_span = if traces::enabled() {
+            tracing::info_span!(
+                "model.call",
+                otel.kind = "client",
+                model,
+                request_id = call.request_id.as_str()
+            )
+        } else {
+            tracing::Span::none()
+        };
+        let result = self.admit_and_ask(call).instrument(call_span).await;
         self.metrics
             .model_call_duration
             .with_label_values(&[model])

@@ -1,6 +1,7 @@
 //! One request to a model's workers over NATS: the protocol's side of a model
 //! call (the policy around it, retries and admission, is [`crate::model_call`]'s).
 
+use prediction_contract::traces;
 use std::time::{Duration, Instant};
 
 use async_nats::RequestErrorKind;
@@ -153,9 +154,16 @@ impl ModelClient {
             deadline_unix_ms: Some(unix_now_ms().saturating_add(millis(timeout))),
             avoid_backlog,
         };
+        let mut headers = metadata.to_headers();
+        if traces::enabled() {
+            // The worker's span continues the model call's.
+            for (name, value) in traces::trace_headers(&tracing::Span::current()) {
+                headers.insert(name.as_str(), value.as_str());
+            }
+        }
         let request = async_nats::Request::new()
             .payload(Bytes::copy_from_slice(call.input.as_str().as_bytes()))
-            .headers(metadata.to_headers())
+            .headers(headers)
             .timeout(Some(timeout));
 
         let reply = self

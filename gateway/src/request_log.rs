@@ -8,7 +8,8 @@ use axum::http::HeaderName;
 use axum::middleware::Next;
 use axum::response::Response;
 use prediction_contract::ModelName;
-use tracing::info;
+use prediction_contract::traces;
+use tracing::{Instrument, info};
 
 use crate::prediction::CacheOutcome;
 use crate::state::AppState;
@@ -33,7 +34,20 @@ pub async fn log_request(State(state): State<AppState>, request: Request, next: 
     // Clones that share the request's buffers, not copies.
     let uri = request.uri().clone();
     let request_id = request.headers().get(&X_REQUEST_ID).cloned();
-    let response = next.run(request).await;
+    let (response, trace_id) = if traces::enabled() {
+        let span = tracing::info_span!(
+            "HTTP request",
+            otel.name = format!("{method} {}", uri.path()),
+            otel.kind = "server",
+            http.request.method = %method,
+            url.path = uri.path(),
+        );
+        traces::continue_trace(&span, |name| request.headers().get(name)?.to_str().ok());
+        let trace_id = traces::trace_id(&span);
+        (next.run(request).instrument(span).await, trace_id)
+    } else {
+        (next.run(request).await, None)
+    };
     let outcome = response.extensions().get::<PredictionOutcome>();
     let elapsed = started.elapsed();
     if let Some(outcome) = outcome {
@@ -56,6 +70,7 @@ pub async fn log_request(State(state): State<AppState>, request: Request, next: 
         model = outcome.map(|o| o.model.as_str()),
         cache = outcome.and_then(|o| o.cache).map(|c| c.x_cache()),
         request_id = request_id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("-"),
+        trace_id,
         "request"
     );
     response

@@ -24,6 +24,7 @@ pub mod shutdown;
 pub mod subjects;
 pub mod telemetry;
 pub mod time;
+pub mod traces;
 
 pub use canonical::{CanonicalInput, DuplicateKey, InvalidInput};
 pub use error_body::ErrorBody;

@@ -24,6 +24,9 @@ use serde_json::{Value, json};
 use tokio::runtime::Handle;
 use tokio::sync::{Semaphore, oneshot};
 
+use prediction_contract::traces;
+use tracing::Instrument;
+
 use crate::metrics::{ModelGauges, WorkerMetrics};
 use crate::model::{Input, Model, ModelError};
 
@@ -65,6 +68,8 @@ impl InferenceStats {
 struct Pending {
     input: Input,
     reply: oneshot::Sender<Result<Value, ModelError>>,
+    /// The request's span, for the batch's span to link to (tracing on).
+    caller: Option<opentelemetry::trace::SpanContext>,
 }
 
 /// Runs one model's predictions: one per slot, or batched.
@@ -164,7 +169,15 @@ impl Runner {
         // even if its caller stops waiting: the batch computes it anyway.
         self.gauges.waiting.inc();
         let (reply, result) = oneshot::channel();
-        if batcher.send(Pending { input, reply }).is_err() {
+        let caller = traces::enabled().then(|| traces::span_context(&tracing::Span::current()));
+        if batcher
+            .send(Pending {
+                input,
+                reply,
+                caller,
+            })
+            .is_err()
+        {
             self.gauges.waiting.dec();
             return Err(ModelError::Failed("the model's batcher has stopped".into()));
         }
@@ -216,6 +229,21 @@ impl Batcher {
             let gauges = self.gauges.clone();
             self.runtime.spawn(async move {
                 let _slot = slot;
+                // One span for the batch, linked to the span of every request
+                // in it: a batch has many parents, which a link can say.
+                let span = if traces::enabled() {
+                    let span = tracing::info_span!(
+                        "batch",
+                        model = model.name().as_str(),
+                        size = batch.len()
+                    );
+                    for caller in batch.iter().filter_map(|pending| pending.caller.clone()) {
+                        traces::add_link(&span, caller);
+                    }
+                    span
+                } else {
+                    tracing::Span::none()
+                };
                 let (inputs, replies): (Vec<_>, Vec<_>) = batch
                     .into_iter()
                     .map(|pending| (pending.input, pending.reply))
@@ -226,7 +254,7 @@ impl Batcher {
                 running.add(size);
                 gauges.batch_size.observe(size as f64);
                 stats.record(inputs.len());
-                let results = model.predict_batch(&inputs).await;
+                let results = model.predict_batch(&inputs).instrument(span).await;
                 for (reply, result) in replies.into_iter().zip(results) {
                     // The caller may have given up; its result is simply dropped.
                     let _ = reply.send(result);

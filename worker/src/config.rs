@@ -6,6 +6,7 @@ use clap::Parser;
 use prediction_contract::ModelName;
 use prediction_contract::nats_connection::NatsArgs;
 use prediction_contract::telemetry::LogFormat;
+use prediction_contract::traces::TraceArgs;
 
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -80,6 +81,9 @@ pub struct WorkerConfig {
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
+
+    #[command(flatten)]
+    pub traces: TraceArgs,
 }
 
 impl WorkerConfig {

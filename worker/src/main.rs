@@ -10,7 +10,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = WorkerConfig::parse();
-    let _log_guard = init_tracing(config.log_format);
+    let _log_guard = init_tracing(config.log_format, &config.traces, "worker")?;
     if config.health_check {
         return worker::startup::health_check(&config).await;
     }

@@ -15,9 +15,11 @@ use async_nats::service::{self, endpoint::Endpoint};
 use futures::StreamExt;
 use prediction_contract::headers::error_codes;
 use prediction_contract::time::unix_now_ms;
+use prediction_contract::traces;
 use prediction_contract::{ReplyMetadata, RequestMetadata};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
+use tracing::Instrument;
 use tracing::{debug, info, warn};
 
 use crate::batching::Runner;
@@ -136,9 +138,31 @@ async fn refuse_as_busy(runner: Runner, request: service::Request, reason: &'sta
     }
 }
 
+/// Computes and sends the reply to one request; with tracing on, in a span that
+/// continues the caller's trace (the gateway's model call).
+async fn answer(runner: &Runner, request: service::Request) {
+    if !traces::enabled() {
+        return answer_request(runner, request).await;
+    }
+    let span = tracing::info_span!(
+        "predict",
+        otel.kind = "server",
+        model = runner.model().name().as_str()
+    );
+    traces::continue_trace(&span, |name| {
+        request
+            .message
+            .headers
+            .as_ref()?
+            .get(name)
+            .map(|value| value.as_str())
+    });
+    answer_request(runner, request).instrument(span).await;
+}
+
 /// Computes and sends the reply to one request. Never fails: every problem becomes
 /// an error reply (or, if even that cannot be sent, a log line).
-async fn answer(runner: &Runner, request: service::Request) {
+async fn answer_request(runner: &Runner, request: service::Request) {
     let model = runner.model();
     let started = Instant::now();
     let metadata = RequestMetadata::from_headers(request.message.headers.as_ref());

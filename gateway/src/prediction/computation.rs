@@ -7,8 +7,10 @@
 //! Every try for the lock reads the entry in the same round trip: that read is
 //! the one re-check for an entry someone stored since the request looked.
 
+use prediction_contract::traces;
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument;
 
 use futures::StreamExt;
 use tracing::warn;
@@ -204,7 +206,16 @@ impl Computations {
             return match claim.lock {
                 LockClaim::Taken(lock) => Ok(Some(lock)),
                 LockClaim::HeldElsewhere => {
-                    match self.wait_for_other_gateway(job, &mut announcements).await {
+                    let wait_span = if traces::enabled() {
+                        tracing::info_span!("wait_for_other_gateway")
+                    } else {
+                        tracing::Span::none()
+                    };
+                    match self
+                        .wait_for_other_gateway(job, &mut announcements)
+                        .instrument(wait_span)
+                        .await
+                    {
                         Waited::Done(outcome) => Err(outcome),
                         Waited::LockExpired => continue,
                         Waited::CannotWait => Ok(None),

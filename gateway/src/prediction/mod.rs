@@ -16,8 +16,10 @@
 mod announcement;
 mod computation;
 
+use prediction_contract::traces;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tracing::Instrument;
 
 use axum::http::StatusCode;
 use prediction_contract::ModelName;
@@ -183,7 +185,17 @@ impl Predictor {
                 OnMiss::TakeLease
             };
             let leased = |lock| Claim { lock, entry: None };
-            match self.cache.lookup(&key, on_miss).await {
+            let lookup_span = if traces::enabled() {
+                tracing::info_span!("cache.lookup", model = model.as_str())
+            } else {
+                tracing::Span::none()
+            };
+            match self
+                .cache
+                .lookup(&key, on_miss)
+                .instrument(lookup_span)
+                .await
+            {
                 Lookup::Found(entry) if self.is_current(model, &entry) => {
                     let now = unix_now_ms();
                     let age_accepted = directives.accepts_age(entry.age(now));

@@ -1,0 +1,300 @@
+//! Traces from the gateway through NATS to the worker: a real OTLP receiver
+//! (HTTP/protobuf, decoded with the OpenTelemetry protocol's definitions)
+//! collects the spans of an in-process gateway and of the worker binary, and
+//! the test follows one request's trace through both. Its own test binary:
+//! it installs the process's global subscriber.
+
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use clap::Parser;
+use gateway::{Application, GatewayConfig};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use prediction_contract::telemetry::{LogFormat, init_tracing};
+use prediction_contract::traces::{OtlpProtocol, TraceArgs};
+use prost::Message;
+use test_support::{NatsServer, RedisServer};
+
+/// A span as the receiver got it.
+#[derive(Debug, Clone)]
+struct ReceivedSpan {
+    service: String,
+    name: String,
+    trace_id: String,
+    span_id: String,
+    parent_span_id: String,
+    links: Vec<(String, String)>,
+}
+
+/// An OTLP/HTTP receiver: `POST /v1/traces` with an `ExportTraceServiceRequest`.
+async fn start_receiver() -> (String, Arc<Mutex<Vec<ReceivedSpan>>>) {
+    let spans = Arc::new(Mutex::new(Vec::new()));
+    let store = Arc::clone(&spans);
+    let app = axum::Router::new().route(
+        "/v1/traces",
+        axum::routing::post(move |body: Bytes| {
+            let store = Arc::clone(&store);
+            async move {
+                let request = ExportTraceServiceRequest::decode(body).expect("valid OTLP");
+                let mut spans = store.lock().unwrap();
+                for resource_spans in request.resource_spans {
+                    let service = resource_spans
+                        .resource
+                        .iter()
+                        .flat_map(|resource| &resource.attributes)
+                        .find(|attribute| attribute.key == "service.name")
+                        .and_then(|attribute| attribute.value.as_ref())
+                        .map(|value| format!("{:?}", value.value))
+                        .unwrap_or_default();
+                    for scope in resource_spans.scope_spans {
+                        for span in scope.spans {
+                            spans.push(ReceivedSpan {
+                                service: service.clone(),
+                                name: span.name,
+                                trace_id: hex(&span.trace_id),
+                                span_id: hex(&span.span_id),
+                                parent_span_id: hex(&span.parent_span_id),
+                                links: span
+                                    .links
+                                    .iter()
+                                    .map(|link| (hex(&link.trace_id), hex(&link.span_id)))
+                                    .collect(),
+                            });
+                        }
+                    }
+                }
+                ""
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (address, spans)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+/// The worker binary exporting to `receiver` over OTLP/HTTP.
+struct WorkerProcess(Child);
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_worker(nats_url: &str, receiver: &str, args: &[&str]) -> WorkerProcess {
+    let id_file = std::env::temp_dir().join(format!(
+        "traces-worker-{}-{}.id",
+        std::process::id(),
+        args.len()
+    ));
+    let _ = std::fs::remove_file(&id_file);
+    let child = Command::new(env!("CARGO_BIN_EXE_worker"))
+        .args(["--nats-url", nats_url, "--id-file"])
+        .arg(&id_file)
+        .args(args)
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", receiver)
+        .env("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
+        .env("OTEL_BSP_SCHEDULE_DELAY", "50")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("the worker binary starts");
+    let started = Instant::now();
+    while !id_file.exists() {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the worker did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    WorkerProcess(child)
+}
+
+/// Waits until the receiver holds spans for which `done` holds.
+async fn spans_until(
+    spans: &Arc<Mutex<Vec<ReceivedSpan>>>,
+    what: &str,
+    done: impl Fn(&[ReceivedSpan]) -> bool,
+) -> Vec<ReceivedSpan> {
+    let started = Instant::now();
+    loop {
+        let now = spans.lock().unwrap().clone();
+        if done(&now) {
+            return now;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "{what}: not received in 20 s; got {now:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn find<'a>(spans: &'a [ReceivedSpan], trace: &str, name: &str) -> Option<&'a ReceivedSpan> {
+    spans
+        .iter()
+        .find(|span| span.trace_id == trace && span.name == name)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_trace_runs_from_the_client_through_the_gateway_and_nats_to_the_worker() {
+    let (receiver, spans) = start_receiver().await;
+    let _guard = init_tracing(
+        LogFormat::Text,
+        &TraceArgs {
+            otlp_endpoint: Some(receiver.clone()),
+            otlp_protocol: OtlpProtocol::HttpProtobuf,
+            service_name: None,
+            trace_sample_ratio: None,
+            // Export at once: the SDK batches spans for 5 s by default.
+            trace_export_delay_ms: 50,
+        },
+        "gateway",
+    )
+    .unwrap();
+
+    let nats = NatsServer::start();
+    let redis = RedisServer::start();
+    let models = concat!(env!("CARGO_MANIFEST_DIR"), "/../models/models.toml");
+    let _worker = start_worker(
+        &nats.url(),
+        &receiver,
+        &[
+            "--model",
+            "echo",
+            "--model-config",
+            models,
+            "--batch-window",
+            "20ms",
+        ],
+    );
+    let config = GatewayConfig::try_parse_from([
+        "gateway",
+        "--listen",
+        "127.0.0.1:0",
+        "--nats-url",
+        &nats.url(),
+        "--redis-url",
+        &redis.url(),
+        "--key-prefix",
+        "traces:",
+    ])
+    .unwrap();
+    let app = Application::build(config).await.unwrap();
+    let gateway = format!("http://127.0.0.1:{}", app.port());
+    tokio::spawn(app.run(std::future::pending()));
+    let http = reqwest::Client::new();
+
+    // A miss, in the client's trace.
+    let miss_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let client_span = "00f067aa0ba902b7";
+    let response = http
+        .post(format!("{gateway}/v1/models/echo/predict"))
+        .header("traceparent", format!("00-{miss_trace}-{client_span}-01"))
+        .body(r#"{"traced":1}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["x-cache"], "MISS");
+    // The same input again, in another trace: a hit.
+    let hit_trace = "5bf92f3577b34da6a3ce929d0e0e4737";
+    let response = http
+        .post(format!("{gateway}/v1/models/echo/predict"))
+        .header("traceparent", format!("00-{hit_trace}-{client_span}-01"))
+        .body(r#"{"traced":1}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["x-cache"], "HIT");
+
+    let got = spans_until(
+        &spans,
+        "the miss's worker span and the hit's spans",
+        |spans| {
+            find(spans, miss_trace, "predict").is_some()
+                && find(spans, hit_trace, "POST /v1/models/echo/predict").is_some()
+                && find(spans, hit_trace, "cache.lookup").is_some()
+        },
+    )
+    .await;
+    let request =
+        find(&got, miss_trace, "POST /v1/models/echo/predict").expect("the gateway's request span");
+    assert_eq!(
+        request.parent_span_id, client_span,
+        "continues the client's span"
+    );
+    assert!(request.service.contains("gateway"), "{request:?}");
+    let lookup = find(&got, miss_trace, "cache.lookup").expect("a cache lookup span");
+    assert_eq!(lookup.parent_span_id, request.span_id);
+    let call = find(&got, miss_trace, "model.call").expect("a model call span");
+    assert_eq!(call.parent_span_id, request.span_id);
+    let predict = find(&got, miss_trace, "predict").expect("the worker's span");
+    assert_eq!(
+        predict.parent_span_id, call.span_id,
+        "continues the gateway's call over NATS"
+    );
+    assert!(predict.service.contains("worker"), "{predict:?}");
+    assert!(
+        find(&got, hit_trace, "model.call").is_none(),
+        "a hit calls no model: {got:#?}"
+    );
+
+    // A batch: concurrent requests for a batching ONNX model share one call,
+    // whose span links to each request's span.
+    let features = |i: u32| {
+        let row: Vec<String> = (0..10).map(|k| format!("{}.5", 2000 + i + k)).collect();
+        format!(r#"{{"features":[{}]}}"#, row.join(","))
+    };
+    let traces: Vec<String> = (0..4)
+        .map(|i| format!("6bf92f3577b34da6a3ce929d0e0e47{i:02}"))
+        .collect();
+    let requests = traces.iter().enumerate().map(|(i, trace)| {
+        let http = &http;
+        let gateway = &gateway;
+        async move {
+            http.post(format!("{gateway}/v1/models/price-mlp/predict"))
+                .header("traceparent", format!("00-{trace}-{client_span}-01"))
+                .body(features(i as u32))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    });
+    for status in futures::future::join_all(requests).await {
+        assert_eq!(status, 200);
+    }
+    let got = spans_until(&spans, "the batch span", |spans| {
+        spans.iter().any(|span| span.name == "batch")
+            && traces
+                .iter()
+                .all(|trace| find(spans, trace, "predict").is_some())
+    })
+    .await;
+    let request_spans: Vec<(String, String)> = traces
+        .iter()
+        .map(|trace| {
+            let span = find(&got, trace, "predict").unwrap();
+            (span.trace_id.clone(), span.span_id.clone())
+        })
+        .collect();
+    let linked: Vec<(String, String)> = got
+        .iter()
+        .filter(|span| span.name == "batch")
+        .flat_map(|span| span.links.clone())
+        .collect();
+    for request in &request_spans {
+        assert!(
+            linked.contains(request),
+            "the batch links to {request:?}: {linked:?}"
+        );
+    }
+}
