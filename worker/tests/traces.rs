@@ -298,3 +298,92 @@ async fn one_trace_runs_from_the_client_through_the_gateway_and_nats_to_the_work
         );
     }
 }
+
+/// An OTLP/gRPC receiver (the collector's `TraceService`), collecting spans.
+#[derive(Clone)]
+struct GrpcReceiver(Arc<Mutex<Vec<ReceivedSpan>>>);
+
+#[tonic::async_trait]
+impl opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceService
+    for GrpcReceiver
+{
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<
+        tonic::Response<
+            opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse,
+        >,
+        tonic::Status,
+    > {
+        let mut spans = self.0.lock().unwrap();
+        for resource_spans in request.into_inner().resource_spans {
+            for scope in resource_spans.scope_spans {
+                for span in scope.spans {
+                    spans.push(ReceivedSpan {
+                        service: String::new(),
+                        name: span.name,
+                        trace_id: hex(&span.trace_id),
+                        span_id: hex(&span.span_id),
+                        parent_span_id: hex(&span.parent_span_id),
+                        links: Vec::new(),
+                    });
+                }
+            }
+        }
+        Ok(tonic::Response::new(Default::default()))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_worker_exports_over_grpc_continuing_a_traceparent_sent_over_nats() {
+    use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceServiceServer;
+
+    let spans = Arc::new(Mutex::new(Vec::new()));
+    let port = test_support::free_port();
+    let server = tonic::transport::Server::builder()
+        .add_service(TraceServiceServer::new(GrpcReceiver(Arc::clone(&spans))))
+        .serve(([127, 0, 0, 1], port).into());
+    tokio::spawn(server);
+    let nats = NatsServer::start();
+    let id_file = std::env::temp_dir().join(format!("traces-grpc-{}.id", std::process::id()));
+    let _ = std::fs::remove_file(&id_file);
+    let child = Command::new(env!("CARGO_BIN_EXE_worker"))
+        .args(["--nats-url", &nats.url(), "--model", "echo", "--id-file"])
+        .arg(&id_file)
+        .env(
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            format!("http://127.0.0.1:{port}"),
+        )
+        .env("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+        .env("OTEL_BSP_SCHEDULE_DELAY", "50")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("the worker binary starts");
+    let _worker = WorkerProcess(child);
+    let started = Instant::now();
+    while !id_file.exists() {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the worker did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let trace = "7bf92f3577b34da6a3ce929d0e0e4738";
+    let caller = "10f067aa0ba902b8";
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("traceparent", format!("00-{trace}-{caller}-01").as_str());
+    let reply = client
+        .request_with_headers("predict.echo", headers, r#"{"grpc":1}"#.into())
+        .await
+        .unwrap();
+    assert_eq!(&reply.payload[..], br#"{"echo":{"grpc":1}}"#);
+    let got = spans_until(&spans, "the worker's span over gRPC", |spans| {
+        find(spans, trace, "predict").is_some()
+    })
+    .await;
+    let predict = find(&got, trace, "predict").unwrap();
+    assert_eq!(predict.parent_span_id, caller);
+}

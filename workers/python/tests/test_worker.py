@@ -441,3 +441,42 @@ def test_flags_override_the_workers_arguments_which_override_the_environment(
     assert (worker.settings.concurrency, worker.settings.queue_depth) == (2, 9)
     with pytest.raises(ValueError, match="concurrency"):
         worker.configure(**flags_given(parse_arguments(["m:worker", "--concurrency", "0"])))
+
+
+def test_a_request_span_continues_the_callers_trace_and_a_batch_links_to_each(
+    nats_url: str,
+) -> None:
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)
+    worker = Worker(nats_url)
+    worker.model("one")(lambda inp: 1)
+    worker.model("many", max_batch=8, batch_window=0.02)(lambda batch: [0] * len(batch))
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    caller = "00f067aa0ba902b7"
+
+    async def test() -> None:
+        async with Serving(worker, nats_url) as serving:
+            headers = {"traceparent": f"00-{trace_id}-{caller}-01"}
+            await serving.ask("one", {}, headers=headers)
+            await asyncio.gather(
+                *(serving.ask("many", {"i": i}, headers=headers) for i in range(3))
+            )
+
+    run(test)
+    spans = exporter.get_finished_spans()
+    predicts = [s for s in spans if s.name == "predict"]
+    assert len(predicts) == 4
+    for span in predicts:
+        assert format(span.context.trace_id, "032x") == trace_id
+        assert span.parent is not None and format(span.parent.span_id, "016x") == caller
+    batches = [s for s in spans if s.name == "batch"]
+    linked = {link.context.span_id for b in batches for link in b.links}
+    many = [s for s in predicts if s.attributes and s.attributes.get("model") == "many"]
+    assert {s.context.span_id for s in many} <= linked

@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import tracing
 from .contract import BAD_INPUT, DEADLINE_EXCEEDED, MODEL_FAILED, RequestMetadata
 from .model import InvalidInput, ModelSpec
 
@@ -56,6 +57,8 @@ class _Pending:
     input: dict[str, Any]
     metadata: RequestMetadata
     answer: asyncio.Future[Any] = field(repr=False)
+    #: The request's span, for the batch's span to link to (tracing on).
+    span_context: Any = None
 
 
 def _now_ms() -> int:
@@ -88,11 +91,13 @@ class Runner:
         if spec.batches:
             self._collector = asyncio.get_running_loop().create_task(self._collect())
 
-    async def predict(self, input: dict[str, Any], metadata: RequestMetadata) -> Any:
+    async def predict(
+        self, input: dict[str, Any], metadata: RequestMetadata, span_context: Any = None
+    ) -> Any:
         """The prediction for ``input``, or a :class:`PredictionError`."""
         if self.spec.batches:
             answer: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-            self._pending.append(_Pending(input, metadata, answer))
+            self._pending.append(_Pending(input, metadata, answer, span_context))
             self._arrived.set()
             return await answer
         async with self._slots:
@@ -165,7 +170,8 @@ class Runner:
             self.stats.record(len(live))
             request_ids = ",".join(p.metadata.request_id for p in live)
             try:
-                answers = await self._call([p.input for p in live])
+                with tracing.batch_span(self.spec.name, [p.span_context for p in live]):
+                    answers = await self._call([p.input for p in live])
                 if not isinstance(answers, Sequence) or isinstance(answers, (str, bytes)):
                     raise TypeError(
                         f"a batch function returns a list, not {type(answers).__name__}"

@@ -21,7 +21,7 @@ from nats.aio.client import Client
 from nats.micro.request import Request
 from nats.micro.service import EndpointStats, Service
 
-from . import contract
+from . import contract, tracing
 from .config import Settings, settings_from_environment, validated
 from .contract import BAD_INPUT, BUSY, MODEL_FAILED, RequestMetadata
 from .model import ModelSpec
@@ -253,8 +253,20 @@ def _handler(
 async def _answer(
     runner: Runner, request: Request, metadata: RequestMetadata, stats: _EndpointStats
 ) -> None:
-    """Computes and sends one reply. Never raises: every problem becomes an
-    error reply, or a log line when even that cannot be sent."""
+    """Computes and sends one reply, in a span continuing the caller's trace.
+    Never raises: every problem becomes an error reply, or a log line when even
+    that cannot be sent."""
+    with tracing.request_span(runner.spec.name, request.headers) as span_context:
+        await _answer_in_span(runner, request, metadata, stats, span_context)
+
+
+async def _answer_in_span(
+    runner: Runner,
+    request: Request,
+    metadata: RequestMetadata,
+    stats: _EndpointStats,
+    span_context: Any,
+) -> None:
     spec = runner.spec
     started = time.perf_counter()
     error: PredictionError | None = None
@@ -265,7 +277,7 @@ async def _answer(
                 contract.DEADLINE_EXCEEDED,
                 "the caller's deadline passed before the worker started",
             )
-        prediction = await runner.predict(_parse_input(request.data), metadata)
+        prediction = await runner.predict(_parse_input(request.data), metadata, span_context)
         try:
             payload = json.dumps(prediction, allow_nan=False, separators=(",", ":")).encode()
         except (TypeError, ValueError) as err:
