@@ -8,11 +8,16 @@ use serde_json::{Value, json};
 
 use crate::state::AppState;
 
-/// `GET /healthz` (and `/health`, the original API's): the process is up.
+/// `GET /healthz`: the process is up.
 #[utoipa::path(get, path = "/healthz", tag = "operations",
     responses((status = 200, description = "The process is up: {\"status\":\"ok\"}", body = serde_json::Value)))]
 pub async fn health() -> Json<Value> {
     Json(json!({"status": "ok"}))
+}
+
+/// `GET /health`, the original API's, word for word: `{"status":"OK"}`.
+pub async fn original_health() -> Json<Value> {
+    Json(json!({"status": "OK"}))
 }
 
 #[derive(Debug, Serialize)]

@@ -50,7 +50,7 @@ pub fn router(state: AppState, tokens: Tokens) -> Router {
         .route_layer(from_fn_with_state(tokens, auth::require_metrics_token));
     // Health checks stay open: orchestrators probe them without credentials.
     let health = Router::new()
-        .route("/health", get(health::health))
+        .route("/health", get(health::original_health))
         .route("/healthz", get(health::health))
         .route("/readyz", get(health::ready));
     Router::new()

@@ -30,7 +30,7 @@ async fn the_model_list_follows_workers_starting_and_stopping() {
         served_models(&app).await,
         json!([
             {"name": "echo", "versions": ["3.1.4"], "current_version": "3.1.4", "workers": 1},
-            {"name": "price", "versions": ["1.0.0"], "current_version": "1.0.0", "workers": 1},
+            {"name": "price", "versions": ["1.1.0"], "current_version": "1.1.0", "workers": 1},
         ])
     );
 
@@ -45,7 +45,7 @@ async fn the_model_list_follows_workers_starting_and_stopping() {
         json!([
             {"name": "echo", "versions": ["3.1.4"], "current_version": "3.1.4", "workers": 2},
             {"name": "extra", "versions": ["3.1.4"], "current_version": "3.1.4", "workers": 1},
-            {"name": "price", "versions": ["1.0.0"], "current_version": "1.0.0", "workers": 1},
+            {"name": "price", "versions": ["1.1.0"], "current_version": "1.1.0", "workers": 1},
         ])
     );
 

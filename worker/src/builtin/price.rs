@@ -80,8 +80,11 @@ impl Model for PriceModel {
         &self.name
     }
 
+    /// 1.1.0: `timestamp` is the original API's UTC `"YYYY-MM-DD HH:MM:SS"`
+    /// string; a new version, so no gateway serves a 1.0.0 answer (milliseconds)
+    /// from its cache.
     fn version(&self) -> &str {
-        "1.0.0"
+        "1.1.0"
     }
 
     async fn predict(&self, input: &Input) -> Result<Value, ModelError> {
@@ -97,10 +100,20 @@ impl Model for PriceModel {
         Ok(json!({
             "product_id": product_id,
             "predicted_price": stand_in_price(product_id, bucket_start_sec),
-            "timestamp": bucket_start_sec * 1000,
+            "timestamp": original_timestamp(UNIX_EPOCH + Duration::from_secs(bucket_start_sec)),
             "timestamp_sec": bucket_start_sec,
         }))
     }
+}
+
+/// A moment as the original API wrote it: UTC, `"YYYY-MM-DD HH:MM:SS"`.
+fn original_timestamp(at: SystemTime) -> String {
+    // RFC 3339 to the second, `2026-12-02T13:50:00Z`, without the `T` and the `Z`.
+    humantime::format_rfc3339_seconds(at)
+        .to_string()
+        .replacen('T', " ", 1)
+        .trim_end_matches('Z')
+        .to_owned()
 }
 
 #[cfg(test)]
@@ -133,8 +146,17 @@ mod tests {
         assert_eq!(object["product_id"], "ETH/EUR");
         assert!(object["predicted_price"].as_f64().unwrap() > 0.0);
         let sec = object["timestamp_sec"].as_u64().unwrap();
-        assert_eq!(object["timestamp"].as_u64().unwrap(), sec * 1000);
+        assert_eq!(
+            object["timestamp"].as_str().unwrap(),
+            original_timestamp(UNIX_EPOCH + Duration::from_secs(sec))
+        );
         assert_eq!(sec % 60, 0);
+    }
+
+    #[test]
+    fn timestamps_are_written_as_the_original_api_wrote_them() {
+        let at = UNIX_EPOCH + Duration::from_secs(1_795_694_400);
+        assert_eq!(original_timestamp(at), "2026-11-26 12:00:00");
     }
 
     #[test]

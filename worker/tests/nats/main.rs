@@ -84,7 +84,7 @@ async fn a_plain_request_gets_the_prediction_and_its_metadata() {
     let prediction: Value = serde_json::from_slice(&reply.payload).unwrap();
     assert_eq!(prediction["product_id"], "ETH/EUR");
     assert!(prediction["predicted_price"].as_f64().unwrap() > 0.0);
-    assert_eq!(header(&reply, "Model-Version"), Some("1.0.0"));
+    assert_eq!(header(&reply, "Model-Version"), Some("1.1.0"));
     assert!(
         header(&reply, "Compute-Time-Ms")
             .unwrap()
@@ -151,7 +151,7 @@ async fn the_worker_registers_as_a_nats_service_in_the_shared_queue_group() {
     let reply = request(&running.client, "$SRV.INFO.prediction-worker", b"").await;
     let info: Value = serde_json::from_slice(&reply.payload).unwrap();
     assert_eq!(info["name"], "prediction-worker");
-    assert_eq!(info["metadata"]["price"], "1.0.0");
+    assert_eq!(info["metadata"]["price"], "1.1.0");
     let endpoint = &info["endpoints"][0];
     assert_eq!(endpoint["subject"], "predict.price");
     assert_eq!(endpoint["queue_group"], "q");
@@ -599,7 +599,7 @@ async fn an_independent_python_client_sees_what_nats_req_and_nats_micro_info_sho
     let seen: Value = serde_json::from_slice(&output.stdout).unwrap();
 
     assert_eq!(seen["prediction"]["product_id"], "ETH/EUR");
-    assert_eq!(seen["prediction_headers"]["Model-Version"], "1.0.0");
+    assert_eq!(seen["prediction_headers"]["Model-Version"], "1.1.0");
     assert_eq!(seen["error_headers"]["Nats-Service-Error-Code"], "400");
     assert!(
         seen["error_headers"]["Nats-Service-Error"]
