@@ -11,6 +11,7 @@ test: test-deps ## the whole test suite (starts its own nats-server and redis-se
 	PREDICTION_WORKER_PYTHON="$$(scripts/python-env.sh)" cargo test --workspace --locked
 	"$$(scripts/python-env.sh)" -m pytest -q workers/python
 	scripts/check-compose.sh
+	scripts/check-docs.py
 
 test-deps: ## the independent NATS client the tests use and the manifests' checker's YAML parser (from PyPI)
 	@python3 -c 'import nats, yaml' 2>/dev/null || python3 -m pip install --quiet --disable-pip-version-check nats-py pyyaml
