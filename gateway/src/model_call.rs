@@ -93,7 +93,7 @@ impl ModelCaller {
         in_flight.inc();
         // Decremented however the call ends, even if its future is dropped.
         let _in_flight = scopeguard::guard(in_flight, |gauge| gauge.dec());
-        let call_span = if traces::enabled() {
+        let call_span = if traces::sampled_here() {
             tracing::info_span!(
                 "model.call",
                 otel.kind = "client",

@@ -21,6 +21,27 @@ pub fn enabled() -> bool {
     ENABLED.load(Ordering::Relaxed)
 }
 
+/// Whether a child span made now would be recorded: traces are on and the
+/// current span is sampled. With sampling at 1%, the other 99% of requests
+/// make only their root span, which propagation needs.
+pub fn sampled_here() -> bool {
+    enabled()
+        && tracing::Span::current()
+            .context()
+            .span()
+            .span_context()
+            .is_sampled()
+}
+
+/// Whether the caller whose `traceparent` `header` returns sampled its trace:
+/// `None` without a valid `traceparent` (this service's sampler decides).
+pub fn caller_sampled<'a>(header: impl Fn(&str) -> Option<&'a str>) -> Option<bool> {
+    let parent = TraceContextPropagator::new().extract(&Lookup(header, std::marker::PhantomData));
+    let span = parent.span();
+    let context = span.span_context();
+    context.is_valid().then(|| context.is_sampled())
+}
+
 /// How the OTLP exporter sends spans.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum OtlpProtocol {

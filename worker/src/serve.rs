@@ -141,7 +141,16 @@ async fn refuse_as_busy(runner: Runner, request: service::Request, reason: &'sta
 /// Computes and sends the reply to one request; with tracing on, in a span that
 /// continues the caller's trace (the gateway's model call).
 async fn answer(runner: &Runner, request: service::Request) {
-    if !traces::enabled() {
+    let header = |name: &str| {
+        request
+            .message
+            .headers
+            .as_ref()?
+            .get(name)
+            .map(|value| value.as_str())
+    };
+    // A caller that did not sample its trace gets no span here either.
+    if !traces::enabled() || traces::caller_sampled(header) == Some(false) {
         return answer_request(runner, request).await;
     }
     let span = tracing::info_span!(

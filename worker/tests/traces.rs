@@ -247,6 +247,18 @@ async fn one_trace_runs_from_the_client_through_the_gateway_and_nats_to_the_work
         "a hit calls no model: {got:#?}"
     );
 
+    // A caller that did not sample its trace (flags 00): neither the gateway
+    // nor the worker records a span of it.
+    let unsampled = "8bf92f3577b34da6a3ce929d0e0e4739";
+    let response = http
+        .post(format!("{gateway}/v1/models/echo/predict"))
+        .header("traceparent", format!("00-{unsampled}-{client_span}-00"))
+        .body(r#"{"unsampled":1}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["x-cache"], "MISS");
+
     // A batch: concurrent requests for a batching ONNX model share one call,
     // whose span links to each request's span.
     let features = |i: u32| {
@@ -297,6 +309,12 @@ async fn one_trace_runs_from_the_client_through_the_gateway_and_nats_to_the_work
             "the batch links to {request:?}: {linked:?}"
         );
     }
+    // By now the worker has exported the batch's spans, sent after the
+    // unsampled request's would have been.
+    assert!(
+        got.iter().all(|span| span.trace_id != unsampled),
+        "spans of an unsampled trace: {got:#?}"
+    );
 }
 
 /// An OTLP/gRPC receiver (the collector's `TraceService`), collecting spans.

@@ -206,7 +206,7 @@ impl Computations {
             return match claim.lock {
                 LockClaim::Taken(lock) => Ok(Some(lock)),
                 LockClaim::HeldElsewhere => {
-                    let wait_span = if traces::enabled() {
+                    let wait_span = if traces::sampled_here() {
                         tracing::info_span!("wait_for_other_gateway")
                     } else {
                         tracing::Span::none()

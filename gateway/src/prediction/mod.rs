@@ -185,7 +185,7 @@ impl Predictor {
                 OnMiss::TakeLease
             };
             let leased = |lock| Claim { lock, entry: None };
-            let lookup_span = if traces::enabled() {
+            let lookup_span = if traces::sampled_here() {
                 tracing::info_span!("cache.lookup", model = model.as_str())
             } else {
                 tracing::Span::none()
