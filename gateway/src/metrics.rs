@@ -3,16 +3,10 @@
 //! Each [`Application`](crate::Application) has a registry of its own, so several
 //! gateways in one process (as in the tests) count separately.
 
+use prediction_contract::metrics::{LATENCY_BUCKETS, registry_of, render};
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
-
-/// Latency buckets from 100 µs (a hit) to 30 s (a slow model).
-const LATENCY_BUCKETS: &[f64] = &[
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-    5.0, 10.0, 30.0,
-];
 
 /// The gateway's metrics. Cheap to clone (every field is a shared handle).
 #[derive(Clone)]
@@ -52,7 +46,6 @@ impl std::fmt::Debug for Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
-        let registry = Registry::new();
         let requests = IntCounterVec::new(
             Opts::new(
                 "gateway_prediction_requests_total",
@@ -115,7 +108,7 @@ impl Metrics {
             "Failed refreshes of stale predictions (the stale prediction was served instead).",
         )
         .expect("valid metric");
-        for collector in [
+        let registry = registry_of(vec![
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(request_duration.clone()),
             Box::new(model_calls.clone()),
@@ -125,11 +118,7 @@ impl Metrics {
             Box::new(redis_errors.clone()),
             Box::new(coalesced_keys_in_flight.clone()),
             Box::new(stale_refresh_failures.clone()),
-        ] {
-            registry
-                .register(collector)
-                .expect("metric names are unique");
-        }
+        ]);
         Self {
             registry,
             requests,
@@ -146,11 +135,7 @@ impl Metrics {
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
-        let mut buffer = Vec::new();
-        TextEncoder::new()
-            .encode(&self.registry.gather(), &mut buffer)
-            .expect("encoding to a Vec cannot fail");
-        String::from_utf8(buffer).expect("the text format is UTF-8")
+        render(&self.registry)
     }
 }
 

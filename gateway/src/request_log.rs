@@ -42,7 +42,8 @@ pub async fn log_request(State(state): State<AppState>, request: Request, next: 
             http.request.method = %method,
             url.path = uri.path(),
         );
-        traces::continue_trace(&span, |name| request.headers().get(name)?.to_str().ok());
+        traces::Caller::from_headers(|name| request.headers().get(name)?.to_str().ok())
+            .continued_by(&span);
         let trace_id = traces::trace_id(&span);
         (next.run(request).instrument(span).await, trace_id)
     } else {

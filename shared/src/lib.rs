@@ -18,6 +18,7 @@
 pub mod canonical;
 pub mod error_body;
 pub mod headers;
+pub mod metrics;
 pub mod model_name;
 pub mod nats_connection;
 pub mod shutdown;

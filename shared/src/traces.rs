@@ -33,15 +33,6 @@ pub fn sampled_here() -> bool {
             .is_sampled()
 }
 
-/// Whether the caller whose `traceparent` `header` returns sampled its trace:
-/// `None` without a valid `traceparent` (this service's sampler decides).
-pub fn caller_sampled<'a>(header: impl Fn(&str) -> Option<&'a str>) -> Option<bool> {
-    let parent = TraceContextPropagator::new().extract(&Lookup(header, std::marker::PhantomData));
-    let span = parent.span();
-    let context = span.span_context();
-    context.is_valid().then(|| context.is_sampled())
-}
-
 /// How the OTLP exporter sends spans.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum OtlpProtocol {
@@ -168,12 +159,29 @@ impl<'a, F: Fn(&str) -> Option<&'a str>> Extractor for Lookup<'a, F> {
     }
 }
 
-/// Makes `span` continue the trace whose `traceparent`/`tracestate` `header`
-/// returns, if any.
-pub fn continue_trace<'a>(span: &tracing::Span, header: impl Fn(&str) -> Option<&'a str>) {
-    let parent = TraceContextPropagator::new().extract(&Lookup(header, std::marker::PhantomData));
-    if parent.span().span_context().is_valid() {
-        let _ = span.set_parent(parent);
+/// The trace a caller sent (`traceparent`/`tracestate`), read once.
+#[derive(Debug)]
+pub struct Caller(opentelemetry::Context);
+
+impl Caller {
+    /// Reads the caller's trace from the headers `header` looks up.
+    pub fn from_headers<'a>(header: impl Fn(&str) -> Option<&'a str>) -> Self {
+        Self(TraceContextPropagator::new().extract(&Lookup(header, std::marker::PhantomData)))
+    }
+
+    /// Whether the caller sampled its trace; `None` without a valid
+    /// `traceparent` (this service's sampler decides).
+    pub fn sampled(&self) -> Option<bool> {
+        let span = self.0.span();
+        let context = span.span_context();
+        context.is_valid().then(|| context.is_sampled())
+    }
+
+    /// Makes `span` continue the caller's trace, if it sent one.
+    pub fn continued_by(self, span: &tracing::Span) {
+        if self.sampled().is_some() {
+            let _ = span.set_parent(self.0);
+        }
     }
 }
 

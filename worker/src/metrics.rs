@@ -7,17 +7,11 @@
 use std::net::SocketAddr;
 
 use anyhow::Context;
+use prediction_contract::metrics::{LATENCY_BUCKETS, registry_of, render};
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
 use tracing::info;
-
-/// Latency buckets from 100 µs to 30 s, the gateway's.
-const LATENCY_BUCKETS: &[f64] = &[
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-    5.0, 10.0, 30.0,
-];
 
 /// Batch sizes up to `--max-batch`'s largest useful values.
 const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
@@ -53,7 +47,6 @@ impl Default for WorkerMetrics {
 
 impl WorkerMetrics {
     pub fn new() -> Self {
-        let registry = Registry::new();
         let requests = IntCounterVec::new(
             Opts::new(
                 "worker_requests_total",
@@ -93,17 +86,13 @@ impl WorkerMetrics {
             &["model"],
         )
         .expect("valid metric");
-        for collector in [
+        let registry = registry_of(vec![
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(request_duration.clone()),
             Box::new(batch_size.clone()),
             Box::new(in_flight.clone()),
             Box::new(waiting.clone()),
-        ] {
-            registry
-                .register(collector)
-                .expect("metric names are unique");
-        }
+        ]);
         Self {
             registry,
             requests,
@@ -130,11 +119,7 @@ impl WorkerMetrics {
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
-        let mut buffer = Vec::new();
-        TextEncoder::new()
-            .encode(&self.registry.gather(), &mut buffer)
-            .expect("encoding to a Vec cannot fail");
-        String::from_utf8(buffer).expect("the text format is UTF-8")
+        render(&self.registry)
     }
 }
 

@@ -149,8 +149,12 @@ async fn answer(runner: &Runner, request: service::Request) {
             .get(name)
             .map(|value| value.as_str())
     };
+    if !traces::enabled() {
+        return answer_request(runner, request).await;
+    }
+    let caller = traces::Caller::from_headers(header);
     // A caller that did not sample its trace gets no span here either.
-    if !traces::enabled() || traces::caller_sampled(header) == Some(false) {
+    if caller.sampled() == Some(false) {
         return answer_request(runner, request).await;
     }
     let span = tracing::info_span!(
@@ -158,14 +162,7 @@ async fn answer(runner: &Runner, request: service::Request) {
         otel.kind = "server",
         model = runner.model().name().as_str()
     );
-    traces::continue_trace(&span, |name| {
-        request
-            .message
-            .headers
-            .as_ref()?
-            .get(name)
-            .map(|value| value.as_str())
-    });
+    caller.continued_by(&span);
     answer_request(runner, request).instrument(span).await;
 }
 

@@ -38,33 +38,7 @@ async fn start_receiver() -> (String, Arc<Mutex<Vec<ReceivedSpan>>>) {
             let store = Arc::clone(&store);
             async move {
                 let request = ExportTraceServiceRequest::decode(body).expect("valid OTLP");
-                let mut spans = store.lock().unwrap();
-                for resource_spans in request.resource_spans {
-                    let service = resource_spans
-                        .resource
-                        .iter()
-                        .flat_map(|resource| &resource.attributes)
-                        .find(|attribute| attribute.key == "service.name")
-                        .and_then(|attribute| attribute.value.as_ref())
-                        .map(|value| format!("{:?}", value.value))
-                        .unwrap_or_default();
-                    for scope in resource_spans.scope_spans {
-                        for span in scope.spans {
-                            spans.push(ReceivedSpan {
-                                service: service.clone(),
-                                name: span.name,
-                                trace_id: hex(&span.trace_id),
-                                span_id: hex(&span.span_id),
-                                parent_span_id: hex(&span.parent_span_id),
-                                links: span
-                                    .links
-                                    .iter()
-                                    .map(|link| (hex(&link.trace_id), hex(&link.span_id)))
-                                    .collect(),
-                            });
-                        }
-                    }
-                }
+                store.lock().unwrap().extend(received(request));
                 ""
             }
         }),
@@ -75,11 +49,43 @@ async fn start_receiver() -> (String, Arc<Mutex<Vec<ReceivedSpan>>>) {
     (address, spans)
 }
 
+/// The spans of one export, each with its service's name.
+fn received(request: ExportTraceServiceRequest) -> Vec<ReceivedSpan> {
+    let mut spans = Vec::new();
+    for resource_spans in request.resource_spans {
+        let service = resource_spans
+            .resource
+            .iter()
+            .flat_map(|resource| &resource.attributes)
+            .find(|attribute| attribute.key == "service.name")
+            .and_then(|attribute| attribute.value.as_ref())
+            .map(|value| format!("{:?}", value.value))
+            .unwrap_or_default();
+        for scope in resource_spans.scope_spans {
+            for span in scope.spans {
+                spans.push(ReceivedSpan {
+                    service: service.clone(),
+                    name: span.name,
+                    trace_id: hex(&span.trace_id),
+                    span_id: hex(&span.span_id),
+                    parent_span_id: hex(&span.parent_span_id),
+                    links: span
+                        .links
+                        .iter()
+                        .map(|link| (hex(&link.trace_id), hex(&link.span_id)))
+                        .collect(),
+                });
+            }
+        }
+    }
+    spans
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
-/// The worker binary exporting to `receiver` over OTLP/HTTP.
+/// The worker binary exporting to `receiver` over OTLP (`protocol`).
 struct WorkerProcess(Child);
 
 impl Drop for WorkerProcess {
@@ -89,11 +95,12 @@ impl Drop for WorkerProcess {
     }
 }
 
-fn start_worker(nats_url: &str, receiver: &str, args: &[&str]) -> WorkerProcess {
+fn start_worker(nats_url: &str, receiver: &str, protocol: &str, args: &[&str]) -> WorkerProcess {
+    static STARTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let id_file = std::env::temp_dir().join(format!(
         "traces-worker-{}-{}.id",
         std::process::id(),
-        args.len()
+        STARTED.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
     ));
     let _ = std::fs::remove_file(&id_file);
     let child = Command::new(env!("CARGO_BIN_EXE_worker"))
@@ -101,7 +108,7 @@ fn start_worker(nats_url: &str, receiver: &str, args: &[&str]) -> WorkerProcess 
         .arg(&id_file)
         .args(args)
         .env("OTEL_EXPORTER_OTLP_ENDPOINT", receiver)
-        .env("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
+        .env("OTEL_EXPORTER_OTLP_PROTOCOL", protocol)
         .env("OTEL_BSP_SCHEDULE_DELAY", "50")
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
@@ -167,6 +174,7 @@ async fn one_trace_runs_from_the_client_through_the_gateway_and_nats_to_the_work
     let _worker = start_worker(
         &nats.url(),
         &receiver,
+        "http/protobuf",
         &[
             "--model",
             "echo",
@@ -334,21 +342,10 @@ impl opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::Tra
         >,
         tonic::Status,
     > {
-        let mut spans = self.0.lock().unwrap();
-        for resource_spans in request.into_inner().resource_spans {
-            for scope in resource_spans.scope_spans {
-                for span in scope.spans {
-                    spans.push(ReceivedSpan {
-                        service: String::new(),
-                        name: span.name,
-                        trace_id: hex(&span.trace_id),
-                        span_id: hex(&span.span_id),
-                        parent_span_id: hex(&span.parent_span_id),
-                        links: Vec::new(),
-                    });
-                }
-            }
-        }
+        self.0
+            .lock()
+            .unwrap()
+            .extend(received(request.into_inner()));
         Ok(tonic::Response::new(Default::default()))
     }
 }
@@ -364,30 +361,12 @@ async fn the_worker_exports_over_grpc_continuing_a_traceparent_sent_over_nats() 
         .serve(([127, 0, 0, 1], port).into());
     tokio::spawn(server);
     let nats = NatsServer::start();
-    let id_file = std::env::temp_dir().join(format!("traces-grpc-{}.id", std::process::id()));
-    let _ = std::fs::remove_file(&id_file);
-    let child = Command::new(env!("CARGO_BIN_EXE_worker"))
-        .args(["--nats-url", &nats.url(), "--model", "echo", "--id-file"])
-        .arg(&id_file)
-        .env(
-            "OTEL_EXPORTER_OTLP_ENDPOINT",
-            format!("http://127.0.0.1:{port}"),
-        )
-        .env("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
-        .env("OTEL_BSP_SCHEDULE_DELAY", "50")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("the worker binary starts");
-    let _worker = WorkerProcess(child);
-    let started = Instant::now();
-    while !id_file.exists() {
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "the worker did not start"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let _worker = start_worker(
+        &nats.url(),
+        &format!("http://127.0.0.1:{port}"),
+        "grpc",
+        &["--model", "echo"],
+    );
     let client = async_nats::connect(nats.url()).await.unwrap();
     let trace = "7bf92f3577b34da6a3ce929d0e0e4738";
     let caller = "10f067aa0ba902b8";
@@ -404,4 +383,5 @@ async fn the_worker_exports_over_grpc_continuing_a_traceparent_sent_over_nats() 
     .await;
     let predict = find(&got, trace, "predict").unwrap();
     assert_eq!(predict.parent_span_id, caller);
+    assert!(predict.service.contains("worker"), "{predict:?}");
 }

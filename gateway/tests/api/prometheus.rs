@@ -68,6 +68,29 @@ async fn promtool_check(exposition: &str) -> (bool, String) {
 /// The model only the worker with metrics serves.
 const METERED: &str = "metered";
 
+/// The gateway's and the worker's `/metrics`, as scraped now.
+async fn both_metrics(app: &TestApp, worker_metrics: &str) -> (String, String) {
+    let gateway = app.get("/metrics").await.text().await.unwrap();
+    let worker = reqwest::get(format!("http://{worker_metrics}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    (gateway, worker)
+}
+
+/// A real Prometheus scraping the test's gateway (job `gateway`) and the
+/// worker whose metrics are at `worker_metrics` (job `workers`), as the
+/// dashboard's queries expect.
+fn prometheus_scraping(app: &TestApp, worker_metrics: String) -> PrometheusServer {
+    let gateway_metrics = app.address.trim_start_matches("http://").to_owned();
+    PrometheusServer::start(&[
+        ("gateway", vec![gateway_metrics]),
+        ("workers", vec![worker_metrics]),
+    ])
+}
+
 /// Some of every outcome: misses, hits, a rejected input, a model nobody serves.
 async fn mixed_traffic(app: &TestApp) {
     let path = format!("/v1/models/{METERED}/predict");
@@ -86,13 +109,7 @@ async fn promtool_finds_nothing_wrong_with_the_gateways_or_a_workers_metrics() {
     let (worker_metrics, _stop) =
         start_worker_with_metrics(&app.nats.url(), vec![StubModel::new(METERED)], &[]).await;
     mixed_traffic(&app).await;
-    let gateway = app.get("/metrics").await.text().await.unwrap();
-    let worker = reqwest::get(format!("http://{worker_metrics}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let (gateway, worker) = both_metrics(&app, &worker_metrics).await;
     for (who, exposition) in [("gateway", &gateway), ("worker", &worker)] {
         let (ok, said) = promtool_check(exposition).await;
         assert!(
@@ -200,11 +217,7 @@ async fn a_real_prometheus_scrapes_a_gateway_and_a_worker_and_answers_the_hit_ra
     let app = spawn_app(&[]).await;
     let (worker_metrics, _stop) =
         start_worker_with_metrics(&app.nats.url(), vec![StubModel::new(METERED)], &[]).await;
-    let gateway_metrics = app.address.trim_start_matches("http://").to_owned();
-    let prometheus = PrometheusServer::start(&[
-        ("gateway", vec![gateway_metrics]),
-        ("workers", vec![worker_metrics]),
-    ]);
+    let prometheus = prometheus_scraping(&app, worker_metrics);
     mixed_traffic(&app).await;
     wait_for_fresh_scrapes(&prometheus, 2).await;
     // 3 misses, 6 hits: the ratio of hits among answered lookups.
@@ -256,14 +269,7 @@ async fn the_scaling_signal_counts_model_calls_in_flight_and_waiting() {
     let held = futures::future::join_all(bodies.iter().map(|body| app.post(&path, body)));
     let look = async {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let gateway = app.get("/metrics").await.text().await.unwrap();
-        let worker = reqwest::get(format!("http://{worker_metrics}/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        (gateway, worker)
+        both_metrics(&app, &worker_metrics).await
     };
     let (responses, (gateway, worker)) = tokio::join!(held, look);
     let series = |name: &str| format!(r#"{name}{{model="{METERED}"}}"#);
@@ -314,11 +320,7 @@ async fn every_dashboard_panel_query_answers_from_a_real_prometheus() {
         &[],
     )
     .await;
-    let gateway_metrics = app.address.trim_start_matches("http://").to_owned();
-    let prometheus = PrometheusServer::start(&[
-        ("gateway", vec![gateway_metrics]),
-        ("workers", vec![worker_metrics]),
-    ]);
+    let prometheus = prometheus_scraping(&app, worker_metrics);
     wait_for_fresh_scrapes(&prometheus, 2).await;
     mixed_traffic(&app).await;
     // Identical requests at once: one computes, the others join it (coalesced).

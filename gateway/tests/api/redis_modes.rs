@@ -129,18 +129,12 @@ async fn a_redis_server_given_as_a_sentinel_is_refused() {
     .await;
 }
 
-/// An ACL user over TLS with a private CA: the gateway serves through it in
-/// every mode (for sentinels, the same user and CA reach the sentinels and
-/// the master they name), and a wrong password stops it at startup, unshown.
-async fn an_acl_user_over_tls_serves_and_a_wrong_password_is_refused(mode: RedisMode) {
-    let certificates = Certificates::generate();
-    let redis = TestRedis::start_with(
-        mode,
-        RedisAccess::user("gateway", "s3cret").over_tls(&certificates),
-    );
+/// A gateway in front of `redis` serves a miss then a hit, and one given a
+/// wrong password stops at startup saying `refusal`, the password unshown.
+async fn serves_and_refuses_a_wrong_password(redis: &TestRedis, key_prefix: &str, refusal: &str) {
     let nats = NatsServer::start();
     let _worker = start_worker(&nats.url(), vec![StubModel::new("echo")]).await;
-    let (gateway, _stop) = start_gateway_on(&nats.url(), &redis, "acl:", &[]).await;
+    let (gateway, _stop) = start_gateway_on(&nats.url(), redis, key_prefix, &[]).await;
     let http = reqwest::Client::new();
     for expected in ["MISS", "HIT"] {
         let response = http
@@ -152,16 +146,27 @@ async fn an_acl_user_over_tls_serves_and_a_wrong_password_is_refused(mode: Redis
         assert_eq!(response.status(), 200);
         assert_eq!(header(&response, "x-cache"), expected);
     }
-
     let wrong = redis.gateway_args_with_password("wrong");
     let wrong: Vec<&str> = wrong.iter().map(String::as_str).collect();
     let (code, text) = gateway_exit(&nats, &wrong).await;
     assert_eq!(code, Some(1), "{text}");
-    assert!(text.contains("refused the credentials"), "{text}");
+    assert!(text.contains(refusal), "{text}");
     assert!(
         !text.contains("wrong@"),
         "the password is not shown: {text}"
     );
+}
+
+/// An ACL user over TLS with a private CA: the gateway serves through it in
+/// every mode (for sentinels, the same user and CA reach the sentinels and
+/// the master they name), and a wrong password stops it at startup, unshown.
+async fn an_acl_user_over_tls_serves_and_a_wrong_password_is_refused(mode: RedisMode) {
+    let certificates = Certificates::generate();
+    let redis = TestRedis::start_with(
+        mode,
+        RedisAccess::user("gateway", "s3cret").over_tls(&certificates),
+    );
+    serves_and_refuses_a_wrong_password(&redis, "acl:", "refused the credentials").await;
 }
 
 in_every_redis_mode!(an_acl_user_over_tls_serves_and_a_wrong_password_is_refused);
@@ -172,32 +177,10 @@ async fn open_sentinels_before_a_protected_master_are_asked_without_credentials(
         RedisAccess::user("gateway", "s3cret"),
         RedisAccess::default(),
     );
-    let redis = TestRedis::Sentinel(sentinels);
-    let nats = NatsServer::start();
-    let _worker = start_worker(&nats.url(), vec![StubModel::new("echo")]).await;
-    let (gateway, _stop) = start_gateway_on(&nats.url(), &redis, "open-sentinels:", &[]).await;
-    let http = reqwest::Client::new();
-    for expected in ["MISS", "HIT"] {
-        let response = http
-            .post(format!("{gateway}/v1/models/echo/predict"))
-            .body(r#"{"x":1}"#)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 200);
-        assert_eq!(header(&response, "x-cache"), expected);
-    }
-
-    let wrong = redis.gateway_args_with_password("wrong");
-    let wrong: Vec<&str> = wrong.iter().map(String::as_str).collect();
-    let (code, text) = gateway_exit(&nats, &wrong).await;
-    assert_eq!(code, Some(1), "{text}");
-    assert!(
-        text.contains("the sentinels name refused the credentials"),
-        "{text}"
-    );
-    assert!(
-        !text.contains("wrong@"),
-        "the password is not shown: {text}"
-    );
+    serves_and_refuses_a_wrong_password(
+        &TestRedis::Sentinel(sentinels),
+        "open-sentinels:",
+        "the sentinels name refused the credentials",
+    )
+    .await;
 }
