@@ -49,7 +49,11 @@ pub(crate) fn binary(name: &str, env_override: &str) -> PathBuf {
         .map(|dir| dir.join(name))
         .find(|candidate| candidate.is_file())
         .unwrap_or_else(|| {
-            panic!("{name} is not installed; run `apt-get install -y nats-server redis-server` (or set {env_override})")
+            let package = match name {
+                "redis-cli" => "redis-tools",
+                other => other,
+            };
+            panic!("{name} is not installed; run `.ci/run` or `apt-get install -y {package}` (or set {env_override})")
         })
 }
 

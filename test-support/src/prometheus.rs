@@ -1,13 +1,30 @@
 //! A real Prometheus server for tests, scraping the targets a test names every
 //! second, and its HTTP query API.
 
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::{ServerProcess, binary, temp_dir};
 
 /// How often the test Prometheus scrapes.
 pub const SCRAPE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How long Prometheus may take to be ready once it listens.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The status `GET /-/ready` answers with, if it answers.
+fn ready_status(port: u16) -> Option<u16> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    stream
+        .write_all(b"GET /-/ready HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .ok()?;
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).ok()?;
+    reply.split_whitespace().nth(1)?.parse().ok()
+}
 
 /// `prometheus` on a free port, keeping its data in a temporary folder.
 #[derive(Debug)]
@@ -46,7 +63,22 @@ impl PrometheusServer {
                 "--log.level=warn".into(),
             ]
         });
-        Self { dir, process }
+        let server = Self { dir, process };
+        server.wait_until_ready();
+        server
+    }
+
+    /// Waits for `/-/ready`: Prometheus listens before it can answer queries,
+    /// and answers them with a plain-text 503 meanwhile.
+    fn wait_until_ready(&self) {
+        let started = Instant::now();
+        while ready_status(self.process.port) != Some(200) {
+            assert!(
+                started.elapsed() < READY_TIMEOUT,
+                "prometheus not ready after {READY_TIMEOUT:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// The base URL of its HTTP API.

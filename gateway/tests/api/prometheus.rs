@@ -138,25 +138,33 @@ pub async fn query_until_answered(prometheus: &PrometheusServer, query: &str) ->
     let http = reqwest::Client::new();
     let started = Instant::now();
     loop {
-        let reply: Value = http
+        let request = http
             .get(format!("{}/api/v1/query", prometheus.url()))
-            .query(&[("query", query)])
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        assert_eq!(reply["status"], "success", "{query}: {reply}");
-        if let Some(value) = reply["data"]["result"][0]["value"][1].as_str() {
-            return value.parse().unwrap();
+            .query(&[("query", query)]);
+        let reply = api_reply(request).await;
+        if let Some(reply) = &reply {
+            assert_eq!(reply["status"], "success", "{query}: {reply}");
+            if let Some(value) = reply["data"]["result"][0]["value"][1].as_str() {
+                return value.parse().unwrap();
+            }
         }
         assert!(
             started.elapsed() < Duration::from_secs(30),
-            "{query}: no value after 30 s: {reply}"
+            "{query}: no value after 30 s: {reply:?}"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// The JSON a Prometheus API call answers; `None` while Prometheus cannot answer
+/// (a plain-text 503 while it starts or reloads), which the callers take as
+/// "not yet".
+async fn api_reply(request: reqwest::RequestBuilder) -> Option<Value> {
+    let response = request.send().await.ok()?;
+    if response.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE {
+        return None;
+    }
+    response.json().await.ok()
 }
 
 /// Waits until Prometheus has scraped every target since `since`.
@@ -165,15 +173,13 @@ async fn wait_for_fresh_scrapes(prometheus: &PrometheusServer, targets: usize) {
     let asked = unix_now_secs();
     let started = Instant::now();
     loop {
-        let reply: Value = http
-            .get(format!("{}/api/v1/targets", prometheus.url()))
-            .send()
+        let reply = api_reply(http.get(format!("{}/api/v1/targets", prometheus.url())))
             .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let active = reply["data"]["activeTargets"].as_array().unwrap();
+            .unwrap_or_default();
+        let no_targets = Vec::new();
+        let active = reply["data"]["activeTargets"]
+            .as_array()
+            .unwrap_or(&no_targets);
         let fresh = active
             .iter()
             .filter(|target| {
