@@ -11,58 +11,17 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import nats
 import pytest
 from nats.errors import NoRespondersError
+from serving import Serving, error_of, run
 
 from prediction_worker import InvalidInput, Worker
 
 HERE = Path(__file__).parent
-
-
-def run(test: Callable[[], Awaitable[None]]) -> None:
-    asyncio.run(asyncio.wait_for(test(), 60))
-
-
-class Serving:
-    """A worker serving in the background, and a client to ask it."""
-
-    def __init__(self, worker: Worker, nats_url: str) -> None:
-        self.worker = worker
-        self.nats_url = nats_url
-        self.stop = asyncio.Event()
-
-    async def __aenter__(self) -> Serving:
-        self.task = asyncio.get_running_loop().create_task(self.worker.serve(self.stop))
-        await asyncio.wait_for(self.worker.wait_until_ready(), 10)
-        self.client = await nats.connect(self.nats_url)
-        return self
-
-    async def __aexit__(self, *exc: Any) -> None:
-        self.stop.set()
-        await asyncio.wait_for(self.task, 10)
-        await self.client.close()
-
-    async def ask(
-        self, model: str, payload: Any, headers: dict[str, str] | None = None, timeout: float = 5
-    ) -> Any:
-        body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
-        return await self.client.request(f"predict.{model}", body, timeout=timeout, headers=headers)
-
-    async def srv(self, verb: str) -> Any:
-        reply = await self.client.request(f"$SRV.{verb}.prediction-worker", b"", timeout=2)
-        return json.loads(reply.data)
-
-
-def error_of(reply: Any) -> tuple[str, str] | None:
-    headers = reply.headers or {}
-    if "Nats-Service-Error-Code" not in headers:
-        return None
-    return headers["Nats-Service-Error-Code"], headers["Nats-Service-Error"]
 
 
 def test_a_prediction_comes_back_with_its_version_freshness_and_compute_time(nats_url: str) -> None:
@@ -317,7 +276,10 @@ def test_it_registers_as_the_gateways_workers_do(nats_url: str) -> None:
             endpoints = {e["name"]: e for e in info["endpoints"]}
             assert endpoints["sentiment"]["subject"] == "predict.sentiment"
             assert endpoints["sentiment"]["queue_group"] == "q"
-            assert endpoints["sentiment"]["metadata"] == {"model_version": "1.0.0"}
+            assert endpoints["sentiment"]["metadata"] == {
+                "model_version": "1.0.0",
+                "heartbeats": "true",
+            }
             assert endpoints["embed"]["subject"] == "predict.embed"
             ping = await serving.srv("PING")
             assert ping["id"] == worker.service_id
@@ -416,6 +378,8 @@ def test_the_command_line_serves_a_module_and_sigterm_loses_nothing(nats_url: st
     assert process.wait(10) == 0
     logs = process.stderr.read() if process.stderr else ""
     assert "stopping" in logs and "stopped" in logs, logs
+    # The drain's disconnection is the stop, not a fault to warn of.
+    assert "reconnecting" not in logs, logs
 
 
 def test_the_command_line_names_what_is_wrong() -> None:

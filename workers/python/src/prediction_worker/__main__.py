@@ -38,7 +38,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise SystemExit(f"invalid setting: {err}") from None
     try:
         worker.run()
-    except OSError as err:
+    except OSError as err:  # ConnectionError included: NATS unreachable at startup
         logging.getLogger("prediction_worker").error("cannot serve: %s", err)
         raise SystemExit(1) from None
 

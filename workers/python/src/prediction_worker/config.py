@@ -25,6 +25,9 @@ class Settings:
     #: Requests waiting from which one carrying ``Avoid-Backlog`` is turned
     #: away at once; ``None``: as many as run at once.
     redirect_backlog: int | None = None
+    #: Seconds the worker tries to reach NATS at startup before it gives up
+    #: (exit code 1).
+    connect_timeout: float = 30.0
 
 
 #: Each setting's flag, environment variable and parser.
@@ -54,6 +57,14 @@ _SETTINGS: list[tuple[str, str, str, Callable[[str], Any], str]] = [
         "requests waiting from which one whose caller offered to try another worker "
         "(Avoid-Backlog) is turned away at once (default: as many as run at once)",
     ),
+    (
+        "connect_timeout",
+        "--connect-timeout",
+        "WORKER_CONNECT_TIMEOUT",
+        float,
+        "seconds to keep trying to reach NATS at startup before giving up with exit code 1 "
+        "(default: 30)",
+    ),
 ]
 
 
@@ -81,6 +92,8 @@ def validated(settings: Settings) -> Settings:
     _positive("concurrency", settings.concurrency, 1)
     _positive("queue_depth", settings.queue_depth, 0)
     _positive("redirect_backlog", settings.redirect_backlog, 0)
+    if not settings.connect_timeout > 0:
+        raise ValueError(f"connect_timeout must be above 0 seconds, not {settings.connect_timeout}")
     return settings
 
 

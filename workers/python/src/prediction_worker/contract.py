@@ -19,12 +19,21 @@ PREDICT_SUBJECT_PREFIX = "predict"
 REQUEST_ID = "Request-Id"
 DEADLINE_UNIX_MS = "Deadline-Unix-Ms"
 AVOID_BACKLOG = "Avoid-Backlog"
+#: Send a heartbeat to the reply subject every this many milliseconds while the
+#: request is held, so the caller tells a slow model from a dead worker.
+HEARTBEAT_MS = "Heartbeat-Ms"
 TRACEPARENT = "traceparent"
 
 # Worker -> gateway.
 MODEL_VERSION = "Model-Version"
 FRESHNESS_TTL_MS = "Freshness-Ttl-Ms"
 COMPUTE_TIME_MS = "Compute-Time-Ms"
+#: Marks a message on the reply subject that is not the reply itself.
+REPLY_KIND = "Reply-Kind"
+#: The ``Reply-Kind`` of a heartbeat (an empty payload).
+HEARTBEAT = "heartbeat"
+#: Endpoint metadata key by which a worker says it sends heartbeats ("true").
+HEARTBEATS_METADATA = "heartbeats"
 
 #: ``Nats-Service-Error-Code`` values.
 BAD_INPUT = 400
@@ -40,6 +49,8 @@ class RequestMetadata:
     request_id: str = "-"
     deadline_unix_ms: int | None = None
     avoid_backlog: bool = False
+    #: Seconds between heartbeats the caller asked for; ``None``: none.
+    heartbeat_interval: float | None = None
 
     @classmethod
     def from_headers(cls, headers: Mapping[str, str] | None) -> RequestMetadata:
@@ -51,14 +62,25 @@ class RequestMetadata:
             deadline = int(headers[DEADLINE_UNIX_MS].strip())
         except (KeyError, ValueError):
             deadline = None
+        heartbeat: float | None
+        try:
+            heartbeat = max(int(headers[HEARTBEAT_MS].strip()), 1) / 1000
+        except (KeyError, ValueError):
+            heartbeat = None
         return cls(
             request_id=headers.get(REQUEST_ID, "-"),
             deadline_unix_ms=deadline,
             avoid_backlog=AVOID_BACKLOG in headers,
+            heartbeat_interval=heartbeat,
         )
 
     def deadline_passed(self, now_unix_ms: int) -> bool:
         return self.deadline_unix_ms is not None and now_unix_ms >= self.deadline_unix_ms
+
+
+def heartbeat_headers() -> dict[str, str]:
+    """The headers of a heartbeat."""
+    return {REPLY_KIND: HEARTBEAT}
 
 
 def reply_headers(

@@ -172,6 +172,9 @@ class Runner:
             try:
                 with tracing.batch_span(self.spec.name, [p.span_context for p in live]):
                     answers = await self._call([p.input for p in live])
+                # An array of answers (NumPy's, say): one answer per row.
+                if not isinstance(answers, Sequence) and callable(getattr(answers, "tolist", None)):
+                    answers = answers.tolist()
                 if not isinstance(answers, Sequence) or isinstance(answers, (str, bytes)):
                     raise TypeError(
                         f"a batch function returns a list, not {type(answers).__name__}"

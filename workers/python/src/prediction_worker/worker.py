@@ -25,6 +25,7 @@ from . import contract, tracing
 from .config import Settings, settings_from_environment, validated
 from .contract import BAD_INPUT, BUSY, MODEL_FAILED, RequestMetadata
 from .model import ModelSpec
+from .nats_internals import EndpointStatsAdapter, reply_subject
 from .runner import PredictionError, Runner
 
 log = logging.getLogger("prediction_worker")
@@ -57,6 +58,7 @@ class Worker:
         redirect_backlog: int | None = None,
         nats_creds: str | None = None,
         nats_tls_ca: str | None = None,
+        connect_timeout: float | None = None,
     ) -> None:
         self.settings = settings_from_environment(
             nats_url=nats_url,
@@ -65,6 +67,7 @@ class Worker:
             redirect_backlog=redirect_backlog,
             nats_creds=nats_creds,
             nats_tls_ca=nats_tls_ca,
+            connect_timeout=connect_timeout,
         )
         self._specs: dict[str, ModelSpec] = {}
         self._stop: asyncio.Event | None = None
@@ -151,7 +154,12 @@ class Worker:
         executor = ThreadPoolExecutor(max_workers=settings.concurrency, thread_name_prefix="model")
         slots = asyncio.Semaphore(settings.concurrency)
         runners = {name: Runner(spec, slots, executor) for name, spec in self._specs.items()}
-        client = await _connect(settings)
+        stopping = _Stopping()
+        client = await _connect_unless_stopped(settings, stop, stopping)
+        if client is None:
+            executor.shutdown(wait=False, cancel_futures=True)
+            log.info("stopped before connecting to NATS")
+            return
         in_flight: set[asyncio.Task[None]] = set()
         try:
             service = await nats.micro.add_service(
@@ -169,8 +177,11 @@ class Worker:
                 await group.add_endpoint(
                     name=name,
                     subject=name,
-                    handler=_handler(runner, admission, in_flight, service),
-                    metadata={"model_version": runner.spec.version},
+                    handler=_handler(client, runner, admission, in_flight, service),
+                    metadata={
+                        "model_version": runner.spec.version,
+                        contract.HEARTBEATS_METADATA: "true",
+                    },
                 )
             await client.flush()
             log.info(
@@ -189,6 +200,7 @@ class Worker:
             for runner in runners.values():
                 await runner.close()
         finally:
+            stopping.now = True
             await _within(client.drain(), "draining the NATS connection")
             if not client.is_closed:
                 await client.close()
@@ -223,11 +235,15 @@ class Admission:
 
 
 def _handler(
-    runner: Runner, admission: Admission, in_flight: set[asyncio.Task[None]], service: Service
+    client: Client,
+    runner: Runner,
+    admission: Admission,
+    in_flight: set[asyncio.Task[None]],
+    service: Service,
 ) -> Callable[[Request], Any]:
     """The endpoint's handler. nats-py calls it for one message at a time, so
     it hands each admitted request to a task of its own and returns at once."""
-    endpoint_stats = _EndpointStats(service, runner.spec.name)
+    endpoint_stats = EndpointStatsAdapter(service, runner.spec.name)
 
     async def handle(request: Request) -> None:
         metadata = RequestMetadata.from_headers(request.headers)
@@ -237,7 +253,7 @@ def _handler(
             await request.respond_error(str(BUSY), refusal)
             return
         task = asyncio.get_running_loop().create_task(
-            _answer(runner, request, metadata, endpoint_stats)
+            _answer(client, runner, request, metadata, endpoint_stats)
         )
         in_flight.add(task)
 
@@ -251,20 +267,53 @@ def _handler(
 
 
 async def _answer(
-    runner: Runner, request: Request, metadata: RequestMetadata, stats: _EndpointStats
+    client: Client,
+    runner: Runner,
+    request: Request,
+    metadata: RequestMetadata,
+    stats: EndpointStatsAdapter,
 ) -> None:
-    """Computes and sends one reply, in a span continuing the caller's trace.
-    Never raises: every problem becomes an error reply, or a log line when even
-    that cannot be sent."""
-    with tracing.request_span(runner.spec.name, request.headers) as span_context:
-        await _answer_in_span(runner, request, metadata, stats, span_context)
+    """Computes and sends one reply, in a span continuing the caller's trace,
+    with heartbeats meanwhile if the caller asked for them. Never raises: every
+    problem becomes an error reply, or a log line when even that cannot be
+    sent."""
+    heartbeats = _Heartbeats(client, reply_subject(request), metadata.heartbeat_interval)
+    try:
+        with tracing.request_span(runner.spec.name, request.headers) as span_context:
+            await _answer_in_span(runner, request, metadata, stats, span_context)
+    finally:
+        heartbeats.stop()
+
+
+class _Heartbeats:
+    """Tells the caller, every ``interval`` seconds, that this worker still
+    holds its request (waiting for a slot or computing), so the caller sends
+    it again only if they stop, never because the model is slow."""
+
+    def __init__(self, client: Client, reply: str | None, interval: float | None) -> None:
+        self._task: asyncio.Task[None] | None = None
+        if reply and interval:
+            self._task = asyncio.get_running_loop().create_task(self._beat(client, reply, interval))
+
+    @staticmethod
+    async def _beat(client: Client, reply: str, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await client.publish(reply, b"", headers=contract.heartbeat_headers())
+            except Exception as err:  # the connection is gone; the reply will tell
+                log.debug("could not send a heartbeat: %s", err)
+
+    def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
 
 
 async def _answer_in_span(
     runner: Runner,
     request: Request,
     metadata: RequestMetadata,
-    stats: _EndpointStats,
+    stats: EndpointStatsAdapter,
     span_context: Any,
 ) -> None:
     spec = runner.spec
@@ -278,17 +327,7 @@ async def _answer_in_span(
                 "the caller's deadline passed before the worker started",
             )
         prediction = await runner.predict(_parse_input(request.data), metadata, span_context)
-        try:
-            payload = json.dumps(prediction, allow_nan=False, separators=(",", ":")).encode()
-        except (TypeError, ValueError) as err:
-            log.error(
-                "the prediction cannot be sent as JSON: %s",
-                err,
-                extra={"model": spec.name, "request_id": metadata.request_id},
-            )
-            raise PredictionError(
-                MODEL_FAILED, f"model {spec.name} returned a prediction JSON cannot carry"
-            ) from None
+        payload = _to_json(spec.name, prediction, metadata.request_id)
     except PredictionError as err:
         error = err
     except Exception:
@@ -319,6 +358,31 @@ async def _answer_in_span(
     )
 
 
+def _to_json(model: str, prediction: Any, request_id: str) -> bytes:
+    """The prediction as JSON. NumPy (or any array library's) scalars and
+    arrays become numbers and lists through their ``tolist()``; NaN and
+    infinity, which JSON cannot carry, are an error naming the model."""
+    try:
+        return json.dumps(
+            prediction, allow_nan=False, separators=(",", ":"), default=_plain
+        ).encode()
+    except ValueError:
+        message = f"model {model} returned NaN or infinity, which JSON cannot carry"
+    except TypeError as err:
+        message = f"model {model} returned a prediction JSON cannot carry: {err}"
+    log.error(message, extra={"model": model, "request_id": request_id})
+    raise PredictionError(MODEL_FAILED, message) from None
+
+
+def _plain(value: Any) -> Any:
+    """``json.dumps``'s fallback: an array or a NumPy scalar as plain Python
+    (``np.float32(1.5).tolist() == 1.5``); anything else stays unsendable."""
+    to_list = getattr(value, "tolist", None)
+    if callable(to_list):
+        return to_list()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
 def _parse_input(payload: bytes) -> dict[str, Any]:
     try:
         value = json.loads(payload)
@@ -331,47 +395,63 @@ def _parse_input(payload: bytes) -> dict[str, Any]:
     return value
 
 
-class _EndpointStats:
-    """Keeps ``nats micro stats`` true. nats-py's service counts a request's
-    error and processing time around the handler call, which here returns as
-    soon as the request is handed to its task; so the answer's outcome is
-    added to the endpoint's counters when it is sent. Those counters are
-    nats-py's own attributes: if a later nats-py renames them, the stats only
-    lose the errors and times, and serving is unaffected."""
-
-    def __init__(self, service: Service, name: str) -> None:
-        self._service = service
-        self._name = name
-
-    def record(self, elapsed_seconds: float, error: str | None) -> None:
-        endpoint = next(
-            (
-                e
-                for e in getattr(self._service, "_endpoints", [])
-                if getattr(e, "_name", None) == self._name
-            ),
-            None,
-        )
-        if endpoint is None:
-            return
-        try:
-            endpoint._processing_time += int(elapsed_seconds * 1e9)
-            endpoint._average_processing_time = int(
-                endpoint._processing_time / max(endpoint._num_requests, 1)
-            )
-            if error is not None:
-                endpoint._num_errors += 1
-                endpoint._last_error = error
-        except AttributeError:
-            pass
-
-
 def _stats_data(runners: dict[str, Runner], stats: EndpointStats) -> Any:
     runner = runners.get(stats.name)
     return runner.stats.to_dict() if runner is not None else None
 
 
-async def _connect(settings: Settings) -> Client:
+class _Stopping:
+    """Whether the worker is stopping, for the connection's callbacks: a
+    disconnection then is the drain's, not a fault."""
+
+    now = False
+
+
+async def _connect_unless_stopped(
+    settings: Settings, stop: asyncio.Event, stopping: _Stopping
+) -> Client | None:
+    """Connects to NATS, retrying, until connected (the client), stopped by a
+    signal (``None``) or past ``settings.connect_timeout`` (``ConnectionError``):
+    a worker that cannot reach NATS at startup neither hangs nor ignores
+    SIGTERM."""
+    connecting = asyncio.ensure_future(_connect(settings, stopping))
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        done, _ = await asyncio.wait(
+            {connecting, stopped},
+            timeout=settings.connect_timeout,
+            return_when=asyncio.FIRST_COMPLETED,
+        )
+    finally:
+        stopped.cancel()
+    if connecting in done:
+        return connecting.result()
+    connecting.cancel()
+    try:
+        await connecting
+    except (asyncio.CancelledError, Exception):
+        pass
+    if stop.is_set():
+        return None
+    raise ConnectionError(
+        f"could not connect to NATS at {_redacted(settings.nats_url)} "
+        f"within {settings.connect_timeout:g} s (--connect-timeout)"
+    )
+
+
+def _redacted(urls: str) -> str:
+    """URLs fit for logs: credentials replaced by ``***``."""
+    shown = []
+    for url in urls.split(","):
+        scheme, sep, rest = url.strip().partition("://")
+        authority, slash, path = rest.partition("/")
+        if sep and "@" in authority:
+            authority = "***@" + authority.rsplit("@", 1)[1]
+        shown.append(f"{scheme}{sep}{authority}{slash}{path}" if sep else url.strip())
+    return ",".join(shown)
+
+
+async def _connect(settings: Settings, stopping: _Stopping) -> Client:
     servers = [url.strip() for url in settings.nats_url.split(",") if url.strip()]
     options: dict[str, Any] = {}
     if settings.nats_creds:
@@ -380,13 +460,17 @@ async def _connect(settings: Settings) -> Client:
         options["tls"] = ssl.create_default_context(cafile=settings.nats_tls_ca)
 
     async def disconnected() -> None:
-        log.warning("disconnected from NATS; reconnecting")
+        if stopping.now:
+            log.debug("disconnected from NATS (stopping)")
+        else:
+            log.warning("disconnected from NATS; reconnecting")
 
     async def reconnected() -> None:
         log.info("reconnected to NATS")
 
     async def error(err: Exception) -> None:
-        log.warning("NATS: %s", err)
+        if not stopping.now:
+            log.warning("NATS: %s", err)
 
     return await nats.connect(
         servers=servers,
