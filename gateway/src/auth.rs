@@ -1,39 +1,165 @@
 //! Bearer tokens (RFC 6750): API tokens for predictions, an admin token for purges.
 //!
 //! With no token configured a route is open, as a gateway behind a private network
-//! usually is. Tokens are compared in constant time, every configured one each
-//! time, so neither a token nor which one matched leaks through timing.
+//! usually is. Tokens come from flags, environment variables or files (one token
+//! a line, as Kubernetes mounts a secret), and an empty one is refused at
+//! startup: it would let in any request that says `Authorization: Bearer `.
+//!
+//! A presented token is compared with every configured one through their SHA-256
+//! digests, in constant time: the time taken depends on neither the tokens'
+//! contents, nor their lengths, nor which one matched.
 
+use std::path::Path;
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, header};
 use axum::middleware::Next;
 use axum::response::Response;
+use sha2::{Digest, Sha256};
 use subtle::{Choice, ConstantTimeEq};
 
 use crate::error::ApiError;
+
+/// A token's SHA-256: what is kept and compared, never the token itself.
+type TokenDigest = [u8; 32];
+
+fn digest(token: &str) -> TokenDigest {
+    Sha256::digest(token.as_bytes()).into()
+}
 
 /// The tokens the gateway accepts.
 #[derive(Clone, Default)]
 pub struct Tokens {
     /// Any of them may ask for predictions.
-    pub api: Vec<String>,
+    api: Vec<TokenDigest>,
     /// May purge; an API token on a purge route is refused with 403.
-    pub admin: Option<String>,
+    admin: Option<TokenDigest>,
     /// Whether `/metrics` and `/openapi.json` need a token too.
-    pub protect_metrics: bool,
+    protect_metrics: bool,
 }
 
 impl std::fmt::Debug for Tokens {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Never print the tokens themselves.
         f.debug_struct("Tokens")
             .field("api", &self.api.len())
             .field("admin", &self.admin.is_some())
             .field("protect_metrics", &self.protect_metrics)
             .finish()
     }
+}
+
+/// Why the configured tokens cannot be used; the gateway does not start.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    #[error(
+        "{setting} holds an empty token (a trailing comma, or an empty value?): it would accept `Authorization: Bearer ` with nothing after it"
+    )]
+    Empty { setting: &'static str },
+    #[error(
+        "{setting}: the token holds whitespace or a control character, which no client can send in a header"
+    )]
+    Unsendable { setting: &'static str },
+    #[error("cannot read {setting} {path}: {source}")]
+    File {
+        setting: &'static str,
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{setting} {path} holds no token")]
+    EmptyFile { setting: &'static str, path: String },
+    #[error("{setting} {path} holds {count} tokens; the admin token is one")]
+    SeveralAdminTokens {
+        setting: &'static str,
+        path: String,
+        count: usize,
+    },
+}
+
+/// Where the tokens come from: each list as given (flags or environment) and the
+/// files to read more from.
+#[derive(Debug, Clone, Copy)]
+pub struct TokenSources<'a> {
+    pub api: &'a [String],
+    pub api_file: Option<&'a Path>,
+    pub admin: Option<&'a str>,
+    pub admin_file: Option<&'a Path>,
+    pub protect_metrics: bool,
+}
+
+impl Tokens {
+    /// The tokens `sources` name, refusing empty ones and unreadable files.
+    pub fn load(sources: TokenSources<'_>) -> Result<Self, TokenError> {
+        let mut api = Vec::new();
+        for token in sources.api {
+            api.push(checked(token, "--api-token (GATEWAY_API_TOKENS)")?);
+        }
+        if let Some(path) = sources.api_file {
+            let setting = "--api-token-file (GATEWAY_API_TOKENS_FILE)";
+            let tokens = read_token_file(path, setting)?;
+            api.extend(tokens);
+        }
+        let mut admin = match sources.admin {
+            Some(token) => Some(checked(token, "--admin-token (GATEWAY_ADMIN_TOKEN)")?),
+            None => None,
+        };
+        if let Some(path) = sources.admin_file {
+            let setting = "--admin-token-file (GATEWAY_ADMIN_TOKEN_FILE)";
+            let tokens = read_token_file(path, setting)?;
+            if tokens.len() != 1 {
+                return Err(TokenError::SeveralAdminTokens {
+                    setting,
+                    path: path.display().to_string(),
+                    count: tokens.len(),
+                });
+            }
+            admin = tokens.into_iter().next();
+        }
+        Ok(Self {
+            api,
+            admin,
+            protect_metrics: sources.protect_metrics,
+        })
+    }
+
+    /// Whether any API token is configured (else the prediction routes are open).
+    pub fn requires_api_token(&self) -> bool {
+        !self.api.is_empty()
+    }
+}
+
+/// A token's digest, if the token is one a client can send.
+fn checked(token: &str, setting: &'static str) -> Result<TokenDigest, TokenError> {
+    if token.is_empty() {
+        return Err(TokenError::Empty { setting });
+    }
+    if token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(TokenError::Unsendable { setting });
+    }
+    Ok(digest(token))
+}
+
+/// The tokens of a file: one a line, surrounding whitespace and blank lines
+/// ignored (a secret file usually ends with a newline).
+fn read_token_file(path: &Path, setting: &'static str) -> Result<Vec<TokenDigest>, TokenError> {
+    let text = std::fs::read_to_string(path).map_err(|source| TokenError::File {
+        setting,
+        path: path.display().to_string(),
+        source,
+    })?;
+    let tokens = text
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty())
+        .map(|token| checked(token, setting))
+        .collect::<Result<Vec<_>, _>>()?;
+    if tokens.is_empty() {
+        return Err(TokenError::EmptyFile {
+            setting,
+            path: path.display().to_string(),
+        });
+    }
+    Ok(tokens)
 }
 
 /// What a route gives access to.
@@ -44,19 +170,23 @@ pub enum Access {
     Admin,
 }
 
+/// The token of an `Authorization: Bearer <token>` header. The scheme is
+/// matched without regard to case (RFC 9110, section 11.1); an empty token is
+/// no token.
 fn bearer(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get(header::AUTHORIZATION)?
-        .to_str()
-        .ok()?
-        .strip_prefix("Bearer ")
-        .map(str::trim)
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.trim_start().split_once(' ')?;
+    let token = token.trim_matches(' ');
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
-fn matches_any<'a>(presented: &str, tokens: impl IntoIterator<Item = &'a String>) -> bool {
+fn matches_any<'a>(
+    presented: &TokenDigest,
+    tokens: impl IntoIterator<Item = &'a TokenDigest>,
+) -> bool {
     let mut matched = Choice::from(0);
     for token in tokens {
-        matched |= presented.as_bytes().ct_eq(token.as_bytes());
+        matched |= presented.ct_eq(token);
     }
     matched.into()
 }
@@ -73,11 +203,11 @@ impl Tokens {
         if !needs_token {
             return Ok(());
         }
-        let presented = bearer(headers).ok_or(ApiError::Unauthorized(
+        let presented = digest(bearer(headers).ok_or(ApiError::Unauthorized(
             "this route needs a token: Authorization: Bearer <token>",
-        ))?;
-        let is_admin = matches_any(presented, self.admin.iter());
-        let is_api = matches_any(presented, &self.api);
+        ))?);
+        let is_admin = matches_any(&presented, self.admin.iter());
+        let is_api = matches_any(&presented, &self.api);
         match access {
             Access::Predict | Access::Metrics if is_api || is_admin => Ok(()),
             Access::Admin if is_admin => Ok(()),
@@ -140,12 +270,19 @@ mod tests {
         headers
     }
 
-    fn tokens() -> Tokens {
-        Tokens {
-            api: vec!["api-one".into(), "api-two".into()],
-            admin: Some("admin-s3cret".into()),
+    fn load(api: &[&str], admin: Option<&str>) -> Result<Tokens, TokenError> {
+        let api: Vec<String> = api.iter().map(|t| (*t).to_owned()).collect();
+        Tokens::load(TokenSources {
+            api: &api,
+            api_file: None,
+            admin,
+            admin_file: None,
             protect_metrics: false,
-        }
+        })
+    }
+
+    fn tokens() -> Tokens {
+        load(&["api-one", "api-two"], Some("admin-s3cret")).unwrap()
     }
 
     #[test]
@@ -169,13 +306,96 @@ mod tests {
         for headers in [
             HeaderMap::new(),
             with_authorization("Bearer api-on"),
+            with_authorization("Bearer api-one2"),
             with_authorization("Basic api-one"),
+            with_authorization("Bearerapi-one"),
+            with_authorization("Bearer "),
+            with_authorization("Bearer"),
         ] {
             assert!(matches!(
                 tokens.authorize(Access::Predict, &headers),
                 Err(ApiError::Unauthorized(_))
             ));
         }
+    }
+
+    #[test]
+    fn the_scheme_is_matched_without_regard_to_case() {
+        let tokens = tokens();
+        for value in ["bearer api-one", "BEARER api-one", "BeArEr   api-one"] {
+            assert!(
+                tokens
+                    .authorize(Access::Predict, &with_authorization(value))
+                    .is_ok(),
+                "{value}"
+            );
+        }
+    }
+
+    #[test]
+    fn empty_or_unsendable_tokens_are_refused_when_loaded() {
+        assert!(matches!(
+            load(&["tok1", ""], None),
+            Err(TokenError::Empty { .. })
+        ));
+        assert!(matches!(load(&[], Some("")), Err(TokenError::Empty { .. })));
+        assert!(matches!(
+            load(&["a b"], None),
+            Err(TokenError::Unsendable { .. })
+        ));
+        let message = load(&["tok1", ""], None).unwrap_err().to_string();
+        assert!(message.contains("--api-token"), "{message}");
+    }
+
+    #[test]
+    fn token_files_hold_one_token_a_line() {
+        let dir = std::env::temp_dir().join(format!("gateway-tokens-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let api_file = dir.join("api");
+        let admin_file = dir.join("admin");
+        std::fs::write(&api_file, "from-file-1\n\n  from-file-2  \n").unwrap();
+        std::fs::write(&admin_file, "admin-from-file\n").unwrap();
+        let api = vec!["from-flag".to_owned()];
+        let tokens = Tokens::load(TokenSources {
+            api: &api,
+            api_file: Some(&api_file),
+            admin: None,
+            admin_file: Some(&admin_file),
+            protect_metrics: false,
+        })
+        .unwrap();
+        for token in ["from-flag", "from-file-1", "from-file-2"] {
+            let headers = with_authorization(&format!("Bearer {token}"));
+            assert!(
+                tokens.authorize(Access::Predict, &headers).is_ok(),
+                "{token}"
+            );
+            assert!(matches!(
+                tokens.authorize(Access::Admin, &headers),
+                Err(ApiError::Forbidden(_))
+            ));
+        }
+        let admin = with_authorization("Bearer admin-from-file");
+        assert!(tokens.authorize(Access::Admin, &admin).is_ok());
+
+        std::fs::write(&api_file, "\n \n").unwrap();
+        let empty = Tokens::load(TokenSources {
+            api: &[],
+            api_file: Some(&api_file),
+            admin: None,
+            admin_file: None,
+            protect_metrics: false,
+        });
+        assert!(matches!(empty, Err(TokenError::EmptyFile { .. })));
+        let missing = Tokens::load(TokenSources {
+            api: &[],
+            api_file: Some(&dir.join("missing")),
+            admin: None,
+            admin_file: None,
+            protect_metrics: false,
+        });
+        assert!(matches!(missing, Err(TokenError::File { .. })));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -9,10 +9,11 @@ use prediction_contract::ModelName;
 use prediction_contract::nats_connection::NatsArgs;
 use prediction_contract::telemetry::LogFormat;
 
-use crate::auth::Tokens;
+use crate::auth::TokenSources;
 use crate::cache::{CacheSettings, RedisMode, RedisSettings};
 use crate::model_call::ModelCallSettings;
 use crate::state::Settings;
+use prediction_runtime::http_server::{ConnectionLimits, default_max_connections};
 
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -58,9 +59,12 @@ pub struct GatewayConfig {
     #[arg(long, env = "GATEWAY_REQUEST_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     pub request_timeout: Duration,
 
-    /// After this long without an answer the request is sent once more (a worker may
-    /// have died holding it); the first answer wins. Default: half the request
-    /// timeout. Keep it above the model's slowest normal latency.
+    /// For a model whose workers send no heartbeats (third-party workers): after
+    /// this long without an answer (or twice the model's slowest answer seen, if
+    /// longer) the request is sent once more, as a worker may have died holding
+    /// it; the first answer wins. Default: half the request timeout. Workers that
+    /// send heartbeats (this project's) are asked again only when they fall
+    /// silent.
     #[arg(long, env = "GATEWAY_ATTEMPT_TIMEOUT", value_parser = humantime::parse_duration)]
     pub attempt_timeout: Option<Duration>,
 
@@ -103,12 +107,19 @@ pub struct GatewayConfig {
     pub lock_ttl: Duration,
 
     /// Token the purge routes require (`Authorization: Bearer <token>`). Unset:
-    /// purges need an API token if there are any, else they are open.
+    /// purges need an API token if there are any, else they are open. A flag's
+    /// value shows in the process list: prefer the environment or a file.
     #[arg(long, env = "GATEWAY_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
 
+    /// A file holding the admin token (a mounted secret), instead of
+    /// `--admin-token`.
+    #[arg(long, env = "GATEWAY_ADMIN_TOKEN_FILE", conflicts_with = "admin_token")]
+    pub admin_token_file: Option<std::path::PathBuf>,
+
     /// Tokens the prediction routes accept (`Authorization: Bearer <token>`):
     /// repeat the flag or comma-separate, so tokens can be rotated. Unset: open.
+    /// An empty token (a trailing comma) stops the gateway at startup.
     #[arg(
         long = "api-token",
         env = "GATEWAY_API_TOKENS",
@@ -116,6 +127,11 @@ pub struct GatewayConfig {
         hide_env_values = true
     )]
     pub api_tokens: Vec<String>,
+
+    /// A file of API tokens, one a line (a mounted secret); added to
+    /// `--api-token`'s.
+    #[arg(long, env = "GATEWAY_API_TOKENS_FILE")]
+    pub api_token_file: Option<std::path::PathBuf>,
 
     /// Whether `/metrics` and `/openapi.json` need a token too.
     #[arg(long, env = "GATEWAY_PROTECT_METRICS")]
@@ -134,11 +150,25 @@ pub struct GatewayConfig {
     #[arg(long, env = "GATEWAY_MAX_BODY", default_value_t = 512 * 1024)]
     pub max_body: usize,
 
-    /// How long a client may take to send a request's headers, and then its body.
-    /// A client slower than that (a slowloris) is disconnected, so slow clients
-    /// cannot hold the gateway's connections.
+    /// How long a client may take to send a request: a new connection its first
+    /// one, an HTTP/1.1 request its head from its first byte, and then any
+    /// request its whole body. A client slower than that (a slowloris) is
+    /// disconnected (or, for a body, answered 400), so slow clients cannot hold
+    /// the gateway's connections.
     #[arg(long, env = "GATEWAY_CLIENT_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub client_timeout: Duration,
+
+    /// How long a connection may stay open with no request in progress once it
+    /// has served one (keep-alive). Keep it above the idle timeout of a load
+    /// balancer in front (60 s on most), so the balancer closes first.
+    #[arg(long, env = "GATEWAY_IDLE_TIMEOUT", default_value = "75s", value_parser = humantime::parse_duration)]
+    pub idle_timeout: Duration,
+
+    /// Connections open at once; one accepted beyond it is closed at once.
+    /// Default: the open-file limit (raised to its hard limit at startup) less
+    /// an eighth, kept for NATS, Redis and files.
+    #[arg(long, env = "GATEWAY_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
 
     /// How long a Redis command may take before the gateway answers without the cache.
     #[arg(long, env = "GATEWAY_REDIS_TIMEOUT", default_value = "250ms", value_parser = humantime::parse_duration)]
@@ -156,6 +186,18 @@ impl GatewayConfig {
     /// The attempt timeout in force: the configured one, else half the deadline.
     pub fn attempt_timeout(&self) -> Duration {
         self.attempt_timeout.unwrap_or(self.request_timeout / 2)
+    }
+}
+
+impl From<&GatewayConfig> for ConnectionLimits {
+    fn from(config: &GatewayConfig) -> Self {
+        Self {
+            max_connections: config
+                .max_connections
+                .unwrap_or_else(default_max_connections),
+            client_timeout: config.client_timeout,
+            idle_timeout: config.idle_timeout,
+        }
     }
 }
 
@@ -199,15 +241,18 @@ impl From<&GatewayConfig> for Settings {
         Self {
             default_model: config.default_model.clone(),
             max_body: config.max_body,
+            client_timeout: config.client_timeout,
         }
     }
 }
 
-impl From<&GatewayConfig> for Tokens {
-    fn from(config: &GatewayConfig) -> Self {
+impl<'a> From<&'a GatewayConfig> for TokenSources<'a> {
+    fn from(config: &'a GatewayConfig) -> Self {
         Self {
-            api: config.api_tokens.clone(),
-            admin: config.admin_token.clone(),
+            api: &config.api_tokens,
+            api_file: config.api_token_file.as_deref(),
+            admin: config.admin_token.as_deref(),
+            admin_file: config.admin_token_file.as_deref(),
             protect_metrics: config.protect_metrics,
         }
     }

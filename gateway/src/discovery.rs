@@ -7,25 +7,30 @@
 //! it is looked up again at once (at most every [`RESCAN_AFTER`]) before it is
 //! declared unserved, so a worker that just started is found without waiting.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use async_nats::service::Info;
-use futures::StreamExt;
 use prediction_contract::ModelName;
-use prediction_contract::subjects::{PREDICT_SUBJECT_PREFIX, SERVICE_NAME};
+use prediction_contract::headers::HEARTBEATS_METADATA;
+use prediction_contract::subjects::PREDICT_SUBJECT_PREFIX;
 use serde::Serialize;
 use tokio::sync::Mutex;
 use tracing::debug;
 
-/// How long to wait for the first worker's reply.
-const FIRST_REPLY_WAIT: Duration = Duration::from_millis(250);
-/// After a reply, how long to wait for the next before deciding all have answered.
-const NEXT_REPLY_WAIT: Duration = Duration::from_millis(50);
+use crate::nats::Nats;
+
 /// The shortest time between two scans made because a model was missing.
 const RESCAN_AFTER: Duration = Duration::from_millis(250);
+/// The most models that get a label of their own in the metrics; those past it
+/// (and models no worker has served) share [`OTHER_MODELS_LABEL`].
+pub const MAX_LABELLED_MODELS: usize = 1_000;
+/// The metrics' `model` label of a model no worker has served: a client can
+/// name any number of those, and a series each would grow without bound. No
+/// model name starts with `_`, so no model can be mistaken for it.
+pub const OTHER_MODELS_LABEL: &str = "_other";
 
 /// A model as the workers serving it describe it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -38,6 +43,10 @@ pub struct ServedModel {
     pub current_version: Option<String>,
     /// How many workers serve it.
     pub workers: usize,
+    /// Whether every worker serving it sends heartbeats (see
+    /// [`HEARTBEATS_METADATA`]).
+    #[serde(skip)]
+    pub heartbeats: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -49,23 +58,53 @@ struct Snapshot {
 /// The models being served, from the workers' service info.
 #[derive(Debug)]
 pub struct ModelDirectory {
-    nats: async_nats::Client,
+    nats: Nats,
     max_age: Duration,
     snapshot: Mutex<Option<Snapshot>>,
     /// The last snapshot, readable without waiting for a scan in progress.
     latest: std::sync::RwLock<Option<Snapshot>>,
     refreshing: AtomicBool,
+    /// Every model some worker has served since this gateway started, up to
+    /// [`MAX_LABELLED_MODELS`]: the models with metrics of their own.
+    ever_served: std::sync::RwLock<HashSet<String>>,
 }
 
 impl ModelDirectory {
-    pub fn new(nats: async_nats::Client, max_age: Duration) -> Arc<Self> {
+    pub fn new(nats: Nats, max_age: Duration) -> Arc<Self> {
         Arc::new(Self {
             nats,
             max_age,
             snapshot: Mutex::new(None),
             latest: std::sync::RwLock::new(None),
             refreshing: AtomicBool::new(false),
+            ever_served: std::sync::RwLock::new(HashSet::new()),
         })
+    }
+
+    /// The `model` label of `model`'s metrics: its name if some worker has
+    /// served it, else [`OTHER_MODELS_LABEL`], so the metrics hold a bounded
+    /// number of series whatever names clients send.
+    pub fn metric_label<'a>(&self, model: &'a ModelName) -> &'a str {
+        if self
+            .ever_served
+            .read()
+            .expect("not poisoned")
+            .contains(model.as_str())
+        {
+            model.as_str()
+        } else {
+            OTHER_MODELS_LABEL
+        }
+    }
+
+    /// Whether every worker serving `model` sends heartbeats, at the latest
+    /// snapshot.
+    pub fn sends_heartbeats(&self, model: &ModelName) -> bool {
+        let latest = self.latest.read().expect("not poisoned");
+        latest
+            .as_ref()
+            .and_then(|snapshot| snapshot.models.get(model.as_str()))
+            .is_some_and(|served| served.heartbeats)
     }
 
     /// Every model served now, by name.
@@ -143,15 +182,21 @@ impl ModelDirectory {
         };
         *snapshot = Some(fresh.clone());
         *self.latest.write().expect("not poisoned") = Some(fresh.clone());
+        let mut ever_served = self.ever_served.write().expect("not poisoned");
+        for name in fresh.models.keys() {
+            if ever_served.len() < MAX_LABELLED_MODELS {
+                ever_served.insert(name.clone());
+            }
+        }
+        drop(ever_served);
         fresh
     }
 
     /// Asks every worker for its service info and tallies the models.
     async fn scan(&self) -> BTreeMap<String, ServedModel> {
         let mut models: BTreeMap<String, ServedModel> = BTreeMap::new();
-        let replies =
-            gather_replies(&self.nats, format!("$SRV.INFO.{SERVICE_NAME}"), Vec::new()).await;
-        for reply in replies {
+        let mut without_heartbeats = HashSet::new();
+        for reply in self.nats.ask_every_worker().await {
             let Ok(info) = serde_json::from_slice::<Info>(&reply.payload) else {
                 debug!("ignoring an unreadable service info reply");
                 continue;
@@ -171,12 +216,20 @@ impl ModelDirectory {
                         ..ServedModel::default()
                     });
                 served.workers += 1;
+                if endpoint
+                    .metadata
+                    .get(HEARTBEATS_METADATA)
+                    .is_none_or(|value| value != "true")
+                {
+                    without_heartbeats.insert(name.to_owned());
+                }
                 if let Some(version) = endpoint.metadata.get("model_version") {
                     served.versions.insert(version.clone());
                 }
             }
         }
         for served in models.values_mut() {
+            served.heartbeats = !without_heartbeats.contains(&served.name);
             served.current_version = served
                 .versions
                 .iter()
@@ -211,37 +264,6 @@ pub fn compare_versions(a: &str, b: &str) -> std::cmp::Ordering {
         }
     }
     a_parts.len().cmp(&b_parts.len()).then_with(|| a.cmp(b))
-}
-
-/// Publishes `payload` on `subject` and gathers every reply: waits
-/// [`FIRST_REPLY_WAIT`] for the first, then [`NEXT_REPLY_WAIT`] after each for the
-/// next. Ends at once when the server says nobody listens.
-pub async fn gather_replies(
-    nats: &async_nats::Client,
-    subject: String,
-    payload: Vec<u8>,
-) -> Vec<async_nats::Message> {
-    let mut gathered = Vec::new();
-    let inbox = nats.new_inbox();
-    let Ok(mut replies) = nats.subscribe(inbox.clone()).await else {
-        return gathered;
-    };
-    if nats
-        .publish_with_reply(subject, inbox, payload.into())
-        .await
-        .is_err()
-    {
-        return gathered;
-    }
-    let mut wait = FIRST_REPLY_WAIT;
-    while let Ok(Some(reply)) = tokio::time::timeout(wait, replies.next()).await {
-        if reply.status.is_some_and(|status| status.as_u16() == 503) {
-            break;
-        }
-        gathered.push(reply);
-        wait = NEXT_REPLY_WAIT;
-    }
-    gathered
 }
 
 #[cfg(test)]

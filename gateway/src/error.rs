@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use prediction_contract::{ErrorBody, InvalidInput, InvalidModelName};
 use serde::{Deserialize, Serialize};
 
-use crate::model_client::ModelCallError;
+use crate::model_call::ModelCallError;
 
 /// A failed model call as clients see it. One call's failure is handed to every
 /// request that waited for it, in this gateway or (over NATS) in another, so it
@@ -48,7 +48,7 @@ impl From<&ModelCallError> for PublicFailure {
             M::NotConnected => (StatusCode::SERVICE_UNAVAILABLE, "nats_unavailable"),
             M::Busy(_) => (StatusCode::SERVICE_UNAVAILABLE, "worker_busy"),
             M::Overloaded(_) => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
-            M::TimedOut(_) => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
+            M::TimedOut(_) | M::Lost(_) => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
             M::Failed { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "model_failed"),
             M::InvalidReply(_) | M::Nats(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         };

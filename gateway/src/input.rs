@@ -7,6 +7,7 @@
 //! model and the bytes sent, so it can be remembered by those bytes and never
 //! goes out of date: a request that sends the same bytes again skips all of it.
 
+use std::borrow::Cow;
 use std::hash::{Hash, Hasher};
 
 use axum::body::Bytes;
@@ -55,10 +56,8 @@ impl RawInput {
     pub fn canonical(&self) -> Result<CanonicalInput, ApiError> {
         match self {
             Self::Json(body) => Ok(CanonicalInput::from_json_slice(body)?),
-            Self::Query(_) => {
-                // Decoded as a form, as axum's `Query` would, minus its copies
-                // into owned pairs and its generic deserialiser.
-                let pairs: Vec<_> = form_urlencoded::parse(self.as_bytes()).collect();
+            Self::Query(uri) => {
+                let pairs = query_pairs(uri.query().unwrap_or_default())?;
                 CanonicalInput::from_pairs(pairs.iter().map(|(k, v)| (k.as_ref(), v.as_ref())))
                     .map_err(|DuplicateKey(key)| {
                         ApiError::InvalidQuery(format!(
@@ -67,6 +66,51 @@ impl RawInput {
                     })
             }
         }
+    }
+}
+
+/// A query parameter's name and value, decoded.
+type QueryPair<'a> = (Cow<'a, str>, Cow<'a, str>);
+
+/// The pairs of a query decoded as a form (`+` is a space, `%XX` a byte), as
+/// axum's `Query` would, but strictly: an escape that is not `%` and two hex
+/// digits, or bytes that are not UTF-8, are refused rather than replaced (two
+/// different queries must never decode to one input, and so share an answer).
+fn query_pairs(query: &str) -> Result<Vec<QueryPair<'_>>, ApiError> {
+    query
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            Ok((decode_form_text(key)?, decode_form_text(value)?))
+        })
+        .collect()
+}
+
+fn decode_form_text(text: &str) -> Result<Cow<'_, str>, ApiError> {
+    if !text.contains(['%', '+']) {
+        return Ok(Cow::Borrowed(text));
+    }
+    let bytes = text.as_bytes();
+    let bad_escape = bytes.iter().enumerate().position(|(at, &byte)| {
+        byte == b'%'
+            && !bytes
+                .get(at + 1..at + 3)
+                .is_some_and(|hex| hex.iter().all(u8::is_ascii_hexdigit))
+    });
+    if let Some(at) = bad_escape {
+        let shown: String = text[at..].chars().take(3).collect();
+        return Err(ApiError::InvalidQuery(format!(
+            "the query holds {shown:?}, which is not a percent-escape (% and two hex digits)"
+        )));
+    }
+    let spaced = text.replace('+', " ");
+    match percent_encoding::percent_decode_str(&spaced).decode_utf8() {
+        Ok(decoded) => Ok(Cow::Owned(decoded.into_owned())),
+        Err(_) => Err(ApiError::InvalidQuery(format!(
+            "the query parameter {:?} does not decode to UTF-8 text",
+            text.chars().take(64).collect::<String>()
+        ))),
     }
 }
 
@@ -208,6 +252,32 @@ mod tests {
                 .unwrap()
                 .as_str(),
             "{}"
+        );
+    }
+
+    #[test]
+    fn invalid_escapes_and_bytes_that_are_not_utf8_are_refused() {
+        for uri in [
+            "/p?product_id=%ff",
+            "/p?product_id=%fe",
+            "/p?product_id=%zz",
+            "/p?product_id=%2",
+            "/p?a%ffb=1",
+            "/p?product_id=ok&x=%",
+        ] {
+            let refused = query(uri).canonical();
+            assert!(
+                matches!(&refused, Err(ApiError::InvalidQuery(_))),
+                "{uri}: {refused:?}"
+            );
+        }
+        assert_eq!(
+            query("/p?s=%C3%A9t%C3%A9").canonical().unwrap().as_str(),
+            r#"{"s":"été"}"#
+        );
+        assert_eq!(
+            query("/p?a&b=").canonical().unwrap().as_str(),
+            r#"{"a":"","b":""}"#
         );
     }
 

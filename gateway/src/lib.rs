@@ -39,7 +39,7 @@ pub mod freshness;
 pub mod input;
 pub mod metrics;
 pub mod model_call;
-pub mod model_client;
+pub mod nats;
 pub mod prediction;
 pub mod purge;
 pub mod request_log;

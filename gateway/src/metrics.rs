@@ -4,6 +4,7 @@
 //! gateways in one process (as in the tests) count separately.
 
 use prediction_contract::metrics::{LATENCY_BUCKETS, registry_of, render};
+use prediction_runtime::http_server::ConnectionMetrics;
 use prometheus::{
     HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
@@ -13,7 +14,9 @@ use prometheus::{
 pub struct Metrics {
     registry: Registry,
     /// Prediction requests by model and outcome: hit, stale, miss, coalesced,
-    /// bypass, error.
+    /// bypass, error. The `model` label of every metric is a model some worker
+    /// has served, or `_other` (see `ModelDirectory::metric_label`), so the
+    /// series stay bounded whatever names clients send.
     pub requests: IntCounterVec,
     /// Whole-request latency of prediction requests, by outcome.
     pub request_duration: HistogramVec,
@@ -36,6 +39,10 @@ pub struct Metrics {
     /// Background refreshes of stale entries that failed (the stale entry was
     /// served instead of the error).
     pub stale_refresh_failures: IntCounter,
+    /// Client connections open now.
+    pub connections_open: IntGauge,
+    /// Connections closed at once because `--max-connections` were open.
+    pub connections_refused: IntCounter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -108,6 +115,14 @@ impl Metrics {
             "Failed refreshes of stale predictions (the stale prediction was served instead).",
         )
         .expect("valid metric");
+        let connections_open =
+            IntGauge::new("gateway_connections_open", "Client connections open now.")
+                .expect("valid metric");
+        let connections_refused = IntCounter::new(
+            "gateway_connections_refused_total",
+            "Connections closed at once because --max-connections were open.",
+        )
+        .expect("valid metric");
         let registry = registry_of(vec![
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(request_duration.clone()),
@@ -118,6 +133,8 @@ impl Metrics {
             Box::new(redis_errors.clone()),
             Box::new(coalesced_keys_in_flight.clone()),
             Box::new(stale_refresh_failures.clone()),
+            Box::new(connections_open.clone()),
+            Box::new(connections_refused.clone()),
         ]);
         Self {
             registry,
@@ -130,6 +147,16 @@ impl Metrics {
             redis_errors,
             coalesced_keys_in_flight,
             stale_refresh_failures,
+            connections_open,
+            connections_refused,
+        }
+    }
+
+    /// The server's connection metrics.
+    pub fn connections(&self) -> ConnectionMetrics {
+        ConnectionMetrics {
+            open: self.connections_open.clone(),
+            refused: self.connections_refused.clone(),
         }
     }
 

@@ -11,11 +11,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
 use crate::cache::PredictionCache;
-use crate::discovery::gather_replies;
-
-/// Gateways tell each other to drop purged predictions from their in-process
-/// tier on this subject (gateway to gateway: workers never see it).
-pub const CACHE_PURGE_SUBJECT: &str = "gateway.cache.purge";
+use crate::nats::Nats;
 
 /// A purge, as broadcast to every gateway.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -29,11 +25,9 @@ pub struct PurgeNotice {
 
 /// Tells every gateway (this one included) about a purge and waits for their
 /// acknowledgements; returns how many gateways acknowledged.
-pub async fn broadcast(nats: &async_nats::Client, notice: &PurgeNotice) -> usize {
+pub async fn broadcast(nats: &Nats, notice: &PurgeNotice) -> usize {
     let payload = serde_json::to_vec(notice).expect("a notice always serialises");
-    let acknowledged = gather_replies(nats, CACHE_PURGE_SUBJECT.to_owned(), payload)
-        .await
-        .len();
+    let acknowledged = nats.broadcast_purge(payload.into()).await.len();
     if acknowledged == 0 {
         warn!("no gateway acknowledged a purge; they drop the entries within --local-ttl");
     }
@@ -43,10 +37,10 @@ pub async fn broadcast(nats: &async_nats::Client, notice: &PurgeNotice) -> usize
 /// Subscribes to purge broadcasts (before returning, so no purge made after it is
 /// missed) and applies them to this gateway's in-process tier.
 pub async fn listen(
-    nats: &async_nats::Client,
+    nats: &Nats,
     cache: PredictionCache,
 ) -> Result<JoinHandle<()>, async_nats::SubscribeError> {
-    let mut notices = nats.subscribe(CACHE_PURGE_SUBJECT).await?;
+    let mut notices = nats.purge_notices().await?;
     let nats = nats.clone();
     Ok(tokio::spawn(async move {
         while let Some(message) = notices.next().await {
@@ -62,11 +56,7 @@ pub async fn listen(
                 (None, Ok(model)) => cache.forget_model_locally(&model),
                 (None, Err(_)) => debug!("ignoring a purge notice for an invalid model"),
             }
-            if let Some(reply) = message.reply
-                && let Err(err) = nats.publish(reply, "{}".into()).await
-            {
-                debug!(error = %err, "could not acknowledge a purge");
-            }
+            nats.acknowledge(&message).await;
         }
     }))
 }

@@ -17,6 +17,30 @@ use crate::state::AppState;
 /// The request's id: the client's, or one made for it (see `startup`).
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
+/// The longest request id a client may choose: a UUID is 36 bytes, a trace id
+/// 32; this leaves room for prefixes without letting a client write kilobytes
+/// into every log line and reply.
+pub const MAX_REQUEST_ID_LEN: usize = 128;
+
+/// Drops a client's `X-Request-Id` that is longer than [`MAX_REQUEST_ID_LEN`] or
+/// holds anything but visible ASCII, so the gateway gives the request an id of
+/// its own instead (and echoes that one).
+pub fn drop_unusable_request_id<B>(mut request: axum::http::Request<B>) -> axum::http::Request<B> {
+    let usable = |value: &axum::http::HeaderValue| {
+        value.len() <= MAX_REQUEST_ID_LEN
+            && !value.is_empty()
+            && value.as_bytes().iter().all(|byte| byte.is_ascii_graphic())
+    };
+    if request
+        .headers()
+        .get(&X_REQUEST_ID)
+        .is_some_and(|value| !usable(value))
+    {
+        request.headers_mut().remove(&X_REQUEST_ID);
+    }
+    request
+}
+
 /// Attached by the prediction routes to each response (success or error) so the
 /// request log and the metrics can name the model and the cache outcome (`None`
 /// for an error).
@@ -53,10 +77,8 @@ pub async fn log_request(State(state): State<AppState>, request: Request, next: 
     let elapsed = started.elapsed();
     if let Some(outcome) = outcome {
         let label = outcome.cache.map_or("error", |cache| cache.label());
-        metrics
-            .requests
-            .with_label_values(&[outcome.model.as_str(), label])
-            .inc();
+        let model = state.directory.metric_label(&outcome.model);
+        metrics.requests.with_label_values(&[model, label]).inc();
         metrics
             .request_duration
             .with_label_values(&[label])

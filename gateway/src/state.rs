@@ -9,6 +9,7 @@ use prediction_contract::ModelName;
 use crate::cache::PredictionCache;
 use crate::discovery::ModelDirectory;
 use crate::metrics::Metrics;
+use crate::nats::Nats;
 use crate::prediction::Predictor;
 
 /// axum clones the state for every request, so it is one `Arc`.
@@ -20,7 +21,7 @@ pub struct App {
     pub directory: Arc<ModelDirectory>,
     pub cache: PredictionCache,
     /// For purge broadcasts and the readiness probe.
-    pub nats: async_nats::Client,
+    pub nats: Nats,
     pub metrics: Metrics,
     pub settings: Settings,
 }
@@ -32,11 +33,6 @@ pub struct Settings {
     pub default_model: ModelName,
     /// The largest body accepted, for the error that names it.
     pub max_body: usize,
-}
-
-impl App {
-    /// Whether the NATS connection is up right now.
-    pub fn nats_connected(&self) -> bool {
-        self.nats.connection_state() == async_nats::connection::State::Connected
-    }
+    /// How long a request's body may take to arrive, whole.
+    pub client_timeout: std::time::Duration,
 }

@@ -19,6 +19,23 @@ pub const DEADLINE_UNIX_MS: HeaderName = HeaderName::from_static("Deadline-Unix-
 /// (see the worker's `--redirect-backlog`). Any value counts; a request without it
 /// (from `nats req`, say) waits in line, up to the worker's `--queue-depth`.
 pub const AVOID_BACKLOG: HeaderName = HeaderName::from_static("Avoid-Backlog");
+/// Gateway → worker: while the worker holds the request (waiting for a slot or
+/// computing) it sends a heartbeat to the reply subject every this many
+/// milliseconds, so the caller can tell a slow model from a worker that died and
+/// sends a request again only for the latter. A request without it (from
+/// `nats req`, say) gets its one reply and nothing else.
+pub const HEARTBEAT_MS: HeaderName = HeaderName::from_static("Heartbeat-Ms");
+/// Worker → gateway: what a message on the reply subject is when it is not the
+/// reply itself (the reply carries no such header): [`reply_kinds::HEARTBEAT`].
+pub const REPLY_KIND: HeaderName = HeaderName::from_static("Reply-Kind");
+/// The values of [`REPLY_KIND`].
+pub mod reply_kinds {
+    /// The worker still holds the request; an empty payload.
+    pub const HEARTBEAT: &str = "heartbeat";
+}
+/// Endpoint metadata key (NATS Services API) by which a worker says it sends
+/// heartbeats when asked; value `"true"`.
+pub const HEARTBEATS_METADATA: &str = "heartbeats";
 /// Worker → gateway: the version of the model that computed the prediction.
 pub const MODEL_VERSION: HeaderName = HeaderName::from_static("Model-Version");
 /// Worker → gateway: how long the prediction stays fresh, in milliseconds. Absent
@@ -58,6 +75,8 @@ pub struct RequestMetadata<'a> {
     pub deadline_unix_ms: Option<u64>,
     /// See [`AVOID_BACKLOG`].
     pub avoid_backlog: bool,
+    /// See [`HEARTBEAT_MS`].
+    pub heartbeat_interval: Option<Duration>,
 }
 
 impl<'a> RequestMetadata<'a> {
@@ -71,6 +90,10 @@ impl<'a> RequestMetadata<'a> {
         if self.avoid_backlog {
             headers.insert(AVOID_BACKLOG, "1");
         }
+        if let Some(interval) = self.heartbeat_interval {
+            let mut digits = itoa::Buffer::new();
+            headers.insert(HEARTBEAT_MS, digits.format(crate::time::millis(interval)));
+        }
         headers
     }
 
@@ -82,6 +105,11 @@ impl<'a> RequestMetadata<'a> {
             request_id: get(REQUEST_ID).unwrap_or("-"),
             deadline_unix_ms: get(DEADLINE_UNIX_MS).and_then(|v| v.trim().parse().ok()),
             avoid_backlog: get(AVOID_BACKLOG).is_some(),
+            // A caller asking for more than one a millisecond gets one a
+            // millisecond: a heartbeat is never sent in a busy loop.
+            heartbeat_interval: get(HEARTBEAT_MS)
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(|ms| Duration::from_millis(ms.max(1))),
         }
     }
 
@@ -90,6 +118,20 @@ impl<'a> RequestMetadata<'a> {
         self.deadline_unix_ms
             .is_some_and(|deadline| now_unix_ms >= deadline)
     }
+}
+
+/// A message on a reply subject that is not the reply itself: a heartbeat.
+pub fn heartbeat_headers() -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert(REPLY_KIND, reply_kinds::HEARTBEAT);
+    headers
+}
+
+/// Whether a message on a reply subject is a heartbeat rather than the reply.
+pub fn is_heartbeat(headers: Option<&HeaderMap>) -> bool {
+    headers
+        .and_then(|headers| headers.get(REPLY_KIND))
+        .is_some_and(|kind| kind.as_str() == reply_kinds::HEARTBEAT)
 }
 
 /// What a successful reply says about its prediction.
@@ -170,12 +212,14 @@ mod tests {
             request_id: "3f2a",
             deadline_unix_ms: Some(1_800_000_000_123),
             avoid_backlog: true,
+            heartbeat_interval: Some(Duration::from_millis(500)),
         };
         let headers = metadata.to_headers();
         assert_eq!(RequestMetadata::from_headers(Some(&headers)), metadata);
         let quiet = RequestMetadata {
             avoid_backlog: false,
             deadline_unix_ms: None,
+            heartbeat_interval: None,
             ..metadata
         };
         let headers = quiet.to_headers();
@@ -188,6 +232,7 @@ mod tests {
         assert_eq!(metadata.request_id, "-");
         assert!(!metadata.deadline_passed(u64::MAX));
         assert!(!metadata.avoid_backlog);
+        assert_eq!(metadata.heartbeat_interval, None);
         let mut headers = HeaderMap::new();
         headers.insert(DEADLINE_UNIX_MS, "soon");
         assert_eq!(
@@ -202,9 +247,22 @@ mod tests {
             request_id: "-",
             deadline_unix_ms: Some(1_000),
             avoid_backlog: false,
+            heartbeat_interval: None,
         };
         assert!(!metadata.deadline_passed(999));
         assert!(metadata.deadline_passed(1_000));
+    }
+
+    #[test]
+    fn heartbeats_are_told_from_replies_by_their_kind() {
+        assert!(is_heartbeat(Some(&heartbeat_headers())));
+        let reply = ReplyMetadata {
+            model_version: "1".into(),
+            freshness_ttl: None,
+            compute_time: None,
+        };
+        assert!(!is_heartbeat(Some(&reply.to_headers())));
+        assert!(!is_heartbeat(None));
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! Log setup shared by the gateway and the worker.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::prelude::*;
 use tracing_subscriber::{EnvFilter, Layer, Registry};
@@ -103,5 +105,71 @@ mod tests {
             "redis://***@a:1,redis://***@b:2"
         );
         assert_eq!(redact_url("redis://h/0?x=a@b"), "redis://h/0?x=a@b");
+    }
+}
+
+/// A budget of log lines for one kind of event a client can cause at will (an
+/// unknown model, a refused connection): at most [`LogBudget::LINES_PER_WINDOW`]
+/// lines per [`LogBudget::WINDOW_MS`], so no client can flood the log; the first
+/// line written after some were left out says how many.
+///
+/// Hand-written rather than a rate-limiting layer (tracing-throttle): a layer
+/// filters every event, the request log's line included, on every request.
+#[derive(Debug, Default)]
+pub struct LogBudget {
+    /// The window the count belongs to: unix milliseconds / `WINDOW_MS`.
+    window: AtomicU64,
+    lines: AtomicU64,
+    suppressed: AtomicU64,
+}
+
+impl LogBudget {
+    pub const WINDOW_MS: u64 = 10_000;
+    pub const LINES_PER_WINDOW: u64 = 10;
+
+    pub const fn new() -> Self {
+        Self {
+            window: AtomicU64::new(0),
+            lines: AtomicU64::new(0),
+            suppressed: AtomicU64::new(0),
+        }
+    }
+
+    /// Whether a line may be written now: `Some(n)`, `n` lines having been left
+    /// out since the last one written; `None`: leave this one out.
+    pub fn allow(&self) -> Option<u64> {
+        self.allow_at(crate::time::unix_now_ms())
+    }
+
+    fn allow_at(&self, now_ms: u64) -> Option<u64> {
+        let window = now_ms / Self::WINDOW_MS;
+        if self.window.swap(window, Ordering::Relaxed) != window {
+            self.lines.store(0, Ordering::Relaxed);
+        }
+        if self.lines.fetch_add(1, Ordering::Relaxed) < Self::LINES_PER_WINDOW {
+            Some(self.suppressed.swap(0, Ordering::Relaxed))
+        } else {
+            self.suppressed.fetch_add(1, Ordering::Relaxed);
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod budget_tests {
+    use super::LogBudget;
+
+    #[test]
+    fn a_budget_lets_its_lines_through_then_counts_what_it_leaves_out() {
+        let budget = LogBudget::new();
+        let first_window = 1_000 * LogBudget::WINDOW_MS;
+        let allowed: Vec<_> = (0..25)
+            .filter_map(|_| budget.allow_at(first_window))
+            .collect();
+        assert_eq!(allowed, vec![0; 10]);
+        // The next window's first line tells of the 15 left out.
+        let next = first_window + LogBudget::WINDOW_MS;
+        assert_eq!(budget.allow_at(next), Some(15));
+        assert_eq!(budget.allow_at(next), Some(0));
     }
 }

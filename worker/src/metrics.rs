@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 
 use anyhow::Context;
 use prediction_contract::metrics::{LATENCY_BUCKETS, registry_of, render};
+use prediction_runtime::http_server::{self, ConnectionLimits};
 use prometheus::{
     HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
@@ -132,6 +133,14 @@ pub struct ModelGauges {
 }
 
 /// Serves `GET /metrics` on `address` until the returned handle is aborted.
+/// What bounds the connections to `/metrics`: a few scrapers, each done within
+/// seconds, so that no client can hold the worker's sockets.
+const METRICS_CONNECTION_LIMITS: ConnectionLimits = ConnectionLimits {
+    max_connections: 64,
+    client_timeout: std::time::Duration::from_secs(10),
+    idle_timeout: std::time::Duration::from_secs(75),
+};
+
 pub async fn serve_metrics(
     address: SocketAddr,
     metrics: WorkerMetrics,
@@ -156,8 +165,12 @@ pub async fn serve_metrics(
         }),
     );
     info!(address = %bound, "serving Prometheus metrics at /metrics");
-    let task = tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
+    let task = tokio::spawn(http_server::serve(
+        listener,
+        app,
+        METRICS_CONNECTION_LIMITS,
+        None,
+        std::future::pending(),
+    ));
     Ok((bound, task))
 }

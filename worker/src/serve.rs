@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::service::{self, endpoint::Endpoint};
 use futures::StreamExt;
-use prediction_contract::headers::error_codes;
+use prediction_contract::headers::{error_codes, heartbeat_headers};
 use prediction_contract::time::unix_now_ms;
 use prediction_contract::traces;
 use prediction_contract::{ReplyMetadata, RequestMetadata};
@@ -75,6 +75,7 @@ impl Admission {
 /// `service` (unsubscribing every endpoint) and returns once every request
 /// received has been answered.
 pub async fn serve(
+    client: &async_nats::Client,
     endpoints: Vec<(Runner, Endpoint)>,
     service: service::Service,
     admission: Admission,
@@ -113,10 +114,13 @@ pub async fn serve(
                 match admission.admit(&request) {
                     // Boxed: the request's future is kilobytes, which the task
                     // would otherwise copy around as it is spawned.
-                    Ok(held) => in_flight.spawn(Box::pin(async move {
-                        answer(&runner, request).await;
-                        drop(held);
-                    })),
+                    Ok(held) => {
+                        let client = client.clone();
+                        in_flight.spawn(Box::pin(async move {
+                            answer(&client, &runner, request).await;
+                            drop(held);
+                        }))
+                    }
                     Err(reason) => in_flight.spawn(refuse_as_busy(runner, request, reason)),
                 };
             }
@@ -140,7 +144,7 @@ async fn refuse_as_busy(runner: Runner, request: service::Request, reason: &'sta
 
 /// Computes and sends the reply to one request; with tracing on, in a span that
 /// continues the caller's trace (the gateway's model call).
-async fn answer(runner: &Runner, request: service::Request) {
+async fn answer(client: &async_nats::Client, runner: &Runner, request: service::Request) {
     let header = |name: &str| {
         request
             .message
@@ -150,12 +154,12 @@ async fn answer(runner: &Runner, request: service::Request) {
             .map(|value| value.as_str())
     };
     if !traces::enabled() {
-        return answer_request(runner, request).await;
+        return answer_request(client, runner, request).await;
     }
     let caller = traces::Caller::from_headers(header);
     // A caller that did not sample its trace gets no span here either.
     if caller.sampled() == Some(false) {
-        return answer_request(runner, request).await;
+        return answer_request(client, runner, request).await;
     }
     let span = tracing::info_span!(
         "predict",
@@ -163,12 +167,15 @@ async fn answer(runner: &Runner, request: service::Request) {
         model = runner.model().name().as_str()
     );
     caller.continued_by(&span);
-    answer_request(runner, request).instrument(span).await;
+    answer_request(client, runner, request)
+        .instrument(span)
+        .await;
 }
 
-/// Computes and sends the reply to one request. Never fails: every problem becomes
-/// an error reply (or, if even that cannot be sent, a log line).
-async fn answer_request(runner: &Runner, request: service::Request) {
+/// Computes and sends the reply to one request, with heartbeats meanwhile if
+/// the caller asked for them. Never fails: every problem becomes an error reply
+/// (or, if even that cannot be sent, a log line).
+async fn answer_request(client: &async_nats::Client, runner: &Runner, request: service::Request) {
     let model = runner.model();
     let started = Instant::now();
     let metadata = RequestMetadata::from_headers(request.message.headers.as_ref());
@@ -180,10 +187,17 @@ async fn answer_request(runner: &Runner, request: service::Request) {
         ))
     } else {
         match parse_input(&request.message.payload) {
-            Ok(input) => runner
-                .predict(input)
-                .await
-                .map_err(|err| (err.code(), err.to_string())),
+            Ok(input) => {
+                let prediction = runner.predict(input);
+                let heartbeats = metadata
+                    .heartbeat_interval
+                    .zip(request.message.reply.as_ref());
+                match heartbeats {
+                    Some((every, to)) => with_heartbeats(client, to, every, prediction).await,
+                    None => prediction.await,
+                }
+                .map_err(|err| (err.code(), err.to_string()))
+            }
             Err(err) => Err((err.code(), err.to_string())),
         }
     };
@@ -232,6 +246,37 @@ async fn answer_request(runner: &Runner, request: service::Request) {
         compute_ms = compute_time.as_secs_f64() * 1000.0,
         "prediction request"
     );
+}
+
+/// Runs `work`, telling the caller at `reply` every `every` that this worker
+/// still holds its request (see [`HEARTBEAT_MS`]): the caller then sends it
+/// again only if the heartbeats stop, never because the model is slow. Driven
+/// by the request's own task: no task, and no timer once the work is done.
+///
+/// [`HEARTBEAT_MS`]: prediction_contract::headers::HEARTBEAT_MS
+async fn with_heartbeats<F: Future>(
+    client: &async_nats::Client,
+    reply: &async_nats::Subject,
+    every: Duration,
+    work: F,
+) -> F::Output {
+    tokio::pin!(work);
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            biased;
+            output = &mut work => return output,
+            _ = ticks.tick() => {
+                let sent = client
+                    .publish_with_headers(reply.clone(), heartbeat_headers(), bytes::Bytes::new())
+                    .await;
+                if let Err(err) = sent {
+                    debug!(error = %err, "could not send a heartbeat");
+                }
+            }
+        }
+    }
 }
 
 fn parse_input(payload: &[u8]) -> Result<Input, ModelError> {

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use async_nats::service::{Service, ServiceExt, endpoint::Endpoint};
+use prediction_contract::headers::HEARTBEATS_METADATA;
 use prediction_contract::nats_connection::connection_name;
 use prediction_contract::subjects::{PREDICT_SUBJECT_PREFIX, QUEUE_GROUP, SERVICE_NAME};
 use tokio::sync::Semaphore;
@@ -154,7 +155,13 @@ impl Worker {
             let endpoint = group
                 .endpoint_builder()
                 .name(model.name())
-                .metadata([("model_version".to_owned(), model.version().to_owned())].into())
+                .metadata(
+                    [
+                        ("model_version".to_owned(), model.version().to_owned()),
+                        (HEARTBEATS_METADATA.to_owned(), "true".to_owned()),
+                    ]
+                    .into(),
+                )
                 .add(model.name())
                 .await
                 .map_err(|err| anyhow::anyhow!(err))
@@ -221,7 +228,7 @@ impl Worker {
             admission,
             metrics_server,
         } = self;
-        serve(endpoints, service, admission, shutdown).await;
+        serve(&client, endpoints, service, admission, shutdown).await;
         if let Some((_, task)) = metrics_server {
             task.abort();
         }

@@ -1,33 +1,33 @@
 //! Announcements: how a gateway that computed a key tells the gateways waiting
 //! for it how the computation ended, over NATS, so they need not poll Redis.
 //!
-//! Subject: `gateway.cache.ready.<CacheKey::subject_token>`; header `Outcome`:
+//! Subject: `gateway.cache.ready.<CacheKey::subject_token>` (see
+//! [`crate::nats`]); header `Outcome`:
 //! `ok` (payload: the cache entry) or `error` (payload: the [`PublicFailure`] as
 //! JSON). Gateway to gateway only: workers never see these.
 
 use std::sync::Arc;
 
-use async_nats::{HeaderMap, HeaderName};
-use tracing::debug;
+use async_nats::{HeaderMap, HeaderName, Subscriber};
 
 use crate::cache::{CacheKey, CachedPrediction};
 use crate::error::PublicFailure;
+use crate::nats::Nats;
 
-/// The prefix of every announcement's subject.
-pub const CACHE_READY_SUBJECT_PREFIX: &str = "gateway.cache.ready";
 const OUTCOME: HeaderName = HeaderName::from_static("Outcome");
 
 /// How a computation ended, as announced.
 pub type Announced = Result<Arc<CachedPrediction>, Arc<PublicFailure>>;
 
-/// The subject on which the outcome of computing `key` is announced.
-pub fn subject(key: &CacheKey) -> String {
-    format!("{CACHE_READY_SUBJECT_PREFIX}.{}", key.subject_token())
+/// The announcements of `key`'s computation from now on, or `None` if they
+/// cannot be listened for (NATS is down).
+pub async fn listen(nats: &Nats, key: &CacheKey) -> Option<Subscriber> {
+    nats.announcements(&key.subject_token()).await
 }
 
 /// Tells gateways waiting on `key` how its computation ended. A failure to send
 /// is only logged: waiters fall back to the lock's expiry.
-pub async fn announce(nats: &async_nats::Client, key: &CacheKey, outcome: &Announced) {
+pub async fn announce(nats: &Nats, key: &CacheKey, outcome: &Announced) {
     let mut headers = HeaderMap::new();
     let payload = match outcome {
         Ok(entry) => {
@@ -39,12 +39,8 @@ pub async fn announce(nats: &async_nats::Client, key: &CacheKey, outcome: &Annou
             serde_json::to_vec(failure.as_ref()).expect("a failure always serialises")
         }
     };
-    if let Err(err) = nats
-        .publish_with_headers(subject(key), headers, payload.into())
-        .await
-    {
-        debug!(error = %err, "could not announce a finished model call");
-    }
+    nats.announce(&key.subject_token(), headers, payload.into())
+        .await;
 }
 
 /// Reads an announcement; `None` if it is not one this gateway understands.

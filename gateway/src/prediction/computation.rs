@@ -13,7 +13,6 @@ use std::time::Duration;
 use tracing::Instrument;
 
 use futures::StreamExt;
-use tracing::warn;
 
 use super::announcement;
 use crate::cache::{
@@ -22,6 +21,7 @@ use crate::cache::{
 use crate::discovery::ModelDirectory;
 use crate::error::PublicFailure;
 use crate::model_call::{ModelCall, ModelCallError, ModelCaller};
+use crate::nats::Nats;
 
 /// How much longer than a lock's remaining time a waiter waits for the holder's
 /// announcement before trying to take over the lock.
@@ -95,9 +95,7 @@ pub struct Computations {
     models: ModelCaller,
     directory: Arc<ModelDirectory>,
     /// Where announcements are published and awaited.
-    nats: async_nats::Client,
-    /// For the message of a wait that outlasts it.
-    request_timeout: Duration,
+    nats: Nats,
 }
 
 impl Computations {
@@ -105,15 +103,13 @@ impl Computations {
         cache: PredictionCache,
         models: ModelCaller,
         directory: Arc<ModelDirectory>,
-        nats: async_nats::Client,
-        request_timeout: Duration,
+        nats: Nats,
     ) -> Self {
         Self {
             cache,
             models,
             directory,
             nats,
-            request_timeout,
         }
     }
 
@@ -240,20 +236,13 @@ impl Computations {
         announcements: &mut Option<async_nats::Subscriber>,
     ) -> Waited {
         if announcements.is_none() {
-            if self.nats.connection_state() != async_nats::connection::State::Connected {
-                return Waited::CannotWait;
-            }
-            match self.nats.subscribe(announcement::subject(&job.key)).await {
-                Ok(subscriber) => *announcements = Some(subscriber),
-                Err(err) => {
-                    warn!(error = %err, "cannot wait for another gateway's model call");
-                    return Waited::CannotWait;
-                }
-            }
             // The subscription must be in place before the holder can see that
             // we wait (and announce), or an announcement made in between would
-            // be missed.
-            let _ = self.nats.flush().await;
+            // be missed: `listen` returns once the server has it.
+            match announcement::listen(&self.nats, &job.key).await {
+                Some(subscriber) => *announcements = Some(subscriber),
+                None => return Waited::CannotWait,
+            }
         }
         // The holder announces only to gateways that marked they wait; one that
         // finished before the mark had stored the entry already (read with the
@@ -290,7 +279,7 @@ impl Computations {
             },
             Ok(None) => Waited::CannotWait,
             Err(_) if job.call.time_left().is_zero() => Waited::Done(Err(Arc::new(
-                PublicFailure::from(&ModelCallError::TimedOut(self.request_timeout)),
+                PublicFailure::from(&ModelCallError::TimedOut(job.call.waited())),
             ))),
             Err(_) => Waited::LockExpired,
         }

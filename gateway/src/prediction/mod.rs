@@ -36,7 +36,7 @@ use crate::freshness::RequestDirectives;
 use crate::input::{KeyMemo, RawInput};
 use crate::metrics::Metrics;
 use crate::model_call::{ModelCall, ModelCaller};
-pub use announcement::CACHE_READY_SUBJECT_PREFIX;
+use crate::nats::Nats;
 use computation::{CallOutcome, Computations, Job, Source};
 
 /// Where an answer came from; told in `X-Cache` and `Cache-Status`.
@@ -110,7 +110,7 @@ impl Predictor {
         cache: PredictionCache,
         models: ModelCaller,
         directory: Arc<ModelDirectory>,
-        nats: async_nats::Client,
+        nats: Nats,
         metrics: Metrics,
         request_timeout: Duration,
     ) -> Arc<Self> {
@@ -124,13 +124,7 @@ impl Predictor {
             },
             metrics.coalesced_keys_in_flight.clone(),
         );
-        let computations = Computations::new(
-            cache.clone(),
-            models,
-            Arc::clone(&directory),
-            nats,
-            request_timeout,
-        );
+        let computations = Computations::new(cache.clone(), models, Arc::clone(&directory), nats);
         Arc::new(Self {
             cache,
             computations: Arc::new(computations),

@@ -41,9 +41,14 @@ impl FromRequest<AppState> for JsonInput {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &AppState) -> Result<Self, ApiError> {
-        let body = Bytes::from_request(request, state)
-            .await
-            .map_err(|rejection| body_error(&rejection, state.settings.max_body))?;
+        // The whole body within the client timeout, however it is trickled.
+        let body = tokio::time::timeout(
+            state.settings.client_timeout,
+            Bytes::from_request(request, state),
+        )
+        .await
+        .map_err(|_| ApiError::BodyUnreadable)?
+        .map_err(|rejection| body_error(&rejection, state.settings.max_body))?;
         Ok(Self(RawInput::Json(body)))
     }
 }

@@ -36,7 +36,7 @@ enum Dependency {
 /// Redis down it still can (from the cache, or from the workers) and says
 /// `degraded`; only with both down is it not ready.
 pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
-    let nats = if state.nats_connected() {
+    let nats = if state.nats.is_connected() {
         Dependency::Up
     } else {
         Dependency::Down

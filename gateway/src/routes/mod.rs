@@ -33,7 +33,7 @@ pub fn router(state: AppState, tokens: Tokens) -> Router {
         .route("/v1/models", get(operations::list_models));
     // Without API tokens the guard lets every request through; leaving it out
     // spares the hot path a middleware (a boxed service clone and future) per request.
-    if !tokens.api.is_empty() {
+    if tokens.requires_api_token() {
         predictions =
             predictions.route_layer(from_fn_with_state(tokens.clone(), auth::require_api_token));
     }

@@ -130,20 +130,28 @@ async fn a_subscriber_that_is_not_a_worker_does_not_make_a_model_served() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_worker_slower_than_the_timeout_gives_504() {
-    let mut app = spawn_app(&["--request-timeout", "300ms"]).await;
-    let slow = StubModel::slow("slow", Duration::from_secs(3));
+async fn a_worker_slower_than_the_timeout_gives_504_saying_how_long_it_waited() {
+    let mut app = spawn_app(&["--request-timeout", "3s"]).await;
+    let slow = StubModel::slow("slow", Duration::from_secs(6));
     app.workers
         .push(start_worker(&app.nats.url(), vec![slow.clone()]).await);
 
-    assert_error(
+    let message = assert_error(
         app.post("/v1/models/slow/predict", "{}").await,
         504,
         "timeout",
     )
     .await;
-    // After the attempt timeout (half the deadline) the request was sent once more.
-    assert_eq!(slow.calls(), 2);
+    let waited: f64 = message
+        .split("within ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|seconds| seconds.parse().ok())
+        .unwrap_or_else(|| panic!("no wait in {message:?}"));
+    assert!((3.0..6.0).contains(&waited), "{message}");
+    // Slow, not gone: its heartbeats kept the request from being sent again,
+    // past the attempt timeout (half the deadline) and past the silence bound.
+    assert_eq!(slow.calls(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -153,16 +161,16 @@ async fn a_model_failure_is_500_without_internal_details() {
     app.workers
         .push(start_worker(&app.nats.url(), vec![broken.clone()]).await);
 
-    let message = assert_error(
-        app.post("/v1/models/broken/predict", "{}").await,
-        500,
-        "model_failed",
-    )
-    .await;
+    let response = app.post("/v1/models/broken/predict", "{}").await;
+    let request_id = crate::helpers::header(&response, "x-request-id");
+    let message = assert_error(response, 500, "model_failed").await;
     assert!(
         !message.contains("CUDA"),
         "internal detail leaked: {message}"
     );
+    // Where to look instead: the model, and the id the worker logged it under.
+    assert!(message.contains("\"broken\""), "{message}");
+    assert!(message.contains(&request_id), "{message}");
     // Failures are not cached: the next request tries the model again.
     assert_error(
         app.post("/v1/models/broken/predict", "{}").await,

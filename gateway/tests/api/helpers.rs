@@ -489,3 +489,79 @@ pub async fn assert_error(response: reqwest::Response, status: u16, code: &str) 
         .expect("error bodies carry a message")
         .to_owned()
 }
+
+/// The gateway binary in a process of its own, its log lines in a file: for
+/// what only a process shows (its exit code, its logs, its open-file limit).
+pub struct GatewayProcess {
+    child: std::process::Child,
+    log_path: std::path::PathBuf,
+    pub url: String,
+}
+
+impl GatewayProcess {
+    /// Starts `gateway` with `args` (after `--listen` on a free port) and `env`,
+    /// and waits until it answers `/healthz`.
+    pub async fn start(args: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::start_with(
+            std::process::Command::new(env!("CARGO_BIN_EXE_gateway")),
+            args,
+            env,
+        )
+        .await
+    }
+
+    /// The same, run by `command` (`prlimit ... gateway`, say).
+    pub async fn start_with(
+        mut command: std::process::Command,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
+        let port = test_support::free_port();
+        let log_path =
+            std::env::temp_dir().join(format!("gateway-process-{}.log", unique_suffix()));
+        let child = command
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(args)
+            .envs(env.iter().copied())
+            .env("LOG_FORMAT", "text")
+            .stdout(std::fs::File::create(&log_path).unwrap())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("the gateway binary starts");
+        let url = format!("http://127.0.0.1:{port}");
+        let process = Self {
+            child,
+            log_path,
+            url,
+        };
+        let http = reqwest::Client::new();
+        let started = std::time::Instant::now();
+        while http
+            .get(format!("{}/healthz", process.url))
+            .send()
+            .await
+            .is_err()
+        {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "the gateway did not start:\n{}",
+                process.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        process
+    }
+
+    /// What it has logged so far.
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.log_path);
+    }
+}

@@ -9,6 +9,7 @@ mod connections;
 mod errors;
 mod failover;
 mod freshness;
+mod hostile;
 mod metrics;
 mod onnx;
 mod outage;

@@ -193,12 +193,7 @@ async fn a_request_held_by_a_worker_killed_with_sigkill_is_retried_and_answered(
     let nats = NatsServer::start();
     let redis = RedisServer::start();
     let mut doomed = WorkerProcess::spawn(&nats.url(), &["--latency-ms", "4000"]).await;
-    let (gateway, _stop_gateway) = start_gateway(
-        &nats,
-        &redis,
-        &["--request-timeout", "8s", "--attempt-timeout", "1500ms"],
-    )
-    .await;
+    let (gateway, _stop_gateway) = start_gateway(&nats, &redis, &["--request-timeout", "8s"]).await;
 
     let http = reqwest::Client::new();
     let request = tokio::spawn({
@@ -228,8 +223,43 @@ async fn a_request_held_by_a_worker_killed_with_sigkill_is_retried_and_answered(
         .text()
         .await
         .unwrap();
+    // Resent once, when the dead worker's heartbeats stopped.
     assert!(
-        metrics.contains(r#"gateway_model_call_retries_total{model="price",reason="silence"} 1"#),
+        metrics.contains(r#"gateway_model_call_retries_total{model="price",reason="lost"} 1"#),
         "the retry is counted:\n{metrics}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_whose_only_worker_died_are_answered_once_a_worker_serves_the_model_again() {
+    let nats = NatsServer::start();
+    let redis = RedisServer::start();
+    let mut doomed = WorkerProcess::spawn(&nats.url(), &["--latency-ms", "1000"]).await;
+    // The default deadline, 5 s: the replacement comes 3 s after the death.
+    let (gateway, _stop_gateway) = start_gateway(&nats, &redis, &[]).await;
+
+    let http = reqwest::Client::new();
+    let requests: Vec<_> = (0..32)
+        .map(|i| {
+            let (http, url) = (http.clone(), format!("{gateway}/predict"));
+            tokio::spawn(async move {
+                http.post(url)
+                    .json(&serde_json::json!({"product_id": format!("P{i}/EUR")}))
+                    .send()
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    doomed.kill();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let _replacement = WorkerProcess::spawn(&nats.url(), &["--latency-ms", "50"]).await;
+
+    for (i, request) in requests.into_iter().enumerate() {
+        let response = request.await.unwrap();
+        assert_eq!(response.status(), 200, "request {i}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["product_id"], format!("P{i}/EUR"));
+    }
 }

@@ -1,0 +1,494 @@
+//! The HTTP server: the accept loop and each connection's life, with the bounds
+//! that keep any client from holding the gateway's sockets.
+//!
+//! - **Connections**: at most `--max-connections` open at once (default: from
+//!   the open-file limit); one accepted beyond it is closed at once. An accept
+//!   that fails (out of file descriptors) backs off rather than spin.
+//! - **Silent and idle connections**: a connection that has not sent a whole
+//!   request within `--client-timeout` of opening, or that stays idle (no
+//!   request in progress) for `--idle-timeout` after one, is closed: politely
+//!   first (HTTP/2 `GOAWAY`, HTTP/1.1 no keep-alive), and by dropping it
+//!   [`CLOSE_GRACE`] later if the client does not go.
+//! - **Slow requests**: an HTTP/1.1 request's head must arrive within
+//!   `--client-timeout` of its first byte (HTTP/2 frames are not told apart that
+//!   way: a stream that never completes its headers is no request, so the idle
+//!   bound closes its connection); reading the body within a bound is the
+//!   handler's part (the gateway's extractors give it `--client-timeout`).
+//!
+//! hyper's own header timeout is off: it starts when a connection waits for a
+//! request, so it would close idle keep-alive connections at `--client-timeout`,
+//! sooner than a load balancer in front expects; the bounds above replace it.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Request, Response};
+use futures::FutureExt;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use prediction_contract::telemetry::LogBudget;
+use prediction_contract::time::{millis, unix_now_ms};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, Semaphore, watch};
+use tracing::{debug, info, warn};
+
+/// The most a request line and headers may take (hyper answers 431 past it): room
+/// for long tokens and query strings, not for abuse.
+const MAX_HEADER_BYTES: usize = 64 * 1024;
+/// How long a connection told to close may take to go before it is dropped.
+pub const CLOSE_GRACE: Duration = Duration::from_secs(1);
+/// How long shutdown waits for in-flight requests before closing what is left.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// How long the accept loop waits after an accept fails (out of file
+/// descriptors, say) before it tries again.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+static REFUSED_LINES: LogBudget = LogBudget::new();
+static ACCEPT_FAILED_LINES: LogBudget = LogBudget::new();
+
+/// What bounds the server's connections.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimits {
+    pub max_connections: usize,
+    pub client_timeout: Duration,
+    pub idle_timeout: Duration,
+}
+
+/// The server's connection metrics (made and registered by the caller, which
+/// names them).
+#[derive(Debug, Clone)]
+pub struct ConnectionMetrics {
+    pub open: prometheus::IntGauge,
+    pub refused: prometheus::IntCounter,
+}
+
+/// The open-file limit's share that connections may take, the rest left for
+/// NATS, Redis, logs and the files a process opens: all but an eighth (at
+/// least 64 kept).
+pub fn default_max_connections() -> usize {
+    let limit = raise_open_file_limit();
+    let reserved = (limit / 8).max(64);
+    usize::try_from(limit.saturating_sub(reserved).max(1)).unwrap_or(usize::MAX)
+}
+
+/// Raises the soft open-file limit to the hard one, as servers that hold many
+/// sockets do (Go's runtime does it by itself), and returns the limit in force.
+fn raise_open_file_limit() -> u64 {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let (Some(current), maximum) = (limit.current, limit.maximum) else {
+        // Unlimited.
+        return u64::MAX;
+    };
+    let Some(maximum) = maximum else {
+        return current;
+    };
+    if maximum > current {
+        let raised = rustix::process::Rlimit {
+            current: Some(maximum),
+            maximum: Some(maximum),
+        };
+        if setrlimit(Resource::Nofile, raised).is_ok() {
+            debug!(from = current, to = maximum, "raised the open-file limit");
+            return maximum;
+        }
+    }
+    current
+}
+
+/// Serves `router` on `listener` until `shutdown` completes, then lets the
+/// requests in flight finish (at most [`SHUTDOWN_GRACE`]).
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    limits: ConnectionLimits,
+    metrics: Option<ConnectionMetrics>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let mut connections = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    connections
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(None)
+        // Request line and headers together; larger ones get 431.
+        .max_buf_size(MAX_HEADER_BYTES);
+    let max = limits.max_connections.clamp(1, Semaphore::MAX_PERMITS);
+    let slots = Arc::new(Semaphore::new(max));
+    let (stopping, stop_signal) = watch::channel(false);
+    tokio::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(err) => {
+                    if let Some(suppressed) = ACCEPT_FAILED_LINES.allow() {
+                        warn!(error = %err, suppressed, "could not accept a connection");
+                    }
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+            // Dropped: closed at once, so the client knows and tries elsewhere.
+            if let Some(metrics) = &metrics {
+                metrics.refused.inc();
+            }
+            if let Some(suppressed) = REFUSED_LINES.allow() {
+                warn!(
+                    max_connections = max,
+                    suppressed,
+                    "connection refused: the gateway has as many as --max-connections allows"
+                );
+            }
+            continue;
+        };
+        // Responses are small: send them at once, not when Nagle's algorithm has
+        // waited for the previous one's ACK.
+        if let Err(err) = stream.set_nodelay(true) {
+            debug!(error = %err, "could not set TCP_NODELAY");
+        }
+        let activity = Arc::new(Activity::new());
+        let io = TokioIo::new(WatchedStream {
+            stream,
+            activity: Arc::clone(&activity),
+        });
+        let service = TowerToHyperService::new(Tracked {
+            router: router.clone(),
+            activity: Arc::clone(&activity),
+        });
+        let connection = connections
+            .serve_connection_with_upgrades(io, service)
+            .into_owned();
+        let open = metrics.as_ref().map(|metrics| metrics.open.clone());
+        if let Some(open) = &open {
+            open.inc();
+        }
+        let stop_signal = stop_signal.clone();
+        tokio::spawn(async move {
+            drive(connection, &activity, limits, stop_signal).await;
+            if let Some(open) = open {
+                open.dec();
+            }
+            drop(slot);
+        });
+    }
+    drop(listener);
+    info!("stopped accepting connections; finishing the requests in flight");
+    let _ = stopping.send(true);
+    let all_closed = slots.acquire_many(u32::try_from(max).unwrap_or(u32::MAX));
+    if tokio::time::timeout(SHUTDOWN_GRACE + CLOSE_GRACE, all_closed)
+        .await
+        .is_err()
+    {
+        warn!(grace = ?SHUTDOWN_GRACE, "requests still in flight at the end of the grace period");
+    }
+}
+
+/// A connection as hyper serves it.
+type Connection = hyper_util::server::conn::auto::UpgradeableConnection<
+    'static,
+    TokioIo<WatchedStream>,
+    TowerToHyperService<Tracked>,
+    TokioExecutor,
+>;
+
+/// Runs one connection until it ends, closing it when it has been silent or
+/// idle too long, or when the server stops.
+async fn drive(
+    connection: Connection,
+    activity: &Activity,
+    limits: ConnectionLimits,
+    mut stop_signal: watch::Receiver<bool>,
+) {
+    tokio::pin!(connection);
+    let grace = loop {
+        let wait = match activity.close_at(limits) {
+            Some(at) => Duration::from_millis(at.saturating_sub(unix_now_ms())),
+            // A request in progress: its end wakes this loop.
+            None => Duration::MAX,
+        };
+        tokio::select! {
+            ended = connection.as_mut() => {
+                if let Err(err) = ended {
+                    debug!(error = %err, "connection ended with an error");
+                }
+                return;
+            }
+            () = activity.changed.notified() => {}
+            _ = stop_signal.changed() => break SHUTDOWN_GRACE,
+            () = tokio::time::sleep(wait) => {
+                if activity.close_at(limits).is_some_and(|at| unix_now_ms() >= at) {
+                    break CLOSE_GRACE;
+                }
+            }
+        }
+    };
+    connection.as_mut().graceful_shutdown();
+    let _ = tokio::time::timeout(grace, connection).await;
+}
+
+/// What a connection is doing, as its requests and its socket tell: enough to
+/// know when it has been silent or idle too long.
+#[derive(Debug)]
+struct Activity {
+    /// Requests in progress (their response not yet sent whole).
+    in_flight: AtomicUsize,
+    /// Since when (unix ms) no request has been in progress.
+    idle_since_ms: AtomicU64,
+    /// When (unix ms) the first byte of an HTTP/1.1 request head arrived while
+    /// idle; 0: none.
+    head_since_ms: AtomicU64,
+    /// Whether a request has been served on it (else it is new and silent).
+    served: AtomicBool,
+    /// Whether it speaks HTTP/2, whose frames are not request heads.
+    http2: AtomicBool,
+    /// Whether its first bytes have been seen.
+    first_read: AtomicBool,
+    /// Woken when the close time may have moved.
+    changed: Notify,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            in_flight: AtomicUsize::new(0),
+            idle_since_ms: AtomicU64::new(unix_now_ms()),
+            head_since_ms: AtomicU64::new(0),
+            served: AtomicBool::new(false),
+            http2: AtomicBool::new(false),
+            first_read: AtomicBool::new(false),
+            changed: Notify::new(),
+        }
+    }
+
+    /// When (unix ms) the connection should be closed if nothing changes;
+    /// `None` while a request is in progress.
+    fn close_at(&self, limits: ConnectionLimits) -> Option<u64> {
+        if self.in_flight.load(Ordering::Relaxed) > 0 {
+            return None;
+        }
+        let client = millis(limits.client_timeout);
+        let idle_since = self.idle_since_ms.load(Ordering::Relaxed);
+        if !self.served.load(Ordering::Relaxed) {
+            return Some(idle_since.saturating_add(client));
+        }
+        let idle_end = idle_since.saturating_add(millis(limits.idle_timeout));
+        match self.head_since_ms.load(Ordering::Relaxed) {
+            0 => Some(idle_end),
+            head => Some(idle_end.min(head.saturating_add(client))),
+        }
+    }
+
+    fn saw_bytes(&self, bytes: &[u8]) {
+        if !self.first_read.swap(true, Ordering::Relaxed) {
+            self.http2
+                .store(bytes.starts_with(b"PRI * HTTP/2"), Ordering::Relaxed);
+        }
+        if self.in_flight.load(Ordering::Relaxed) == 0
+            && !self.http2.load(Ordering::Relaxed)
+            && self.head_since_ms.load(Ordering::Relaxed) == 0
+        {
+            self.head_since_ms.store(unix_now_ms(), Ordering::Relaxed);
+            self.changed.notify_one();
+        }
+    }
+
+    fn request_began(&self) {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.served.store(true, Ordering::Relaxed);
+        self.head_since_ms.store(0, Ordering::Relaxed);
+    }
+
+    fn request_ended(&self) {
+        self.idle_since_ms.store(unix_now_ms(), Ordering::Relaxed);
+        if self.in_flight.fetch_sub(1, Ordering::Relaxed) == 1 {
+            self.changed.notify_one();
+        }
+    }
+}
+
+/// A connection's socket, telling its [`Activity`] when bytes arrive.
+struct WatchedStream {
+    stream: TcpStream,
+    activity: Arc<Activity>,
+}
+
+impl AsyncRead for WatchedStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.stream).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.activity.saw_bytes(&buf.filled()[before..]);
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for WatchedStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+/// The router, counting each request in progress on its connection until its
+/// response has been sent whole (or abandoned).
+#[derive(Clone)]
+struct Tracked {
+    router: Router,
+    activity: Arc<Activity>,
+}
+
+impl tower::Service<Request<hyper::body::Incoming>> for Tracked {
+    type Response = Response<Body>;
+    type Error = std::convert::Infallible;
+    type Future = futures::future::BoxFuture<'static, Result<Response<Body>, Self::Error>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<hyper::body::Incoming>) -> Self::Future {
+        self.activity.request_began();
+        let in_progress = InProgress(Arc::clone(&self.activity));
+        let response = tower::Service::call(&mut self.router, request.map(Body::new));
+        response
+            .map(move |response| {
+                Ok(response.unwrap_or_else(|never| match never {}).map(|body| {
+                    Body::new(TrackedBody {
+                        body,
+                        _in_progress: in_progress,
+                    })
+                }))
+            })
+            .boxed()
+    }
+}
+
+/// A request in progress; ends when dropped.
+struct InProgress(Arc<Activity>);
+
+impl Drop for InProgress {
+    fn drop(&mut self) {
+        self.0.request_ended();
+    }
+}
+
+/// A response body that ends its request's [`InProgress`] when sent or dropped.
+struct TrackedBody {
+    body: Body,
+    /// Held for its `Drop`.
+    _in_progress: InProgress,
+}
+
+impl http_body::Body for TrackedBody {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> ConnectionLimits {
+        ConnectionLimits {
+            max_connections: 10,
+            client_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(75),
+        }
+    }
+
+    #[test]
+    fn a_new_connection_has_the_client_timeout_to_send_a_request() {
+        let activity = Activity::new();
+        let opened = activity.idle_since_ms.load(Ordering::Relaxed);
+        assert_eq!(activity.close_at(limits()), Some(opened + 10_000));
+        // Bytes alone do not make it a served connection.
+        activity.saw_bytes(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+        assert_eq!(activity.close_at(limits()), Some(opened + 10_000));
+    }
+
+    #[test]
+    fn a_request_in_progress_is_never_closed_for_idleness() {
+        let activity = Activity::new();
+        activity.request_began();
+        assert_eq!(activity.close_at(limits()), None);
+        activity.request_ended();
+        let idle = activity.idle_since_ms.load(Ordering::Relaxed);
+        assert_eq!(activity.close_at(limits()), Some(idle + 75_000));
+    }
+
+    #[test]
+    fn an_http1_head_must_arrive_within_the_client_timeout_of_its_first_byte() {
+        let activity = Activity::new();
+        activity.saw_bytes(b"GET / HTTP/1.1\r\n");
+        activity.request_began();
+        activity.request_ended();
+        activity.head_since_ms.store(0, Ordering::Relaxed);
+        activity.saw_bytes(b"GET /next");
+        let head = activity.head_since_ms.load(Ordering::Relaxed);
+        assert!(head > 0);
+        assert_eq!(activity.close_at(limits()), Some(head + 10_000));
+    }
+
+    #[test]
+    fn http2_frames_are_not_taken_for_request_heads() {
+        let activity = Activity::new();
+        activity.saw_bytes(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+        activity.request_began();
+        activity.request_ended();
+        activity.saw_bytes(&[0, 0, 8, 6, 0, 0, 0, 0, 0]);
+        assert_eq!(activity.head_since_ms.load(Ordering::Relaxed), 0);
+    }
+}
