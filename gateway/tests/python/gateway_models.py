@@ -23,7 +23,7 @@ def fragile(inp: dict) -> dict:
     raise RuntimeError("connection string postgres://admin:hunter2@db")
 
 
-@worker.model("embed", version="2", max_batch=64, batch_window=0.02)
+@worker.batch_model("embed", version="2", max_batch=64, batch_window=0.02)
 def embed(batch: list) -> list:
     return [{"length": len(str(item.get("text", ""))), "text": item.get("text")} for item in batch]
 

@@ -47,7 +47,7 @@ def _features(inp: dict) -> list[float] | InvalidInput:
 
 
 # One call to scikit-learn per batch: up to 64 requests gathered for 2 ms.
-@worker.model("iris", version="1.0.0", freshness_ttl=3600, max_batch=64, batch_window=0.002)
+@worker.batch_model("iris", version="1.0.0", freshness_ttl=3600, max_batch=64, batch_window=0.002)
 def iris(batch: list[dict]) -> list[dict | InvalidInput]:
     rows = [_features(inp) for inp in batch]
     valid = [row for row in rows if not isinstance(row, InvalidInput)]

@@ -24,7 +24,7 @@ HERE = Path(__file__).parent
 def test_a_held_request_gets_heartbeats_only_when_its_caller_asks(nats_url: str) -> None:
     worker = Worker(nats_url)
 
-    @worker.model("slow")
+    @worker.model("slow", version="1")
     async def slow(inp: dict) -> dict:
         await asyncio.sleep(0.35)
         return {"done": True}
@@ -71,7 +71,7 @@ def test_numpy_scalars_and_arrays_are_answered_as_json_numbers_and_lists(nats_ur
     worker.model("i64", version="1")(lambda inp: {"n": np.int64(7)})
     worker.model("array", version="1")(lambda inp: np.array([[1.0, 2.0], [3.0, 4.0]]))
 
-    @worker.model("batched", version="1", max_batch=4, batch_window=0.05)
+    @worker.batch_model("batched", version="1", max_batch=4, batch_window=0.05)
     def batched(batch: list[dict]) -> Any:
         return np.array([[inp["x"], inp["x"] * 2] for inp in batch])
 

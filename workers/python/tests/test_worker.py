@@ -47,8 +47,8 @@ def test_a_prediction_comes_back_with_its_version_freshness_and_compute_time(nat
 
 def test_no_freshness_leaves_the_gateways_default_and_zero_means_not_cached(nats_url: str) -> None:
     worker = Worker(nats_url)
-    worker.model("default-ttl")(lambda inp: 1)
-    worker.model("uncached", freshness_ttl=0)(lambda inp: 2)
+    worker.model("default-ttl", version="1")(lambda inp: 1)
+    worker.model("uncached", version="1", freshness_ttl=0)(lambda inp: 2)
 
     async def test() -> None:
         async with Serving(worker, nats_url) as serving:
@@ -64,7 +64,7 @@ def test_no_freshness_leaves_the_gateways_default_and_zero_means_not_cached(nats
 def test_invalid_input_is_400_with_its_message(nats_url: str) -> None:
     worker = Worker(nats_url)
 
-    @worker.model("sentiment")
+    @worker.model("sentiment", version="1")
     def sentiment(inp: dict) -> dict:
         if "text" not in inp:
             raise InvalidInput("missing string field `text`")
@@ -89,7 +89,7 @@ def test_an_exception_is_500_logged_with_its_traceback_and_never_sent(
 ) -> None:
     worker = Worker(nats_url)
 
-    @worker.model("fragile")
+    @worker.model("fragile", version="1")
     def fragile(inp: dict) -> dict:
         raise RuntimeError("secret-database-password-in-the-message")
 
@@ -111,7 +111,7 @@ def test_an_exception_is_500_logged_with_its_traceback_and_never_sent(
 
 def test_a_prediction_json_cannot_carry_is_500(nats_url: str) -> None:
     worker = Worker(nats_url)
-    worker.model("odd")(lambda inp: {"not json": {1, 2}})
+    worker.model("odd", version="1")(lambda inp: {"not json": {1, 2}})
 
     async def test() -> None:
         async with Serving(worker, nats_url) as serving:
@@ -124,7 +124,7 @@ def test_a_prediction_json_cannot_carry_is_500(nats_url: str) -> None:
 def test_a_request_past_its_deadline_is_504_and_not_computed(nats_url: str) -> None:
     worker = Worker(nats_url)
     calls = []
-    worker.model("counted")(lambda inp: calls.append(inp) or 1)
+    worker.model("counted", version="1")(lambda inp: calls.append(inp) or 1)
 
     async def test() -> None:
         async with Serving(worker, nats_url) as serving:
@@ -142,7 +142,7 @@ def test_a_request_past_its_deadline_is_504_and_not_computed(nats_url: str) -> N
 def test_async_models_are_awaited(nats_url: str) -> None:
     worker = Worker(nats_url)
 
-    @worker.model("later")
+    @worker.model("later", version="1")
     async def later(inp: dict) -> dict:
         await asyncio.sleep(0.01)
         return {"echo": inp}
@@ -161,7 +161,7 @@ def test_a_batch_model_computes_many_requests_in_few_calls_each_getting_its_own_
     worker = Worker(nats_url, concurrency=2)
     batch_sizes: list[int] = []
 
-    @worker.model("double", max_batch=32, batch_window=0.02)
+    @worker.batch_model("double", version="1", max_batch=32, batch_window=0.02)
     def double(batch: list[dict]) -> list[Any]:
         batch_sizes.append(len(batch))
         return [
@@ -194,8 +194,10 @@ def test_a_batch_function_that_answers_the_wrong_count_fails_the_batch_not_the_w
     nats_url: str,
 ) -> None:
     worker = Worker(nats_url)
-    worker.model("short", max_batch=8, batch_window=0.01)(lambda batch: batch[:-1])
-    worker.model("fine")(lambda inp: "ok")
+    worker.batch_model("short", version="1", max_batch=8, batch_window=0.01)(
+        lambda batch: batch[:-1]
+    )
+    worker.model("fine", version="1")(lambda inp: "ok")
 
     async def test() -> None:
         async with Serving(worker, nats_url) as serving:
@@ -210,12 +212,12 @@ def test_a_blocked_model_does_not_stop_the_worker_answering_others(nats_url: str
     worker = Worker(nats_url, concurrency=2)
     release = threading.Event()
 
-    @worker.model("stuck")
+    @worker.model("stuck", version="1")
     def stuck(inp: dict) -> str:
         release.wait(20)
         return "finally"
 
-    worker.model("quick")(lambda inp: "quick")
+    worker.model("quick", version="1")(lambda inp: "quick")
 
     async def test() -> None:
         async with Serving(worker, nats_url) as serving:
@@ -233,7 +235,7 @@ def test_past_concurrency_and_queue_depth_it_answers_busy_at_once(nats_url: str)
     worker = Worker(nats_url, concurrency=1, queue_depth=1)
     release = threading.Event()
 
-    @worker.model("slow")
+    @worker.model("slow", version="1")
     def slow(inp: dict) -> int:
         release.wait(20)
         return 1
@@ -266,7 +268,7 @@ def test_past_concurrency_and_queue_depth_it_answers_busy_at_once(nats_url: str)
 def test_it_registers_as_the_gateways_workers_do(nats_url: str) -> None:
     worker = Worker(nats_url)
     worker.model("sentiment", version="1.0.0")(lambda inp: 1)
-    worker.model("embed", version="2", max_batch=4)(lambda batch: [0] * len(batch))
+    worker.batch_model("embed", version="2", max_batch=4)(lambda batch: [0] * len(batch))
 
     async def test() -> None:
         async with Serving(worker, nats_url) as serving:
@@ -290,7 +292,7 @@ def test_it_registers_as_the_gateways_workers_do(nats_url: str) -> None:
 def test_stopping_answers_every_request_held_then_takes_no_more(nats_url: str) -> None:
     worker = Worker(nats_url, concurrency=4)
 
-    @worker.model("slowish", max_batch=4, batch_window=0.01)
+    @worker.batch_model("slowish", version="1", max_batch=4, batch_window=0.01)
     def slowish(batch: list[dict]) -> list[int]:
         time.sleep(0.3)
         return [i["i"] for i in batch]
@@ -316,12 +318,12 @@ def test_stopping_answers_every_request_held_then_takes_no_more(nats_url: str) -
 def test_bad_registrations_are_refused_with_what_is_wrong() -> None:
     worker = Worker("nats://127.0.0.1:1")
     with pytest.raises(ValueError, match="invalid model name"):
-        worker.model("Has.Dots")(lambda inp: 1)
+        worker.model("Has.Dots", version="1")(lambda inp: 1)
     with pytest.raises(ValueError, match="max_batch"):
-        worker.model("zero", max_batch=0)(lambda batch: batch)
-    worker.model("once")(lambda inp: 1)
+        worker.batch_model("zero", version="1", max_batch=0)(lambda batch: batch)
+    worker.model("once", version="1")(lambda inp: 1)
     with pytest.raises(ValueError, match="twice"):
-        worker.model("once")(lambda inp: 2)
+        worker.model("once", version="1")(lambda inp: 2)
     with pytest.raises(ValueError, match="concurrency"):
         Worker(concurrency=0)
 
@@ -420,8 +422,10 @@ def test_a_request_span_continues_the_callers_trace_and_a_batch_links_to_each(
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     trace.set_tracer_provider(provider)
     worker = Worker(nats_url)
-    worker.model("one")(lambda inp: 1)
-    worker.model("many", max_batch=8, batch_window=0.02)(lambda batch: [0] * len(batch))
+    worker.model("one", version="1")(lambda inp: 1)
+    worker.batch_model("many", version="1", max_batch=8, batch_window=0.02)(
+        lambda batch: [0] * len(batch)
+    )
     trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
     caller = "00f067aa0ba902b7"
 

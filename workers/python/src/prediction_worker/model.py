@@ -33,14 +33,13 @@ class ModelSpec:
     #: not cached.
     freshness_ttl: float | None
     function: Callable[..., Any]
-    #: The most inputs one call computes; 1 means the function takes one input.
+    #: The most inputs one call computes.
     max_batch: int
     #: Seconds the first input of a batch waits for others to join it.
     batch_window: float
-
-    @property
-    def batches(self) -> bool:
-        return self.max_batch > 1
+    #: Whether the function takes a list of inputs (registered with
+    #: ``batch_model``) rather than one.
+    batches: bool = False
 
     @property
     def is_async(self) -> bool:
@@ -52,11 +51,14 @@ class ModelSpec:
                 f"invalid model name {self.name!r}: use lowercase letters, digits, "
                 "'-' and '_' (starting with a letter or digit), at most 64 characters"
             )
-        if not self.version or not isinstance(self.version, str):
-            raise ValueError(f"model {self.name}: the version must be a non-empty string")
+        if not isinstance(self.version, str) or not self.version.strip():
+            raise ValueError(
+                f"model {self.name}: the version must be a non-empty string "
+                "(the gateway keys its cache by it)"
+            )
         if self.freshness_ttl is not None and self.freshness_ttl < 0:
             raise ValueError(f"model {self.name}: freshness_ttl must be >= 0 seconds or None")
-        if self.max_batch < 1:
+        if self.max_batch < 1 or (not self.batches and self.max_batch != 1):
             raise ValueError(f"model {self.name}: max_batch must be at least 1")
         if self.batch_window < 0:
             raise ValueError(f"model {self.name}: batch_window must be >= 0 seconds")

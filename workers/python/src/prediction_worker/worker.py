@@ -32,7 +32,16 @@ log = logging.getLogger("prediction_worker")
 
 __version__ = "0.1.0"
 
-F = TypeVar("F", bound=Callable[..., Any])
+#: A prediction's input: the request's JSON object.
+Input = dict[str, Any]
+
+#: A model function of one input: ``def f(inp: dict) -> answer`` (or ``async
+#: def``). mypy rejects a function of another shape given to
+#: :meth:`Worker.model`.
+OneInput = TypeVar("OneInput", bound=Callable[[Input], Any])
+#: A batch function: ``def f(batch: list[dict]) -> answers`` (or ``async def``),
+#: one answer per input, in order (a list, or an array with a row per input).
+ManyInputs = TypeVar("ManyInputs", bound=Callable[[list[Input]], Any])
 
 #: How long, after the stop signal, the unsubscribes and the final drain may
 #: take: they end at once unless NATS is unreachable, and then the worker exits
@@ -78,36 +87,73 @@ class Worker:
         self,
         name: str,
         *,
-        version: str = "1",
+        version: str,
         freshness_ttl: float | None = None,
-        max_batch: int = 1,
-        batch_window: float = 0.001,
-    ) -> Callable[[F], F]:
-        """Registers the decorated function as the model ``name``.
+    ) -> Callable[[OneInput], OneInput]:
+        """Registers the decorated function as the model ``name``: it takes one
+        input (a ``dict``) and returns the prediction (anything JSON can carry,
+        NumPy scalars and arrays included).
 
-        It takes one input (a ``dict``) and returns the prediction (anything
-        JSON can carry); with ``max_batch > 1`` it takes a list of up to
-        ``max_batch`` inputs, gathered for ``batch_window`` seconds, and returns
-        one answer per input, in order. A plain ``def`` runs in a thread pool;
-        an ``async def`` is awaited on the event loop and must not block.
-        ``freshness_ttl``: seconds the gateway caches the prediction (``None``:
-        its default; 0: not cached).
+        ``version`` is required: the gateway keys its cache by it, so a
+        retrained model with a new version is never answered from the old
+        one's entries. ``freshness_ttl``: seconds the gateway caches the
+        prediction (``None``: its default; 0: not cached). A plain ``def`` runs
+        in a thread pool; an ``async def`` is awaited on the event loop and
+        must not block.
         """
 
-        def register(function: F) -> F:
-            if name in self._specs:
-                raise ValueError(f"model {name} is registered twice")
-            self._specs[name] = ModelSpec(
-                name=name,
-                version=str(version),
-                freshness_ttl=freshness_ttl,
-                function=function,
-                max_batch=max_batch,
-                batch_window=batch_window,
+        def register(function: OneInput) -> OneInput:
+            self._register(
+                ModelSpec(
+                    name=name,
+                    version=version,
+                    freshness_ttl=freshness_ttl,
+                    function=function,
+                    max_batch=1,
+                    batch_window=0.0,
+                )
             )
             return function
 
         return register
+
+    def batch_model(
+        self,
+        name: str,
+        *,
+        version: str,
+        max_batch: int,
+        batch_window: float = 0.001,
+        freshness_ttl: float | None = None,
+    ) -> Callable[[ManyInputs], ManyInputs]:
+        """Registers the decorated function as the model ``name``, computed in
+        batches: it takes a list of up to ``max_batch`` inputs, gathered for
+        ``batch_window`` seconds from concurrent requests, and returns one
+        answer per input, in order (a list, or an array with a row per input).
+        Return an :class:`InvalidInput` in place of an answer to fail that
+        input alone. The other arguments are :meth:`model`'s.
+        """
+
+        def register(function: ManyInputs) -> ManyInputs:
+            self._register(
+                ModelSpec(
+                    name=name,
+                    version=version,
+                    freshness_ttl=freshness_ttl,
+                    function=function,
+                    max_batch=max_batch,
+                    batch_window=batch_window,
+                    batches=True,
+                )
+            )
+            return function
+
+        return register
+
+    def _register(self, spec: ModelSpec) -> None:
+        if spec.name in self._specs:
+            raise ValueError(f"model {spec.name} is registered twice")
+        self._specs[spec.name] = spec
 
     @property
     def models(self) -> list[ModelSpec]:
