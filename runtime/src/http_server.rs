@@ -29,14 +29,13 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, Response};
-use futures::FutureExt;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use prediction_contract::telemetry::LogBudget;
 use prediction_contract::time::{millis, unix_now_ms};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, Semaphore, watch};
+use tokio::sync::{Notify, Semaphore};
 use tracing::{debug, info, warn};
 
 /// The most a request line and headers may take (hyper answers 431 past it): room
@@ -103,6 +102,18 @@ fn raise_open_file_limit() -> u64 {
     current
 }
 
+/// How often the connections are looked at for silence or idleness: the
+/// bounds are kept to within this.
+const SWEEP_EVERY: Duration = Duration::from_millis(100);
+
+/// Unix milliseconds, as of the last sweep: what the request path reads
+/// instead of the clock (bounds of seconds need no finer time).
+static COARSE_NOW_MS: AtomicU64 = AtomicU64::new(0);
+
+fn coarse_now_ms() -> u64 {
+    COARSE_NOW_MS.load(Ordering::Relaxed)
+}
+
 /// Serves `router` on `listener` until `shutdown` completes, then lets the
 /// requests in flight finish (at most [`SHUTDOWN_GRACE`]).
 pub async fn serve(
@@ -121,7 +132,9 @@ pub async fn serve(
         .max_buf_size(MAX_HEADER_BYTES);
     let max = limits.max_connections.clamp(1, Semaphore::MAX_PERMITS);
     let slots = Arc::new(Semaphore::new(max));
-    let (stopping, stop_signal) = watch::channel(false);
+    let open = Arc::new(OpenConnections::default());
+    COARSE_NOW_MS.store(unix_now_ms(), Ordering::Relaxed);
+    let sweeper = tokio::spawn(sweep(Arc::downgrade(&open), limits));
     tokio::pin!(shutdown);
     loop {
         let stream = tokio::select! {
@@ -168,28 +181,80 @@ pub async fn serve(
         let connection = connections
             .serve_connection_with_upgrades(io, service)
             .into_owned();
-        let open = metrics.as_ref().map(|metrics| metrics.open.clone());
-        if let Some(open) = &open {
-            open.inc();
+        let gauge = metrics.as_ref().map(|metrics| metrics.open.clone());
+        if let Some(gauge) = &gauge {
+            gauge.inc();
         }
-        let stop_signal = stop_signal.clone();
+        let id = open.add(Arc::clone(&activity));
+        let open = Arc::clone(&open);
         tokio::spawn(async move {
-            drive(connection, &activity, limits, stop_signal).await;
-            if let Some(open) = open {
-                open.dec();
+            drive(connection, &activity).await;
+            open.remove(id);
+            if let Some(gauge) = gauge {
+                gauge.dec();
             }
             drop(slot);
         });
     }
     drop(listener);
     info!("stopped accepting connections; finishing the requests in flight");
-    let _ = stopping.send(true);
+    open.close_all();
     let all_closed = slots.acquire_many(u32::try_from(max).unwrap_or(u32::MAX));
     if tokio::time::timeout(SHUTDOWN_GRACE + CLOSE_GRACE, all_closed)
         .await
         .is_err()
     {
         warn!(grace = ?SHUTDOWN_GRACE, "requests still in flight at the end of the grace period");
+    }
+    sweeper.abort();
+}
+
+/// The connections open now, for the sweep and the shutdown.
+#[derive(Debug, Default)]
+struct OpenConnections {
+    next_id: AtomicU64,
+    by_id: std::sync::Mutex<std::collections::HashMap<u64, Arc<Activity>>>,
+}
+
+impl OpenConnections {
+    fn add(&self, activity: Arc<Activity>) -> u64 {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.by_id
+            .lock()
+            .expect("not poisoned")
+            .insert(id, activity);
+        id
+    }
+
+    fn remove(&self, id: u64) {
+        self.by_id.lock().expect("not poisoned").remove(&id);
+    }
+
+    /// Asks every connection to close, letting its requests finish.
+    fn close_all(&self) {
+        for activity in self.by_id.lock().expect("not poisoned").values() {
+            activity.ask_to_close(SHUTDOWN_GRACE);
+        }
+    }
+}
+
+/// Every [`SWEEP_EVERY`]: moves the coarse clock on, and asks each connection
+/// silent or idle past its bound to close. Ends with the server.
+async fn sweep(open: std::sync::Weak<OpenConnections>, limits: ConnectionLimits) {
+    let mut ticks = tokio::time::interval(SWEEP_EVERY);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let Some(open) = open.upgrade() else {
+            return;
+        };
+        let now = unix_now_ms();
+        COARSE_NOW_MS.store(now, Ordering::Relaxed);
+        for activity in open.by_id.lock().expect("not poisoned").values() {
+            if activity.close_at(limits).is_some_and(|at| now >= at) {
+                activity.ask_to_close(CLOSE_GRACE);
+            }
+        }
     }
 }
 
@@ -201,43 +266,28 @@ type Connection = hyper_util::server::conn::auto::UpgradeableConnection<
     TokioExecutor,
 >;
 
-/// Runs one connection until it ends, closing it when it has been silent or
-/// idle too long, or when the server stops.
-async fn drive(
-    connection: Connection,
-    activity: &Activity,
-    limits: ConnectionLimits,
-    mut stop_signal: watch::Receiver<bool>,
-) {
+/// Runs one connection until it ends or is asked to close (by the sweep, or
+/// the server's shutdown): then closes it politely, and drops it if it is not
+/// done within the grace the request to close gave.
+async fn drive(connection: Connection, activity: &Activity) {
     tokio::pin!(connection);
-    let grace = loop {
-        let wait = match activity.close_at(limits) {
-            Some(at) => Duration::from_millis(at.saturating_sub(unix_now_ms())),
-            // A request in progress: its end wakes this loop.
-            None => Duration::MAX,
-        };
-        tokio::select! {
-            ended = connection.as_mut() => {
-                if let Err(err) = ended {
-                    debug!(error = %err, "connection ended with an error");
-                }
-                return;
+    tokio::select! {
+        biased;
+        ended = connection.as_mut() => {
+            if let Err(err) = ended {
+                debug!(error = %err, "connection ended with an error");
             }
-            () = activity.changed.notified() => {}
-            _ = stop_signal.changed() => break SHUTDOWN_GRACE,
-            () = tokio::time::sleep(wait) => {
-                if activity.close_at(limits).is_some_and(|at| unix_now_ms() >= at) {
-                    break CLOSE_GRACE;
-                }
-            }
+            return;
         }
-    };
+        () = activity.close.notified() => {}
+    }
     connection.as_mut().graceful_shutdown();
+    let grace = Duration::from_millis(activity.close_grace_ms.load(Ordering::Relaxed));
     let _ = tokio::time::timeout(grace, connection).await;
 }
 
 /// What a connection is doing, as its requests and its socket tell: enough to
-/// know when it has been silent or idle too long.
+/// know when it has been silent or idle too long. Times are the coarse clock's.
 #[derive(Debug)]
 struct Activity {
     /// Requests in progress (their response not yet sent whole).
@@ -253,20 +303,24 @@ struct Activity {
     http2: AtomicBool,
     /// Whether its first bytes have been seen.
     first_read: AtomicBool,
-    /// Woken when the close time may have moved.
-    changed: Notify,
+    /// Set once it has been asked to close; with the time it is given to.
+    closing: AtomicBool,
+    close_grace_ms: AtomicU64,
+    close: Notify,
 }
 
 impl Activity {
     fn new() -> Self {
         Self {
             in_flight: AtomicUsize::new(0),
-            idle_since_ms: AtomicU64::new(unix_now_ms()),
+            idle_since_ms: AtomicU64::new(coarse_now_ms()),
             head_since_ms: AtomicU64::new(0),
             served: AtomicBool::new(false),
             http2: AtomicBool::new(false),
             first_read: AtomicBool::new(false),
-            changed: Notify::new(),
+            closing: AtomicBool::new(false),
+            close_grace_ms: AtomicU64::new(0),
+            close: Notify::new(),
         }
     }
 
@@ -288,6 +342,14 @@ impl Activity {
         }
     }
 
+    /// Asks the connection to close, giving it `grace` to finish; once.
+    fn ask_to_close(&self, grace: Duration) {
+        if !self.closing.swap(true, Ordering::Relaxed) {
+            self.close_grace_ms.store(millis(grace), Ordering::Relaxed);
+            self.close.notify_one();
+        }
+    }
+
     fn saw_bytes(&self, bytes: &[u8]) {
         if !self.first_read.swap(true, Ordering::Relaxed) {
             self.http2
@@ -297,8 +359,8 @@ impl Activity {
             && !self.http2.load(Ordering::Relaxed)
             && self.head_since_ms.load(Ordering::Relaxed) == 0
         {
-            self.head_since_ms.store(unix_now_ms(), Ordering::Relaxed);
-            self.changed.notify_one();
+            self.head_since_ms
+                .store(coarse_now_ms().max(1), Ordering::Relaxed);
         }
     }
 
@@ -309,10 +371,8 @@ impl Activity {
     }
 
     fn request_ended(&self) {
-        self.idle_since_ms.store(unix_now_ms(), Ordering::Relaxed);
-        if self.in_flight.fetch_sub(1, Ordering::Relaxed) == 1 {
-            self.changed.notify_one();
-        }
+        self.idle_since_ms.store(coarse_now_ms(), Ordering::Relaxed);
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -368,7 +428,8 @@ impl AsyncWrite for WatchedStream {
 }
 
 /// The router, counting each request in progress on its connection until its
-/// response has been sent whole (or abandoned).
+/// response has been sent whole (or abandoned). Its future and body wrap the
+/// router's without boxing: this is on every request.
 #[derive(Clone)]
 struct Tracked {
     router: Router,
@@ -376,9 +437,9 @@ struct Tracked {
 }
 
 impl tower::Service<Request<hyper::body::Incoming>> for Tracked {
-    type Response = Response<Body>;
+    type Response = Response<TrackedBody>;
     type Error = std::convert::Infallible;
-    type Future = futures::future::BoxFuture<'static, Result<Response<Body>, Self::Error>>;
+    type Future = TrackedFuture;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         Poll::Ready(Ok(()))
@@ -386,18 +447,37 @@ impl tower::Service<Request<hyper::body::Incoming>> for Tracked {
 
     fn call(&mut self, request: Request<hyper::body::Incoming>) -> Self::Future {
         self.activity.request_began();
-        let in_progress = InProgress(Arc::clone(&self.activity));
-        let response = tower::Service::call(&mut self.router, request.map(Body::new));
-        response
-            .map(move |response| {
-                Ok(response.unwrap_or_else(|never| match never {}).map(|body| {
-                    Body::new(TrackedBody {
-                        body,
-                        _in_progress: in_progress,
-                    })
-                }))
-            })
-            .boxed()
+        TrackedFuture {
+            response: tower::Service::call(&mut self.router, request.map(Body::new)),
+            in_progress: Some(InProgress(Arc::clone(&self.activity))),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The router's response, its body tracked.
+    struct TrackedFuture {
+        #[pin]
+        response: axum::routing::future::RouteFuture<std::convert::Infallible>,
+        in_progress: Option<InProgress>,
+    }
+}
+
+impl Future for TrackedFuture {
+    type Output = Result<Response<TrackedBody>, std::convert::Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let response = match this.response.poll(cx) {
+            Poll::Ready(Ok(response)) => response,
+            Poll::Ready(Err(never)) => match never {},
+            Poll::Pending => return Poll::Pending,
+        };
+        let in_progress = this.in_progress.take();
+        Poll::Ready(Ok(response.map(|body| TrackedBody {
+            body,
+            _in_progress: in_progress,
+        })))
     }
 }
 
@@ -414,7 +494,7 @@ impl Drop for InProgress {
 struct TrackedBody {
     body: Body,
     /// Held for its `Drop`.
-    _in_progress: InProgress,
+    _in_progress: Option<InProgress>,
 }
 
 impl http_body::Body for TrackedBody {
@@ -451,6 +531,7 @@ mod tests {
 
     #[test]
     fn a_new_connection_has_the_client_timeout_to_send_a_request() {
+        COARSE_NOW_MS.store(1_000_000, Ordering::Relaxed);
         let activity = Activity::new();
         let opened = activity.idle_since_ms.load(Ordering::Relaxed);
         assert_eq!(activity.close_at(limits()), Some(opened + 10_000));
@@ -461,6 +542,7 @@ mod tests {
 
     #[test]
     fn a_request_in_progress_is_never_closed_for_idleness() {
+        COARSE_NOW_MS.store(1_000_000, Ordering::Relaxed);
         let activity = Activity::new();
         activity.request_began();
         assert_eq!(activity.close_at(limits()), None);
@@ -471,6 +553,7 @@ mod tests {
 
     #[test]
     fn an_http1_head_must_arrive_within_the_client_timeout_of_its_first_byte() {
+        COARSE_NOW_MS.store(1_000_000, Ordering::Relaxed);
         let activity = Activity::new();
         activity.saw_bytes(b"GET / HTTP/1.1\r\n");
         activity.request_began();
