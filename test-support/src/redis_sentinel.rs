@@ -44,9 +44,18 @@ impl RedisSentinels {
         let dir = temp_dir("redis-sentinel");
         let server = |replica_of: Option<u16>| {
             let access = access.clone();
+            let dir = dir.clone();
             ServerProcess::start(binary("redis-server", "REDIS_SERVER_BIN"), move |port| {
                 let mut args = as_arguments(access.server_directives(port));
                 args.extend(ephemeral_server_args());
+                // A replica's full sync writes the master's snapshot to disk:
+                // into the test's folder, not the current one (a crate's).
+                args.extend([
+                    "--dir".into(),
+                    dir.display().to_string(),
+                    "--dbfilename".into(),
+                    format!("dump-{port}.rdb"),
+                ]);
                 if let Some(master) = replica_of {
                     args.extend(["--replicaof".into(), "127.0.0.1".into(), master.to_string()]);
                 }
