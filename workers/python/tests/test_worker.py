@@ -448,3 +448,19 @@ def test_a_request_span_continues_the_callers_trace_and_a_batch_links_to_each(
     linked = {link.context.span_id for b in batches for link in b.links}
     many = [s for s in predicts if s.attributes and s.attributes.get("model") == "many"]
     assert {s.context.span_id for s in many} <= linked
+
+
+def test_the_log_settings_read_their_worker_names_and_the_old_ones_with_a_warning(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from prediction_worker import config
+
+    monkeypatch.setattr(config, "_DEPRECATED_SEEN", [])
+    monkeypatch.setenv("LOG_FORMAT", "json")
+    monkeypatch.delenv("WORKER_LOG_FORMAT", raising=False)
+    assert config.parse_arguments(["m:worker"]).log_format == "json"
+    assert config.deprecation_warnings() == [
+        "LOG_FORMAT is deprecated; set WORKER_LOG_FORMAT instead"
+    ]
+    monkeypatch.setenv("WORKER_LOG_FORMAT", "text")
+    assert config.parse_arguments(["m:worker"]).log_format == "text"

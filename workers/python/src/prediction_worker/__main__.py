@@ -8,7 +8,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from .config import flags_given, parse_arguments
+from .config import deprecation_warnings, flags_given, parse_arguments
 from .logs import configure_logging
 from .worker import Worker
 
@@ -31,6 +31,8 @@ def load_worker(reference: str) -> Worker:
 def main(argv: Sequence[str] | None = None) -> None:
     arguments = parse_arguments(argv)
     configure_logging(arguments.log_format, arguments.log_level)
+    for warning in deprecation_warnings():
+        logging.getLogger("prediction_worker").warning(warning)
     worker = load_worker(arguments.worker)
     try:
         worker.configure(**flags_given(arguments))

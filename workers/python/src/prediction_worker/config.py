@@ -112,15 +112,37 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--log-format",
         choices=["text", "json"],
-        default=os.environ.get("LOG_FORMAT", "text"),
-        help="log format [env: LOG_FORMAT]",
+        default=environment("WORKER_LOG_FORMAT", deprecated="LOG_FORMAT") or "text",
+        help="log format [env: WORKER_LOG_FORMAT]",
     )
     parser.add_argument(
         "--log-level",
-        default=os.environ.get("LOG_LEVEL", "INFO"),
-        help="log level: DEBUG logs every request [env: LOG_LEVEL]",
+        default=environment("WORKER_LOG_LEVEL", deprecated="LOG_LEVEL") or "INFO",
+        help="log level: DEBUG logs every request [env: WORKER_LOG_LEVEL]",
     )
     return parser
+
+
+#: Environment variables read under an old name, each with the warning to log
+#: once logging is set up (see ``deprecation_warnings``).
+_DEPRECATED_SEEN: list[str] = []
+
+
+def environment(name: str, *, deprecated: str) -> str | None:
+    """The variable ``name``, else its old name ``deprecated`` (which still
+    works, with a warning: settings of the worker are ``WORKER_*``)."""
+    value = os.environ.get(name)
+    if value:
+        return value
+    old = os.environ.get(deprecated)
+    if old:
+        _DEPRECATED_SEEN.append(f"{deprecated} is deprecated; set {name} instead")
+    return old
+
+
+def deprecation_warnings() -> list[str]:
+    """What ``environment`` found under old names."""
+    return list(_DEPRECATED_SEEN)
 
 
 def flags_given(arguments: argparse.Namespace) -> dict[str, Any]:
