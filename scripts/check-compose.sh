@@ -48,7 +48,7 @@ python3 -m json.tool deploy/grafana/dashboards/prediction-cache.json >/dev/null 
   || fail "deploy/grafana/dashboards/prediction-cache.json is not valid JSON"
 check docker-compose.cluster.yml 12 nats-1 nats-2 nats-3 redis-1 redis-2 redis-3 redis-4 redis-5 redis-6 \
   redis-cluster gateway-1 gateway-2 worker
-grep -q 'GATEWAY_REDIS_MODE: cluster' docker-compose.cluster.yml || fail "the cluster file's gateways must use --redis-mode cluster"
+grep -q 'REDIS_MODE: cluster' docker-compose.cluster.yml || fail "the cluster file's gateways must use --redis-mode cluster"
 
 # Every local source of a COPY (not --from) must exist.
 while read -r sources; do

@@ -234,7 +234,7 @@ async fn main() -> anyhow::Result<()> {
     // duration; Ctrl-C in a terminal stops wrk too).
     tokio::select! {
         result = run() => result,
-        () = prediction_contract::shutdown::shutdown_signal() => {
+        () = prediction_runtime::shutdown::shutdown_signal() => {
             bail!("interrupted; every process the bench started is stopped")
         }
     }

@@ -1,13 +1,14 @@
 //! Gateway settings: every one a flag and an environment variable.
 
-use prediction_contract::traces::TraceArgs;
+use prediction_runtime::traces::TraceArgs;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
 use prediction_contract::ModelName;
-use prediction_contract::nats_connection::NatsArgs;
-use prediction_contract::telemetry::LogFormat;
+use prediction_runtime::nats_connection::NatsArgs;
+use prediction_runtime::renamed_env::Renamed;
+use prediction_runtime::telemetry::LogFormat;
 
 use crate::auth::TokenSources;
 use crate::cache::{CacheSettings, RedisMode, RedisSettings};
@@ -38,16 +39,11 @@ pub struct GatewayConfig {
 
     /// How that Redis is deployed: `standalone` (one server), `cluster` (Redis
     /// Cluster) or `sentinel` (a master and replicas behind sentinels).
-    #[arg(
-        long,
-        env = "GATEWAY_REDIS_MODE",
-        value_enum,
-        default_value = "standalone"
-    )]
+    #[arg(long, env = "REDIS_MODE", value_enum, default_value = "standalone")]
     pub redis_mode: RedisMode,
 
     /// The master the sentinels monitor, with `--redis-mode sentinel`.
-    #[arg(long, env = "GATEWAY_REDIS_SENTINEL_MASTER")]
+    #[arg(long, env = "REDIS_SENTINEL_MASTER")]
     pub redis_sentinel_master: Option<String>,
 
     /// PEM file of the CA that signed the Redis server's certificate (for
@@ -175,12 +171,43 @@ pub struct GatewayConfig {
     pub redis_timeout: Duration,
 
     /// Log format.
-    #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
+    #[arg(long, env = "GATEWAY_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
 
     #[command(flatten)]
     pub traces: TraceArgs,
+
+    /// The share of new traces to record, 0 to 1 (a trace the caller sampled
+    /// is always continued). Without it the SDK reads `OTEL_TRACES_SAMPLER`
+    /// and `OTEL_TRACES_SAMPLER_ARG` (default: every trace).
+    #[arg(long, env = "GATEWAY_TRACE_SAMPLE_RATIO")]
+    pub trace_sample_ratio: Option<f64>,
 }
+
+/// The gateway's environment variables renamed to follow the naming rule (see
+/// `prediction_runtime::renamed_env`), still read under their old names.
+pub const RENAMED_ENV: &[Renamed] = &[
+    Renamed {
+        old: "GATEWAY_REDIS_MODE",
+        new: "REDIS_MODE",
+        flag: "--redis-mode",
+    },
+    Renamed {
+        old: "GATEWAY_REDIS_SENTINEL_MASTER",
+        new: "REDIS_SENTINEL_MASTER",
+        flag: "--redis-sentinel-master",
+    },
+    Renamed {
+        old: "LOG_FORMAT",
+        new: "GATEWAY_LOG_FORMAT",
+        flag: "--log-format",
+    },
+    Renamed {
+        old: "TRACE_SAMPLE_RATIO",
+        new: "GATEWAY_TRACE_SAMPLE_RATIO",
+        flag: "--trace-sample-ratio",
+    },
+];
 
 impl GatewayConfig {
     /// The attempt timeout in force: the configured one, else half the deadline.

@@ -1,6 +1,8 @@
 use clap::Parser;
+use gateway::config::RENAMED_ENV;
 use gateway::{Application, GatewayConfig};
-use prediction_contract::telemetry::init_tracing;
+use prediction_runtime::renamed_env::command_line;
+use prediction_runtime::telemetry::init_tracing;
 
 // A faster allocator than glibc's for the many small, short-lived allocations of
 // request handling.
@@ -9,7 +11,16 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let config = GatewayConfig::parse();
-    let _log_guard = init_tracing(config.log_format, &config.traces, "gateway")?;
+    let (args, renamed) = command_line(RENAMED_ENV);
+    let config = GatewayConfig::parse_from(args);
+    let _log_guard = init_tracing(
+        config.log_format,
+        &config.traces,
+        config.trace_sample_ratio,
+        "gateway",
+    )?;
+    for warning in renamed {
+        tracing::warn!("{warning}");
+    }
     Application::build(config).await?.run_until_stopped().await
 }

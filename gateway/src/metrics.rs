@@ -3,8 +3,8 @@
 //! Each [`Application`](crate::Application) has a registry of its own, so several
 //! gateways in one process (as in the tests) count separately.
 
-use prediction_contract::metrics::{LATENCY_BUCKETS, registry_of, render};
 use prediction_runtime::http_server::ConnectionMetrics;
+use prediction_runtime::metrics::{LATENCY_BUCKETS, registry_of, render};
 use prometheus::{
     HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };

@@ -25,8 +25,8 @@ use async_nats::{HeaderMap, Message, Subscriber};
 use bytes::Bytes;
 use futures::StreamExt;
 use prediction_contract::ModelName;
-use prediction_contract::nats_connection::{NatsArgs, connection_name};
 use prediction_contract::subjects::{SERVICE_NAME, predict_subject};
+use prediction_runtime::nats_connection::{NatsArgs, connection_name};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 

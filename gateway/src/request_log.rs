@@ -8,7 +8,7 @@ use axum::http::HeaderName;
 use axum::middleware::Next;
 use axum::response::Response;
 use prediction_contract::ModelName;
-use prediction_contract::traces;
+use prediction_runtime::traces;
 use tracing::{Instrument, info};
 
 use crate::prediction::CacheOutcome;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use prediction_contract::telemetry::redact_url;
+use prediction_runtime::telemetry::redact_url;
 use tokio::net::TcpListener;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tracing::info;
@@ -121,7 +121,7 @@ impl Application {
 
     /// Serves until Ctrl-C or SIGTERM, then finishes the requests in flight.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
-        self.run(prediction_contract::shutdown::shutdown_signal())
+        self.run(prediction_runtime::shutdown::shutdown_signal())
             .await
     }
 

@@ -2,32 +2,33 @@
 //!
 //! The payloads stay plain JSON (the input one way, the prediction the other) so a
 //! worker can be poked with `nats req predict.price '{"product_id":"ETH/EUR"}'`;
-//! everything else travels in headers.
+//! everything else travels in headers. Each metadata type reads itself through a
+//! lookup (`Fn(name) -> Option<value>`) and writes itself through a sink
+//! (`FnMut(name, value)`), so the contract needs no NATS client: the runtime's
+//! `nats_headers` puts them on NATS messages.
 
 use std::time::Duration;
 
-use async_nats::{HeaderMap, HeaderName};
-
 /// Gateway → worker: the id of the HTTP request, so one id follows a request through
 /// both logs.
-pub const REQUEST_ID: HeaderName = HeaderName::from_static("Request-Id");
+pub const REQUEST_ID: &str = "Request-Id";
 /// Gateway → worker: when the caller stops waiting, in milliseconds since the Unix
 /// epoch. A worker does not start computing a request that is already past it.
-pub const DEADLINE_UNIX_MS: HeaderName = HeaderName::from_static("Deadline-Unix-Ms");
+pub const DEADLINE_UNIX_MS: &str = "Deadline-Unix-Ms";
 /// Gateway → worker: the caller will ask another worker if this one would make the
 /// request wait behind a backlog, so the worker may answer busy at once instead
 /// (see the worker's `--redirect-backlog`). Any value counts; a request without it
 /// (from `nats req`, say) waits in line, up to the worker's `--queue-depth`.
-pub const AVOID_BACKLOG: HeaderName = HeaderName::from_static("Avoid-Backlog");
+pub const AVOID_BACKLOG: &str = "Avoid-Backlog";
 /// Gateway → worker: while the worker holds the request (waiting for a slot or
 /// computing) it sends a heartbeat to the reply subject every this many
 /// milliseconds, so the caller can tell a slow model from a worker that died and
 /// sends a request again only for the latter. A request without it (from
 /// `nats req`, say) gets its one reply and nothing else.
-pub const HEARTBEAT_MS: HeaderName = HeaderName::from_static("Heartbeat-Ms");
+pub const HEARTBEAT_MS: &str = "Heartbeat-Ms";
 /// Worker → gateway: what a message on the reply subject is when it is not the
 /// reply itself (the reply carries no such header): [`reply_kinds::HEARTBEAT`].
-pub const REPLY_KIND: HeaderName = HeaderName::from_static("Reply-Kind");
+pub const REPLY_KIND: &str = "Reply-Kind";
 /// The values of [`REPLY_KIND`].
 pub mod reply_kinds {
     /// The worker still holds the request; an empty payload.
@@ -36,20 +37,20 @@ pub mod reply_kinds {
 /// Endpoint metadata key (NATS Services API) by which a worker says it sends
 /// heartbeats when asked; value `"true"`.
 pub const HEARTBEATS_METADATA: &str = "heartbeats";
+/// Gateway → worker: the W3C Trace Context of the model call, so the worker's
+/// span continues the gateway's trace (with `tracestate`, when traces are on).
+pub const TRACEPARENT: &str = "traceparent";
 /// Worker → gateway: the version of the model that computed the prediction.
-pub const MODEL_VERSION: HeaderName = HeaderName::from_static("Model-Version");
+pub const MODEL_VERSION: &str = "Model-Version";
 /// Worker → gateway: how long the prediction stays fresh, in milliseconds. Absent
 /// means "use the gateway's default"; 0 means "do not cache".
-pub const FRESHNESS_TTL_MS: HeaderName = HeaderName::from_static("Freshness-Ttl-Ms");
+pub const FRESHNESS_TTL_MS: &str = "Freshness-Ttl-Ms";
 /// Worker → gateway: how long the model took, in milliseconds (fractional).
-pub const COMPUTE_TIME_MS: HeaderName = HeaderName::from_static("Compute-Time-Ms");
+pub const COMPUTE_TIME_MS: &str = "Compute-Time-Ms";
 /// Error replies carry the NATS Services error headers, so the `nats` CLI and any
 /// services client understand them and the worker's stats count them.
-pub use async_nats::service::{NATS_SERVICE_ERROR, NATS_SERVICE_ERROR_CODE};
-// The names as `HeaderName`s made at compile time: a `&str` name is validated and
-// copied into a new allocation at every header lookup or insert.
-const SERVICE_ERROR: HeaderName = HeaderName::from_static(NATS_SERVICE_ERROR);
-const SERVICE_ERROR_CODE: HeaderName = HeaderName::from_static(NATS_SERVICE_ERROR_CODE);
+pub const NATS_SERVICE_ERROR: &str = "Nats-Service-Error";
+pub const NATS_SERVICE_ERROR_CODE: &str = "Nats-Service-Error-Code";
 
 /// The status codes a worker uses in `Nats-Service-Error-Code`.
 pub mod error_codes {
@@ -80,27 +81,25 @@ pub struct RequestMetadata<'a> {
 }
 
 impl<'a> RequestMetadata<'a> {
-    pub fn to_headers(&self) -> HeaderMap {
-        let mut headers = HeaderMap::new();
-        headers.insert(REQUEST_ID, self.request_id);
+    /// Writes the headers into `put(name, value)`.
+    pub fn write(&self, mut put: impl FnMut(&'static str, &str)) {
+        put(REQUEST_ID, self.request_id);
         if let Some(deadline) = self.deadline_unix_ms {
             let mut digits = itoa::Buffer::new();
-            headers.insert(DEADLINE_UNIX_MS, digits.format(deadline));
+            put(DEADLINE_UNIX_MS, digits.format(deadline));
         }
         if self.avoid_backlog {
-            headers.insert(AVOID_BACKLOG, "1");
+            put(AVOID_BACKLOG, "1");
         }
         if let Some(interval) = self.heartbeat_interval {
             let mut digits = itoa::Buffer::new();
-            headers.insert(HEARTBEAT_MS, digits.format(crate::time::millis(interval)));
+            put(HEARTBEAT_MS, digits.format(crate::time::millis(interval)));
         }
-        headers
     }
 
-    /// Reads a request's metadata, tolerating missing or malformed headers: a
-    /// request sent by hand may carry none of them.
-    pub fn from_headers(headers: Option<&'a HeaderMap>) -> Self {
-        let get = |name: HeaderName| headers.and_then(|h| h.get(name)).map(|v| v.as_str());
+    /// Reads a request's metadata through `get(name)`, tolerating missing or
+    /// malformed headers: a request sent by hand may carry none of them.
+    pub fn read(get: impl Fn(&'static str) -> Option<&'a str>) -> Self {
         Self {
             request_id: get(REQUEST_ID).unwrap_or("-"),
             deadline_unix_ms: get(DEADLINE_UNIX_MS).and_then(|v| v.trim().parse().ok()),
@@ -120,18 +119,15 @@ impl<'a> RequestMetadata<'a> {
     }
 }
 
-/// A message on a reply subject that is not the reply itself: a heartbeat.
-pub fn heartbeat_headers() -> HeaderMap {
-    let mut headers = HeaderMap::new();
-    headers.insert(REPLY_KIND, reply_kinds::HEARTBEAT);
-    headers
+/// The headers of a heartbeat (an empty payload).
+pub fn write_heartbeat(mut put: impl FnMut(&'static str, &str)) {
+    put(REPLY_KIND, reply_kinds::HEARTBEAT);
 }
 
-/// Whether a message on a reply subject is a heartbeat rather than the reply.
-pub fn is_heartbeat(headers: Option<&HeaderMap>) -> bool {
-    headers
-        .and_then(|headers| headers.get(REPLY_KIND))
-        .is_some_and(|kind| kind.as_str() == reply_kinds::HEARTBEAT)
+/// Whether a message on a reply subject, whose headers `get` reads, is a
+/// heartbeat rather than the reply.
+pub fn is_heartbeat<'a>(get: impl Fn(&'static str) -> Option<&'a str>) -> bool {
+    get(REPLY_KIND).is_some_and(|kind| kind == reply_kinds::HEARTBEAT)
 }
 
 /// What a successful reply says about its prediction.
@@ -144,24 +140,22 @@ pub struct ReplyMetadata {
 }
 
 impl ReplyMetadata {
-    pub fn to_headers(&self) -> HeaderMap {
-        let mut headers = HeaderMap::new();
-        headers.insert(MODEL_VERSION, self.model_version.as_str());
+    /// Writes the headers into `put(name, value)`.
+    pub fn write(&self, mut put: impl FnMut(&'static str, &str)) {
+        put(MODEL_VERSION, &self.model_version);
         if let Some(ttl) = self.freshness_ttl {
             let mut digits = itoa::Buffer::new();
-            headers.insert(FRESHNESS_TTL_MS, digits.format(crate::time::millis(ttl)));
+            put(FRESHNESS_TTL_MS, digits.format(crate::time::millis(ttl)));
         }
         if let Some(compute_time) = self.compute_time {
             let millis = format!("{:.3}", compute_time.as_secs_f64() * 1000.0);
-            headers.insert(COMPUTE_TIME_MS, millis.as_str());
+            put(COMPUTE_TIME_MS, &millis);
         }
-        headers
     }
 
-    /// Reads the metadata of a reply, tolerating missing or malformed headers: a
-    /// worker written by someone else may send none of them.
-    pub fn from_headers(headers: Option<&HeaderMap>) -> Self {
-        let get = |name: HeaderName| headers.and_then(|h| h.get(name)).map(|v| v.as_str());
+    /// Reads the metadata of a reply through `get(name)`, tolerating missing or
+    /// malformed headers: a worker written by someone else may send none of them.
+    pub fn read<'a>(get: impl Fn(&'static str) -> Option<&'a str>) -> Self {
         Self {
             model_version: get(MODEL_VERSION).unwrap_or("unknown").to_owned(),
             freshness_ttl: get(FRESHNESS_TTL_MS)
@@ -183,28 +177,41 @@ pub struct ServiceError {
 }
 
 impl ServiceError {
-    /// The error a reply carries, if it is an error reply.
-    pub fn from_headers(headers: Option<&HeaderMap>) -> Option<Self> {
-        let headers = headers?;
-        let code = headers.get(SERVICE_ERROR_CODE)?;
+    /// The error a reply whose headers `get` reads carries, if it is an error
+    /// reply.
+    pub fn read<'a>(get: impl Fn(&'static str) -> Option<&'a str>) -> Option<Self> {
+        let code = get(NATS_SERVICE_ERROR_CODE)?;
         Some(Self {
             // A code we cannot read is still an error; treat it as a model failure.
-            code: code
-                .as_str()
-                .trim()
-                .parse()
-                .unwrap_or(error_codes::MODEL_FAILED),
-            message: headers
-                .get(SERVICE_ERROR)
-                .map(|v| v.as_str().to_owned())
-                .unwrap_or_default(),
+            code: code.trim().parse().unwrap_or(error_codes::MODEL_FAILED),
+            message: get(NATS_SERVICE_ERROR).unwrap_or_default().to_owned(),
         })
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
     use super::*;
+
+    /// Headers as a map, written by `write` and read back by the lookup.
+    #[derive(Default)]
+    struct Headers(HashMap<&'static str, String>);
+
+    impl Headers {
+        fn written(write: impl FnOnce(&mut dyn FnMut(&'static str, &str))) -> Self {
+            let mut headers = Self::default();
+            write(&mut |name, value| {
+                headers.0.insert(name, value.to_owned());
+            });
+            headers
+        }
+
+        fn get<'a>(&'a self) -> impl Fn(&'static str) -> Option<&'a str> + 'a {
+            move |name| self.0.get(name).map(String::as_str)
+        }
+    }
 
     #[test]
     fn request_metadata_round_trips_through_headers() {
@@ -214,31 +221,34 @@ mod tests {
             avoid_backlog: true,
             heartbeat_interval: Some(Duration::from_millis(500)),
         };
-        let headers = metadata.to_headers();
-        assert_eq!(RequestMetadata::from_headers(Some(&headers)), metadata);
+        let headers = Headers::written(|put| metadata.write(put));
+        assert_eq!(RequestMetadata::read(headers.get()), metadata);
         let quiet = RequestMetadata {
             avoid_backlog: false,
             deadline_unix_ms: None,
             heartbeat_interval: None,
             ..metadata
         };
-        let headers = quiet.to_headers();
-        assert_eq!(RequestMetadata::from_headers(Some(&headers)), quiet);
+        let headers = Headers::written(|put| quiet.write(put));
+        assert_eq!(RequestMetadata::read(headers.get()), quiet);
     }
 
     #[test]
     fn a_request_sent_by_hand_has_no_id_deadline_or_backlog_wish() {
-        let metadata = RequestMetadata::from_headers(None);
+        let none = Headers::default();
+        let metadata = RequestMetadata::read(none.get());
         assert_eq!(metadata.request_id, "-");
         assert!(!metadata.deadline_passed(u64::MAX));
         assert!(!metadata.avoid_backlog);
         assert_eq!(metadata.heartbeat_interval, None);
-        let mut headers = HeaderMap::new();
-        headers.insert(DEADLINE_UNIX_MS, "soon");
-        assert_eq!(
-            RequestMetadata::from_headers(Some(&headers)).deadline_unix_ms,
-            None
-        );
+        let odd = Headers::written(|put| {
+            put(DEADLINE_UNIX_MS, "soon");
+            put(HEARTBEAT_MS, "0");
+        });
+        let metadata = RequestMetadata::read(odd.get());
+        assert_eq!(metadata.deadline_unix_ms, None);
+        // Never more than a heartbeat a millisecond.
+        assert_eq!(metadata.heartbeat_interval, Some(Duration::from_millis(1)));
     }
 
     #[test]
@@ -255,14 +265,16 @@ mod tests {
 
     #[test]
     fn heartbeats_are_told_from_replies_by_their_kind() {
-        assert!(is_heartbeat(Some(&heartbeat_headers())));
+        let heartbeat = Headers::written(|put| write_heartbeat(put));
+        assert!(is_heartbeat(heartbeat.get()));
         let reply = ReplyMetadata {
             model_version: "1".into(),
             freshness_ttl: None,
             compute_time: None,
         };
-        assert!(!is_heartbeat(Some(&reply.to_headers())));
-        assert!(!is_heartbeat(None));
+        let reply = Headers::written(|put| reply.write(put));
+        assert!(!is_heartbeat(reply.get()));
+        assert!(!is_heartbeat(Headers::default().get()));
     }
 
     #[test]
@@ -272,29 +284,30 @@ mod tests {
             freshness_ttl: Some(Duration::from_millis(30_000)),
             compute_time: Some(Duration::from_micros(1_000_250)),
         };
-        let back = ReplyMetadata::from_headers(Some(&metadata.to_headers()));
-        assert_eq!(back, metadata);
+        let headers = Headers::written(|put| metadata.write(put));
+        assert_eq!(ReplyMetadata::read(headers.get()), metadata);
     }
 
     #[test]
     fn missing_metadata_means_unknown_version_and_no_ttl() {
-        let back = ReplyMetadata::from_headers(None);
+        let back = ReplyMetadata::read(Headers::default().get());
         assert_eq!(back.model_version, "unknown");
         assert_eq!(back.freshness_ttl, None);
     }
 
     #[test]
     fn service_errors_are_read_from_the_standard_headers() {
-        let mut headers = HeaderMap::new();
-        headers.insert(NATS_SERVICE_ERROR, "missing field `product_id`");
-        headers.insert(NATS_SERVICE_ERROR_CODE, "400");
+        let headers = Headers::written(|put| {
+            put(NATS_SERVICE_ERROR, "missing field `product_id`");
+            put(NATS_SERVICE_ERROR_CODE, "400");
+        });
         assert_eq!(
-            ServiceError::from_headers(Some(&headers)),
+            ServiceError::read(headers.get()),
             Some(ServiceError {
                 code: 400,
                 message: "missing field `product_id`".into()
             })
         );
-        assert_eq!(ServiceError::from_headers(Some(&HeaderMap::new())), None);
+        assert_eq!(ServiceError::read(Headers::default().get()), None);
     }
 }

@@ -24,7 +24,7 @@ use serde_json::{Value, json};
 use tokio::runtime::Handle;
 use tokio::sync::{Semaphore, oneshot};
 
-use prediction_contract::traces;
+use prediction_runtime::traces;
 use tracing::Instrument;
 
 use crate::metrics::{ModelGauges, WorkerMetrics};

@@ -4,9 +4,10 @@ use std::time::Duration;
 
 use clap::Parser;
 use prediction_contract::ModelName;
-use prediction_contract::nats_connection::NatsArgs;
-use prediction_contract::telemetry::LogFormat;
-use prediction_contract::traces::TraceArgs;
+use prediction_runtime::nats_connection::NatsArgs;
+use prediction_runtime::renamed_env::Renamed;
+use prediction_runtime::telemetry::LogFormat;
+use prediction_runtime::traces::TraceArgs;
 
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -79,11 +80,17 @@ pub struct WorkerConfig {
     pub health_check: bool,
 
     /// Log format.
-    #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
+    #[arg(long, env = "WORKER_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
 
     #[command(flatten)]
     pub traces: TraceArgs,
+
+    /// The share of new traces to record, 0 to 1 (a trace the caller sampled
+    /// is always continued). Without it the SDK reads `OTEL_TRACES_SAMPLER`
+    /// and `OTEL_TRACES_SAMPLER_ARG` (default: every trace).
+    #[arg(long, env = "WORKER_TRACE_SAMPLE_RATIO")]
+    pub trace_sample_ratio: Option<f64>,
 }
 
 impl WorkerConfig {
@@ -101,6 +108,21 @@ impl WorkerConfig {
         }
     }
 }
+
+/// The worker's environment variables renamed to follow the naming rule (see
+/// `prediction_runtime::renamed_env`), still read under their old names.
+pub const RENAMED_ENV: &[Renamed] = &[
+    Renamed {
+        old: "LOG_FORMAT",
+        new: "WORKER_LOG_FORMAT",
+        flag: "--log-format",
+    },
+    Renamed {
+        old: "TRACE_SAMPLE_RATIO",
+        new: "WORKER_TRACE_SAMPLE_RATIO",
+        flag: "--trace-sample-ratio",
+    },
+];
 
 #[cfg(test)]
 mod tests {

@@ -7,8 +7,8 @@
 use std::net::SocketAddr;
 
 use anyhow::Context;
-use prediction_contract::metrics::{LATENCY_BUCKETS, registry_of, render};
 use prediction_runtime::http_server::{self, ConnectionLimits};
+use prediction_runtime::metrics::{LATENCY_BUCKETS, registry_of, render};
 use prometheus::{
     HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };

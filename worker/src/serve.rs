@@ -13,10 +13,10 @@ use std::time::{Duration, Instant};
 
 use async_nats::service::{self, endpoint::Endpoint};
 use futures::StreamExt;
-use prediction_contract::headers::{error_codes, heartbeat_headers};
+use prediction_contract::headers::{error_codes, write_heartbeat};
 use prediction_contract::time::unix_now_ms;
-use prediction_contract::traces;
 use prediction_contract::{ReplyMetadata, RequestMetadata};
+use prediction_runtime::{nats_headers, traces};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tracing::Instrument;
@@ -60,7 +60,8 @@ impl Admission {
     /// the order requests arrive, so a backlog is seen by the request behind it.
     fn admit(&self, request: &service::Request) -> Result<OwnedSemaphorePermit, &'static str> {
         let avoids_backlog =
-            RequestMetadata::from_headers(request.message.headers.as_ref()).avoid_backlog;
+            RequestMetadata::read(nats_headers::lookup(request.message.headers.as_ref()))
+                .avoid_backlog;
         let held = self.capacity - self.permits.available_permits();
         if avoids_backlog && held >= self.redirect_from {
             return Err("requests are waiting at this worker; try another worker");
@@ -178,7 +179,7 @@ async fn answer(client: &async_nats::Client, runner: &Runner, request: service::
 async fn answer_request(client: &async_nats::Client, runner: &Runner, request: service::Request) {
     let model = runner.model();
     let started = Instant::now();
-    let metadata = RequestMetadata::from_headers(request.message.headers.as_ref());
+    let metadata = RequestMetadata::read(nats_headers::lookup(request.message.headers.as_ref()));
     let request_id = metadata.request_id.to_owned();
     let result = if metadata.deadline_passed(unix_now_ms()) {
         Err((
@@ -230,7 +231,10 @@ async fn answer_request(client: &async_nats::Client, runner: &Runner, request: s
         }),
     };
     if let Err(err) = request
-        .respond_with_headers(reply, reply_metadata.to_headers())
+        .respond_with_headers(
+            reply,
+            nats_headers::written(|put| reply_metadata.write(put)),
+        )
         .await
     {
         warn!(model = %model.name(), request_id, error = %err, "could not send the reply");
@@ -269,7 +273,11 @@ async fn with_heartbeats<F: Future>(
             output = &mut work => return output,
             _ = ticks.tick() => {
                 let sent = client
-                    .publish_with_headers(reply.clone(), heartbeat_headers(), bytes::Bytes::new())
+                    .publish_with_headers(
+                        reply.clone(),
+                        nats_headers::written(|put| write_heartbeat(put)),
+                        bytes::Bytes::new(),
+                    )
                     .await;
                 if let Err(err) = sent {
                     debug!(error = %err, "could not send a heartbeat");

@@ -9,8 +9,8 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use async_nats::service::{Service, ServiceExt, endpoint::Endpoint};
 use prediction_contract::headers::HEARTBEATS_METADATA;
-use prediction_contract::nats_connection::connection_name;
 use prediction_contract::subjects::{PREDICT_SUBJECT_PREFIX, QUEUE_GROUP, SERVICE_NAME};
+use prediction_runtime::nats_connection::connection_name;
 use tokio::sync::Semaphore;
 use tracing::{info, warn};
 
@@ -213,7 +213,7 @@ impl Worker {
 
     /// Serves until Ctrl-C or SIGTERM.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
-        self.run(prediction_contract::shutdown::shutdown_signal())
+        self.run(prediction_runtime::shutdown::shutdown_signal())
             .await
     }
 

@@ -12,8 +12,8 @@ use axum::body::Bytes;
 use clap::Parser;
 use gateway::{Application, GatewayConfig};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use prediction_contract::telemetry::{LogFormat, init_tracing};
-use prediction_contract::traces::{OtlpProtocol, TraceArgs};
+use prediction_runtime::telemetry::{LogFormat, init_tracing};
+use prediction_runtime::traces::{OtlpProtocol, TraceArgs};
 use prost::Message;
 use test_support::{NatsServer, RedisServer};
 
@@ -160,10 +160,10 @@ async fn one_trace_runs_from_the_client_through_the_gateway_and_nats_to_the_work
             otlp_endpoint: Some(receiver.clone()),
             otlp_protocol: OtlpProtocol::HttpProtobuf,
             service_name: None,
-            trace_sample_ratio: None,
             // Export at once: the SDK batches spans for 5 s by default.
             trace_export_delay_ms: 50,
         },
+        None,
         "gateway",
     )
     .unwrap();

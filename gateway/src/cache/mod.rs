@@ -7,11 +7,11 @@
 //! Redis holds into entries: callers see [`Lookup`]s, [`Claim`]s and entries,
 //! never a connection or a byte of Redis.
 //!
-//! Submodules, in the order a request uses them: `keys`, `local`, `entry`,
+//! Submodules, in the order a request uses them (the keys are the contract's,
+//! `prediction_contract::cache_key`): `local`, `entry`,
 //! `lock` (what a compute lock is), `store` (every Redis command).
 
 mod entry;
-mod keys;
 mod local;
 mod lock;
 mod store;
@@ -24,8 +24,8 @@ use prediction_contract::time::unix_now_ms;
 use tracing::warn;
 
 pub use entry::{CachedPrediction, CorruptEntry};
-pub use keys::{CacheKey, KEY_FORMAT_VERSION, KeySpace, LEASE_PREFIX};
 pub use lock::{Claim, LockClaim, LockGuard, LockSite, LockState};
+pub use prediction_contract::cache_key::{CacheKey, KEY_FORMAT_VERSION, KeySpace, LEASE_PREFIX};
 pub use store::{RedisMode, RedisSettings, Unavailable};
 
 use local::LocalTier;

@@ -8,8 +8,8 @@ use async_nats::Message;
 use bytes::Bytes;
 use prediction_contract::headers::{error_codes, is_heartbeat};
 use prediction_contract::time::{millis, unix_now_ms};
-use prediction_contract::traces;
 use prediction_contract::{ReplyMetadata, RequestMetadata, ServiceError};
+use prediction_runtime::{nats_headers, traces};
 use serde_json::value::RawValue;
 
 use super::{ModelCall, ModelCallError};
@@ -57,7 +57,7 @@ pub async fn attempt(
         avoid_backlog,
         heartbeat_interval: (listening == Listening::ForHeartbeats).then_some(HEARTBEAT_INTERVAL),
     };
-    let mut headers = metadata.to_headers();
+    let mut headers = nats_headers::written(|put| metadata.write(put));
     if traces::enabled() {
         // The worker's span continues the model call's.
         for (name, value) in traces::trace_headers(&tracing::Span::current()) {
@@ -79,7 +79,8 @@ pub async fn attempt(
             Listening::UntilDeadline => left,
         };
         match replies.next_within(wait).await {
-            Next::Message(message) if is_heartbeat(message.headers.as_ref()) => {}
+            Next::Message(message)
+                if is_heartbeat(nats_headers::lookup(message.headers.as_ref())) => {}
             Next::Message(message) => return read_reply(call, message),
             Next::NoResponders => return Err(ModelCallError::NoWorker(call.model.clone())),
             Next::Silence if call.time_left().is_zero() => {
@@ -92,7 +93,8 @@ pub async fn attempt(
 
 /// A reply as a prediction, or the error it carries.
 fn read_reply(call: &ModelCall, reply: Message) -> Result<ModelReply, ModelCallError> {
-    if let Some(error) = ServiceError::from_headers(reply.headers.as_ref()) {
+    let header = nats_headers::lookup(reply.headers.as_ref());
+    if let Some(error) = ServiceError::read(&header) {
         return Err(match error.code {
             error_codes::BAD_INPUT => ModelCallError::InputRejected(error.message),
             error_codes::BUSY => ModelCallError::Busy(error.message),
@@ -104,8 +106,9 @@ fn read_reply(call: &ModelCall, reply: Message) -> Result<ModelReply, ModelCallE
         });
     }
     serde_json::from_slice::<&RawValue>(&reply.payload).map_err(ModelCallError::InvalidReply)?;
+    let metadata = ReplyMetadata::read(header);
     Ok(ModelReply {
-        metadata: ReplyMetadata::from_headers(reply.headers.as_ref()),
+        metadata,
         prediction: reply.payload,
     })
 }

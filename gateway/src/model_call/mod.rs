@@ -24,10 +24,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::future::{self, Either};
-use prediction_contract::telemetry::LogBudget;
 use prediction_contract::time::unix_now_ms;
-use prediction_contract::traces;
 use prediction_contract::{CanonicalInput, ModelName};
+use prediction_runtime::telemetry::LogBudget;
+use prediction_runtime::traces;
 use tokio::sync::Semaphore;
 use tracing::{Instrument, debug, error, info, warn};
 

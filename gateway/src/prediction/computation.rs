@@ -7,7 +7,7 @@
 //! Every try for the lock reads the entry in the same round trip: that read is
 //! the one re-check for an entry someone stored since the request looked.
 
-use prediction_contract::traces;
+use prediction_runtime::traces;
 use std::sync::Arc;
 use std::time::Duration;
 use tracing::Instrument;

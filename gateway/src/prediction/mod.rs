@@ -16,7 +16,7 @@
 mod announcement;
 mod computation;
 
-use prediction_contract::traces;
+use prediction_runtime::traces;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::Instrument;

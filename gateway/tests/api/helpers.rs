@@ -519,11 +519,13 @@ impl GatewayProcess {
         let port = test_support::free_port();
         let log_path =
             std::env::temp_dir().join(format!("gateway-process-{}.log", unique_suffix()));
+        if !env.iter().any(|(name, _)| *name == "LOG_FORMAT") {
+            command.env("GATEWAY_LOG_FORMAT", "text");
+        }
         let child = command
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .args(args)
             .envs(env.iter().copied())
-            .env("LOG_FORMAT", "text")
             .stdout(std::fs::File::create(&log_path).unwrap())
             .stderr(std::process::Stdio::null())
             .spawn()

@@ -509,3 +509,22 @@ async fn a_model_slower_than_the_attempt_timeout_is_asked_once() {
     // Past the 4 s attempt timeout, past the 2 s silence bound: asked once.
     assert_eq!(slow.calls(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renamed_variable_still_works_under_its_old_name_with_a_warning() {
+    let deployment = Deployment::start().await;
+    let args = deployment.args();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    // The helper sets the new name; the old one must be read only without it.
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_gateway"));
+    command.env_remove("GATEWAY_LOG_FORMAT");
+    let gateway = GatewayProcess::start_with(command, &args, &[("LOG_FORMAT", "json")]).await;
+    let logs = gateway.logs();
+    let first: Value = serde_json::from_str(logs.lines().next().unwrap_or_default())
+        .unwrap_or_else(|_| panic!("JSON lines, as LOG_FORMAT asked:\n{logs}"));
+    assert!(first.is_object());
+    assert!(
+        logs.contains("LOG_FORMAT is deprecated; set GATEWAY_LOG_FORMAT instead"),
+        "{logs}"
+    );
+}

@@ -29,11 +29,11 @@ use prediction_contract::time::{millis, unix_now_ms};
 use prometheus::IntCounter;
 use tracing::warn;
 
-use super::keys::{CacheKey, KeySpace, LEASE_PREFIX};
 use super::lock::{LockGuard, LockSite};
 use breaker::{Breaker, REDIS_RETRY_AFTER};
 use connection::Connection;
 pub use connection::RedisMode;
+use prediction_contract::cache_key::{CacheKey, KeySpace, LEASE_PREFIX};
 
 const RELEASE: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then

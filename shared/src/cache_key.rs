@@ -1,4 +1,6 @@
-//! The Redis keys of the cache, all under the deployment's `--key-prefix`.
+//! The cache's keys, all under the deployment's `--key-prefix`: what every
+//! gateway of a deployment must compute alike to share entries, locks and
+//! announcements.
 //!
 //! A prediction depends only on (model, model version, input), so its key names
 //! the model and the SHA-256 of the input's canonical form; the version is in the
@@ -9,7 +11,7 @@
 
 use std::sync::Arc;
 
-use prediction_contract::{CanonicalInput, ModelName};
+use crate::{CanonicalInput, ModelName};
 use sha2::{Digest, Sha256};
 
 /// Bumped whenever the canonical form or the key layout changes, so that a new

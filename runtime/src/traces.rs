@@ -42,7 +42,9 @@ pub enum OtlpProtocol {
     HttpProtobuf,
 }
 
-/// Trace settings, with the standard OpenTelemetry environment variables.
+/// Trace settings, with the standard OpenTelemetry environment variables. The
+/// sample ratio, not a standard variable, is each binary's own setting
+/// (`GATEWAY_TRACE_SAMPLE_RATIO`, `WORKER_TRACE_SAMPLE_RATIO`).
 #[derive(Debug, Clone, clap::Args)]
 pub struct TraceArgs {
     /// Where to send traces over OTLP (e.g. `http://collector:4317` for gRPC,
@@ -62,12 +64,6 @@ pub struct TraceArgs {
     /// The `service.name` of the spans (default: `gateway` or `worker`).
     #[arg(long, env = "OTEL_SERVICE_NAME")]
     pub service_name: Option<String>,
-
-    /// The share of new traces to record, 0 to 1 (a trace the caller sampled
-    /// is always continued). Without it the SDK reads `OTEL_TRACES_SAMPLER`
-    /// and `OTEL_TRACES_SAMPLER_ARG` (default: every trace).
-    #[arg(long, env = "TRACE_SAMPLE_RATIO")]
-    pub trace_sample_ratio: Option<f64>,
 
     /// How long spans wait to be exported together, in milliseconds.
     #[arg(long, env = "OTEL_BSP_SCHEDULE_DELAY", default_value_t = 5000)]
@@ -91,6 +87,7 @@ impl Drop for TracerGuard {
 /// (the gRPC exporter's connection lives there).
 pub fn otel_layer<S>(
     args: &TraceArgs,
+    sample_ratio: Option<f64>,
     default_service_name: &str,
 ) -> anyhow::Result<(
     Option<tracing_opentelemetry::OpenTelemetryLayer<S, opentelemetry_sdk::trace::Tracer>>,
@@ -131,7 +128,7 @@ where
                 )
                 .build(),
         );
-    if let Some(ratio) = args.trace_sample_ratio {
+    if let Some(ratio) = sample_ratio {
         builder = builder.with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
             ratio.clamp(0.0, 1.0),
         ))));

@@ -36,6 +36,7 @@ pub struct LogGuard {
 pub fn init_tracing(
     format: LogFormat,
     traces: &TraceArgs,
+    sample_ratio: Option<f64>,
     service_name: &str,
 ) -> anyhow::Result<LogGuard> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
@@ -54,7 +55,7 @@ pub fn init_tracing(
         LogFormat::Text => fmt.with_filter(filter).boxed(),
         LogFormat::Json => fmt.json().flatten_event(true).with_filter(filter).boxed(),
     };
-    let (otel, traces) = otel_layer::<Registry>(traces, service_name)?;
+    let (otel, traces) = otel_layer::<Registry>(traces, sample_ratio, service_name)?;
     // The spans of the request path are made only when traces are on (see
     // `traces::enabled`); the exporter sees those at info and above.
     let mut layers = vec![fmt];
@@ -138,7 +139,7 @@ impl LogBudget {
     /// Whether a line may be written now: `Some(n)`, `n` lines having been left
     /// out since the last one written; `None`: leave this one out.
     pub fn allow(&self) -> Option<u64> {
-        self.allow_at(crate::time::unix_now_ms())
+        self.allow_at(prediction_contract::time::unix_now_ms())
     }
 
     fn allow_at(&self, now_ms: u64) -> Option<u64> {
