@@ -4,7 +4,7 @@
 //! endpoints. The directory asks all of them at once and gathers the replies. A
 //! request never waits for that while the model is known: the snapshot is renewed
 //! in the background once older than `--discovery-interval`. A model missing from
-//! it is looked up again at once (at most every [`RESCAN_AFTER`]) before it is
+//! it is looked up again at once (at most every `RESCAN_AFTER`) before it is
 //! declared unserved, so a worker that just started is found without waiting.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
@@ -52,7 +52,57 @@ pub struct ServedModel {
 #[derive(Debug, Clone)]
 struct Snapshot {
     taken_at: Instant,
-    models: BTreeMap<String, ServedModel>,
+    models: BTreeMap<String, Arc<ServedModel>>,
+}
+
+/// What the directory knew of one model when a request asked: whether and by
+/// how many workers it is served, its current version, whether its workers
+/// send heartbeats. Cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct ModelView {
+    served: Option<Arc<ServedModel>>,
+}
+
+impl ModelView {
+    /// A view of a model no worker serves (for tests of the pure parts).
+    pub fn unknown() -> Self {
+        Self::default()
+    }
+
+    /// A view of `served`.
+    pub fn of(served: ServedModel) -> Self {
+        Self {
+            served: Some(Arc::new(served)),
+        }
+    }
+
+    /// Whether some worker serves the model.
+    pub fn is_served(&self) -> bool {
+        self.served.is_some()
+    }
+
+    /// The version whose cached predictions may be served: the highest one
+    /// served; `None` while no worker (or version) is known, when any may be,
+    /// so cached answers keep flowing as in an outage.
+    pub fn current_version(&self) -> Option<&str> {
+        self.served.as_ref()?.current_version.as_deref()
+    }
+
+    /// Whether a prediction computed by `version` may be served.
+    pub fn accepts_version(&self, version: &str) -> bool {
+        self.current_version()
+            .is_none_or(|current| current == version)
+    }
+
+    /// How many workers serve the model (0 if unknown).
+    pub fn workers(&self) -> usize {
+        self.served.as_ref().map_or(0, |served| served.workers)
+    }
+
+    /// Whether every worker serving the model sends heartbeats.
+    pub fn sends_heartbeats(&self) -> bool {
+        self.served.as_ref().is_some_and(|served| served.heartbeats)
+    }
 }
 
 /// The models being served, from the workers' service info.
@@ -97,14 +147,53 @@ impl ModelDirectory {
         }
     }
 
-    /// Whether every worker serving `model` sends heartbeats, at the latest
-    /// snapshot.
-    pub fn sends_heartbeats(&self, model: &ModelName) -> bool {
+    /// What the latest snapshot says of `model`: read once per request, and
+    /// carried to every decision the request makes about the model. On every
+    /// cache hit, so it reads the snapshot in place and clones one `Arc`.
+    pub fn view(&self, model: &ModelName) -> ModelView {
         let latest = self.latest.read().expect("not poisoned");
-        latest
+        ModelView {
+            served: latest
+                .as_ref()
+                .and_then(|snapshot| snapshot.models.get(model.as_str()))
+                .cloned(),
+        }
+    }
+
+    /// `model`'s view for a request about to ask its workers: the latest
+    /// snapshot's when it knows the model (an old snapshot is renewed in the
+    /// background), else a new scan's (at most every `RESCAN_AFTER`), so a
+    /// worker that just started is found without waiting.
+    pub async fn find(self: &Arc<Self>, model: &ModelName, known: &ModelView) -> ModelView {
+        if known.is_served() {
+            self.refresh_in_background_if_old();
+            return known.clone();
+        }
+        ModelView {
+            served: self
+                .snapshot_younger_than(RESCAN_AFTER)
+                .await
+                .models
+                .get(model.as_str())
+                .cloned(),
+        }
+    }
+
+    /// Renews the snapshot in the background once older than `--discovery-interval`.
+    fn refresh_in_background_if_old(self: &Arc<Self>) {
+        let old = self
+            .latest
+            .read()
+            .expect("not poisoned")
             .as_ref()
-            .and_then(|snapshot| snapshot.models.get(model.as_str()))
-            .is_some_and(|served| served.heartbeats)
+            .is_none_or(|snapshot| snapshot.taken_at.elapsed() >= self.max_age);
+        if old && !self.refreshing.swap(true, Ordering::SeqCst) {
+            let this = Arc::clone(self);
+            tokio::spawn(async move {
+                this.snapshot_younger_than(this.max_age).await;
+                this.refreshing.store(false, Ordering::SeqCst);
+            });
+        }
     }
 
     /// Every model served now, by name.
@@ -113,59 +202,8 @@ impl ModelDirectory {
             .await
             .models
             .into_values()
+            .map(Arc::unwrap_or_clone)
             .collect()
-    }
-
-    /// Whether cached predictions of `model` computed by `version` may be served:
-    /// `version` is the highest one served, in the latest snapshot. Also true when
-    /// the model is not in it (or declares no version), so cached answers keep
-    /// flowing while no worker is known, as in an outage. On every cache hit, so
-    /// it reads the snapshot in place rather than cloning anything.
-    pub fn is_current_version(&self, model: &ModelName, version: &str) -> bool {
-        let latest = self.latest.read().expect("not poisoned");
-        latest
-            .as_ref()
-            .and_then(|snapshot| snapshot.models.get(model.as_str()))
-            .and_then(|served| served.current_version.as_deref())
-            .is_none_or(|current| current == version)
-    }
-
-    /// How many workers served `model` at the latest snapshot (0 if unknown).
-    pub fn workers_serving(&self, model: &ModelName) -> usize {
-        let latest = self.latest.read().expect("not poisoned");
-        latest
-            .as_ref()
-            .and_then(|snapshot| snapshot.models.get(model.as_str()))
-            .map_or(0, |served| served.workers)
-    }
-
-    /// Whether some worker serves `model`. A known model answers at once (an old
-    /// snapshot is renewed in the background); a model missing from the snapshot
-    /// is looked up again before the answer is no.
-    pub async fn is_served(self: &Arc<Self>, model: &ModelName) -> bool {
-        let known = {
-            let latest = self.latest.read().expect("not poisoned");
-            latest.as_ref().map(|snapshot| {
-                (
-                    snapshot.models.contains_key(model.as_str()),
-                    snapshot.taken_at.elapsed(),
-                )
-            })
-        };
-        if let Some((true, age)) = known {
-            if age >= self.max_age && !self.refreshing.swap(true, Ordering::SeqCst) {
-                let this = Arc::clone(self);
-                tokio::spawn(async move {
-                    this.snapshot_younger_than(this.max_age).await;
-                    this.refreshing.store(false, Ordering::SeqCst);
-                });
-            }
-            return true;
-        }
-        self.snapshot_younger_than(RESCAN_AFTER)
-            .await
-            .models
-            .contains_key(model.as_str())
     }
 
     async fn snapshot_younger_than(&self, age: Duration) -> Snapshot {
@@ -193,7 +231,7 @@ impl ModelDirectory {
     }
 
     /// Asks every worker for its service info and tallies the models.
-    async fn scan(&self) -> BTreeMap<String, ServedModel> {
+    async fn scan(&self) -> BTreeMap<String, Arc<ServedModel>> {
         let mut models: BTreeMap<String, ServedModel> = BTreeMap::new();
         let mut without_heartbeats = HashSet::new();
         for reply in self.nats.ask_every_worker().await {
@@ -237,6 +275,9 @@ impl ModelDirectory {
                 .cloned();
         }
         models
+            .into_iter()
+            .map(|(name, served)| (name, Arc::new(served)))
+            .collect()
     }
 }
 

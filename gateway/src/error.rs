@@ -7,61 +7,10 @@ use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use prediction_contract::{ErrorBody, InvalidInput, InvalidModelName};
-use serde::{Deserialize, Serialize};
 
-use crate::model_call::ModelCallError;
-
-/// A failed model call as clients see it. One call's failure is handed to every
-/// request that waited for it, in this gateway or (over NATS) in another, so it
-/// holds only what may be shown to a client; the cause is logged where it happened.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
-#[error("{message}")]
-pub struct PublicFailure {
-    pub status: u16,
-    pub code: String,
-    pub message: String,
-}
-
-impl PublicFailure {
-    pub fn new(status: StatusCode, code: &str, message: impl Into<String>) -> Self {
-        Self {
-            status: status.as_u16(),
-            code: code.to_owned(),
-            message: message.into(),
-        }
-    }
-
-    /// Whether the failure lies with the model side (and a stale answer is better
-    /// than none), rather than with the input.
-    pub fn is_server_side(&self) -> bool {
-        self.status >= 500
-    }
-}
-
-impl From<&ModelCallError> for PublicFailure {
-    fn from(err: &ModelCallError) -> Self {
-        use ModelCallError as M;
-        let (status, code) = match err {
-            M::InputRejected(_) => (StatusCode::UNPROCESSABLE_ENTITY, "input_rejected"),
-            M::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
-            M::NoWorker(_) => (StatusCode::SERVICE_UNAVAILABLE, "no_worker"),
-            M::NotConnected => (StatusCode::SERVICE_UNAVAILABLE, "nats_unavailable"),
-            M::Busy(_) => (StatusCode::SERVICE_UNAVAILABLE, "worker_busy"),
-            M::Overloaded(_) => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
-            M::TimedOut(_) | M::Lost(_) => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
-            M::Failed { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "model_failed"),
-            M::InvalidReply(_) | M::Nats(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
-        };
-        let message = match err {
-            M::Failed { .. } => "the model failed to compute this prediction".to_owned(),
-            M::InvalidReply(_) | M::Nats(_) => {
-                "internal error; see the gateway logs for this request id".to_owned()
-            }
-            other => other.to_string(),
-        };
-        Self::new(status, code, message)
-    }
-}
+use crate::input::InputError;
+use crate::model_call::PublicFailure;
+use crate::prediction::PredictionError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -116,9 +65,20 @@ impl ApiError {
     }
 }
 
-impl From<ModelCallError> for ApiError {
-    fn from(err: ModelCallError) -> Self {
-        Self::Upstream(Arc::new(PublicFailure::from(&err)))
+impl From<PredictionError> for ApiError {
+    fn from(err: PredictionError) -> Self {
+        match err {
+            PredictionError::Input(InputError::Json(invalid)) => Self::InvalidInput(invalid),
+            PredictionError::Input(InputError::Query(message)) => Self::InvalidQuery(message),
+            PredictionError::NotCached => Self::NotCached,
+            PredictionError::Failed(failure) => Self::Upstream(failure),
+        }
+    }
+}
+
+impl From<InputError> for ApiError {
+    fn from(err: InputError) -> Self {
+        PredictionError::Input(err).into()
     }
 }
 

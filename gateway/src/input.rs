@@ -12,11 +12,21 @@ use std::hash::{Hash, Hasher};
 
 use axum::body::Bytes;
 use axum::http::Uri;
-use prediction_contract::{CanonicalInput, DuplicateKey, ModelName};
+use prediction_contract::{CanonicalInput, DuplicateKey, InvalidInput, ModelName};
 use quick_cache::{Equivalent, Weighter};
 
 use crate::cache::CacheKey;
-use crate::error::ApiError;
+
+/// Why an input cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum InputError {
+    /// A body that is not a JSON object (or holds an unusable number).
+    #[error(transparent)]
+    Json(#[from] InvalidInput),
+    /// A query that cannot be decoded, or names a parameter twice.
+    #[error("{0}")]
+    Query(String),
+}
 
 /// How the bytes of an input are to be read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -53,14 +63,14 @@ impl RawInput {
     }
 
     /// Parses the input into its canonical form, or says what is wrong with it.
-    pub fn canonical(&self) -> Result<CanonicalInput, ApiError> {
+    pub fn canonical(&self) -> Result<CanonicalInput, InputError> {
         match self {
             Self::Json(body) => Ok(CanonicalInput::from_json_slice(body)?),
             Self::Query(uri) => {
                 let pairs = query_pairs(uri.query().unwrap_or_default())?;
                 CanonicalInput::from_pairs(pairs.iter().map(|(k, v)| (k.as_ref(), v.as_ref())))
                     .map_err(|DuplicateKey(key)| {
-                        ApiError::InvalidQuery(format!(
+                        InputError::Query(format!(
                             "query parameter {key:?} is given more than once"
                         ))
                     })
@@ -76,7 +86,7 @@ type QueryPair<'a> = (Cow<'a, str>, Cow<'a, str>);
 /// axum's `Query` would, but strictly: an escape that is not `%` and two hex
 /// digits, or bytes that are not UTF-8, are refused rather than replaced (two
 /// different queries must never decode to one input, and so share an answer).
-fn query_pairs(query: &str) -> Result<Vec<QueryPair<'_>>, ApiError> {
+fn query_pairs(query: &str) -> Result<Vec<QueryPair<'_>>, InputError> {
     query
         .split('&')
         .filter(|pair| !pair.is_empty())
@@ -87,7 +97,7 @@ fn query_pairs(query: &str) -> Result<Vec<QueryPair<'_>>, ApiError> {
         .collect()
 }
 
-fn decode_form_text(text: &str) -> Result<Cow<'_, str>, ApiError> {
+fn decode_form_text(text: &str) -> Result<Cow<'_, str>, InputError> {
     if !text.contains(['%', '+']) {
         return Ok(Cow::Borrowed(text));
     }
@@ -100,14 +110,14 @@ fn decode_form_text(text: &str) -> Result<Cow<'_, str>, ApiError> {
     });
     if let Some(at) = bad_escape {
         let shown: String = text[at..].chars().take(3).collect();
-        return Err(ApiError::InvalidQuery(format!(
+        return Err(InputError::Query(format!(
             "the query holds {shown:?}, which is not a percent-escape (% and two hex digits)"
         )));
     }
     let spaced = text.replace('+', " ");
     match percent_encoding::percent_decode_str(&spaced).decode_utf8() {
         Ok(decoded) => Ok(Cow::Owned(decoded.into_owned())),
-        Err(_) => Err(ApiError::InvalidQuery(format!(
+        Err(_) => Err(InputError::Query(format!(
             "the query parameter {:?} does not decode to UTF-8 text",
             text.chars().take(64).collect::<String>()
         ))),
@@ -267,7 +277,7 @@ mod tests {
         ] {
             let refused = query(uri).canonical();
             assert!(
-                matches!(&refused, Err(ApiError::InvalidQuery(_))),
+                matches!(&refused, Err(InputError::Query(_))),
                 "{uri}: {refused:?}"
             );
         }
@@ -285,7 +295,7 @@ mod tests {
     fn repeated_query_parameters_are_refused() {
         let refused = query("/v1/models/price/predict?a=1&b=2&a=3").canonical();
         assert!(
-            matches!(&refused, Err(ApiError::InvalidQuery(message)) if message.contains("\"a\"")),
+            matches!(&refused, Err(InputError::Query(message)) if message.contains("\"a\"")),
             "{refused:?}"
         );
     }

@@ -1,37 +1,43 @@
 //! The prediction gateway: an HTTP server that answers predictions from a Redis
 //! cache and asks NATS model workers only on a miss.
 //!
-//! A prediction request enters [`routes::predict`] (`predict_from_body`,
-//! `predict_from_query` or `predict_default_model`), whose arguments come from
-//! [`routes::extract`] (the model, the input as sent, the cache directives read
-//! by [`freshness`]), and then passes, each module calling only the ones after it:
+//! A request comes in through a front door, one module per protocol under
+//! [`routes`], which only translates between its wire format and the core:
+//! [`routes::native`] (`/v1/models/{model}/predict`) and [`routes::original`]
+//! (the original `POST /predict`). The next two protocols go there beside them,
+//! as `routes::openai` (the OpenAI API) and `routes::oip` (the Open Inference
+//! Protocol), calling the same core; adding a protocol adds a module there and
+//! edits nothing below. The arguments come from [`routes::extract`], and each
+//! passes, each module calling only the ones after it:
 //!
-//! 1. [`prediction`]: `Predictor::predict`, the request's cache policy: the key
-//!    (remembered for hot inputs by [`input`]), the lookup, a hit, a stale answer
-//!    with a refresh in the background, or a miss, which joins the computation in
-//!    flight here ([`coalesce`]) or starts one;
-//! 2. [`prediction`]'s `computation`: the miss computed once for every gateway:
-//!    the key's lock or lease, a wait for the gateway that holds it, the entry
-//!    stored and the outcome announced;
-//! 3. [`model_call`]: the model call: admission (a worker serves the model, found
-//!    by [`discovery`]; room under `--max-inflight`), backlog redirects, busy
-//!    backoff and the hedged second attempt; then [`model_client`], the NATS
-//!    request itself;
-//! 4. [`cache`]: the in-process tier and Redis, the one component that sends
-//!    Redis commands (with its keys and breaker), used by steps 1 and 2.
+//! 1. [`prediction`]: the protocol-free core, `Predictor::predict`: the key
+//!    (remembered for hot inputs by [`input`]), one look at the model directory
+//!    ([`discovery`]), one lookup, and the cache policy decided in one pure
+//!    function (`prediction::policy`): a hit, a stale answer with a refresh, or
+//!    a computation, joined when one is in flight here (`prediction::coalesce`)
+//!    and otherwise computed once for every gateway (the key's lock or lease, a
+//!    wait for the gateway that holds it, the entry stored and the outcome
+//!    announced);
+//! 2. [`model_call`]: the model call: admission (NATS up, a worker serves the
+//!    model, room under `--max-inflight`), backlog redirects, busy backoff, and a
+//!    request sent again only when its worker falls silent (heartbeats);
+//! 3. [`nats`] and [`cache`], the two doors to the outside: every NATS message
+//!    (model requests and their replies, discovery, announcements, purges) goes
+//!    through the first, every Redis command through the second (with its keys,
+//!    the contract's, and its breaker).
 //!
 //! Around them: [`config`] (flags and environment), [`startup`] (builds the
-//! [`Application`] and runs it), [`state`] (what handlers share), [`auth`] (bearer
-//! tokens in front of the routes), [`request_log`] and [`metrics`] (one log line
-//! per request, Prometheus metrics), [`purge`] (purges broadcast to every
-//! gateway), [`error`] ([`ApiError`](error::ApiError): every failure mapped to one
-//! status and a JSON body). The other routes: [`routes::admin`] (purges),
-//! [`routes::health`], [`routes::operations`] (metrics, models) and
-//! [`routes::openapi`].
+//! [`Application`] and runs it on the runtime's bounded HTTP server), [`state`]
+//! (what handlers share), [`auth`] (bearer tokens in front of the routes),
+//! [`request_log`] and [`metrics`] (one log line per request, Prometheus
+//! metrics), [`purge`] (purges broadcast to every gateway), [`freshness`] (the
+//! client's `Cache-Control`), [`error`] ([`ApiError`](error::ApiError): every
+//! failure mapped to one status and a JSON body). The other routes:
+//! [`routes::admin`] (purges), [`routes::health`], [`routes::operations`]
+//! (metrics, models) and [`routes::openapi`].
 
 pub mod auth;
 pub mod cache;
-pub mod coalesce;
 pub mod config;
 pub mod discovery;
 pub mod error;

@@ -70,7 +70,7 @@ pub enum SendError {
 }
 
 impl Nats {
-    /// Connects as `gateway@<host>`, waiting up to [`STARTUP_WAIT`] for the first
+    /// Connects as `gateway@<host>`, waiting up to `STARTUP_WAIT` for the first
     /// connection and retrying in the background after that, and subscribes to
     /// the replies of every model request this gateway will make.
     pub async fn connect(args: &NatsArgs) -> anyhow::Result<Self> {

@@ -2,7 +2,7 @@
 //!
 //! A [`ModelCall`] is admitted only if NATS is up, a registered worker serves its
 //! model and this gateway has room for one more call (`--max-inflight`; past it:
-//! 503 `overloaded`). Each attempt ([`attempt`]) goes to the model's queue
+//! 503 `overloaded`). Each attempt (`attempt`) goes to the model's queue
 //! group; a worker with requests waiting hands it on at once to another (backlog
 //! redirects, while other workers serve the model), and a full worker answers
 //! busy, the attempt repeated after a short backoff.
@@ -19,6 +19,7 @@
 //! with the model's freshness, bounded by `--max-ttl`.
 
 mod attempt;
+mod failure;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -33,10 +34,10 @@ use tracing::{Instrument, debug, error, info, warn};
 
 pub use attempt::{HEARTBEAT_INTERVAL, LOST_AFTER, ModelReply};
 use attempt::{Listening, attempt};
+pub use failure::PublicFailure;
 
 use crate::cache::CachedPrediction;
-use crate::discovery::ModelDirectory;
-use crate::error::PublicFailure;
+use crate::discovery::{ModelDirectory, ModelView};
 use crate::metrics::Metrics;
 use crate::nats::Nats;
 
@@ -70,6 +71,8 @@ static RESENT_LINES: LogBudget = LogBudget::new();
 pub struct ModelCall {
     pub model: ModelName,
     pub input: CanonicalInput,
+    /// What the model directory said of the model when the request arrived.
+    pub view: ModelView,
     /// The HTTP request's id, for the worker's log.
     pub request_id: String,
     /// When the call began: what a 504 tells the client it waited.
@@ -83,6 +86,7 @@ impl ModelCall {
     pub fn new(
         model: ModelName,
         input: CanonicalInput,
+        view: ModelView,
         request_id: String,
         timeout: Duration,
     ) -> Self {
@@ -90,6 +94,7 @@ impl ModelCall {
         Self {
             model,
             input,
+            view,
             request_id,
             started,
             deadline: started + timeout,
@@ -278,7 +283,8 @@ impl ModelCaller {
         }
         // A subscriber that is not a worker (a `nats sub` left running) would
         // swallow requests until the timeout; only registered workers count.
-        if !self.directory.is_served(&call.model).await {
+        let view = self.directory.find(&call.model, &call.view).await;
+        if !view.is_served() {
             return Err(ModelCallError::NoWorker(call.model.clone()));
         }
         let Ok(_permit) = self.permits.try_acquire() else {
@@ -292,24 +298,31 @@ impl ModelCaller {
         in_flight.inc();
         // Decremented however the call ends, even if its future is dropped.
         let _in_flight = scopeguard::guard(in_flight, |gauge| gauge.dec());
-        if self.directory.sends_heartbeats(&call.model) {
-            self.ask_until_answered(call).await
+        if view.sends_heartbeats() {
+            self.ask_until_answered(call, &view).await
         } else {
-            self.ask_hedged(call).await
+            self.ask_hedged(call, &view).await
         }
     }
 
     /// Asks workers that send heartbeats: a worker that falls silent is gone,
     /// and the request goes to another, or waits for one to serve the model
     /// again, while the deadline allows.
-    async fn ask_until_answered(&self, call: &ModelCall) -> Result<ModelReply, ModelCallError> {
+    async fn ask_until_answered(
+        &self,
+        call: &ModelCall,
+        view: &ModelView,
+    ) -> Result<ModelReply, ModelCallError> {
         let mut lost = false;
         let mut poll = RETURN_POLL_FIRST;
         loop {
             if call.time_left().is_zero() {
                 return Err(ModelCallError::TimedOut(call.waited()));
             }
-            match self.ask_one_worker(call, Listening::ForHeartbeats).await {
+            match self
+                .ask_one_worker(call, view, Listening::ForHeartbeats)
+                .await
+            {
                 Err(ModelCallError::Lost(silence)) => {
                     // Silence from every worker at once is NATS's: say so
                     // rather than buffer the request until it is back.
@@ -336,10 +349,14 @@ impl ModelCaller {
 
     /// Asks workers that may send no heartbeats: after the hedge delay without an
     /// answer the request is sent once more, the first answer winning.
-    async fn ask_hedged(&self, call: &ModelCall) -> Result<ModelReply, ModelCallError> {
+    async fn ask_hedged(
+        &self,
+        call: &ModelCall,
+        view: &ModelView,
+    ) -> Result<ModelReply, ModelCallError> {
         let slowest = self.slowest.get(&call.model).unwrap_or_default();
         let hedge_after = self.settings.attempt_timeout.max(slowest * 2);
-        let first = Box::pin(self.ask_one_worker(call, Listening::UntilDeadline));
+        let first = Box::pin(self.ask_one_worker(call, view, Listening::UntilDeadline));
         let hedge = tokio::time::sleep(hedge_after.min(call.time_left()));
         let result = match future::select(first, Box::pin(hedge)).await {
             Either::Left((result, _)) => result,
@@ -349,7 +366,7 @@ impl ModelCaller {
                     warn!(model = %call.model, request_id = call.request_id, ?hedge_after, suppressed, "no answer yet from a worker without heartbeats; sending the request again");
                 }
                 self.count_retry(call, "silence");
-                let second = Box::pin(self.ask_one_worker(call, Listening::UntilDeadline));
+                let second = Box::pin(self.ask_one_worker(call, view, Listening::UntilDeadline));
                 // The first answer wins; a failure waits for the other attempt.
                 match future::select(first, second).await {
                     Either::Left((Ok(reply), _)) | Either::Right((Ok(reply), _)) => Ok(reply),
@@ -373,13 +390,11 @@ impl ModelCaller {
     async fn ask_one_worker(
         &self,
         call: &ModelCall,
+        view: &ModelView,
         listening: Listening,
     ) -> Result<ModelReply, ModelCallError> {
         let mut backoff = BUSY_BACKOFF_FIRST;
-        let other_workers = self
-            .directory
-            .workers_serving(&call.model)
-            .saturating_sub(1);
+        let other_workers = view.workers().saturating_sub(1);
         let mut redirects_left = BACKLOG_REDIRECTS.min(other_workers);
         loop {
             let avoid_backlog = redirects_left > 0;

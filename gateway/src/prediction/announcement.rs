@@ -11,7 +11,7 @@ use std::sync::Arc;
 use async_nats::{HeaderMap, HeaderName, Subscriber};
 
 use crate::cache::{CacheKey, CachedPrediction};
-use crate::error::PublicFailure;
+use crate::model_call::PublicFailure;
 use crate::nats::Nats;
 
 const OUTCOME: HeaderName = HeaderName::from_static("Outcome");

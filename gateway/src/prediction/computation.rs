@@ -16,11 +16,10 @@ use futures::StreamExt;
 
 use super::announcement;
 use crate::cache::{
-    CacheKey, CachedPrediction, Claim, LockClaim, LockGuard, LockSite, PredictionCache,
+    CacheKey, CachedPrediction, Claim, LockClaim, LockGuard, LockSite, Lookup, PredictionCache,
 };
-use crate::discovery::ModelDirectory;
-use crate::error::PublicFailure;
-use crate::model_call::{ModelCall, ModelCallError, ModelCaller};
+use crate::freshness::RequestDirectives;
+use crate::model_call::{ModelCall, ModelCallError, ModelCaller, PublicFailure};
 use crate::nats::Nats;
 
 /// How much longer than a lock's remaining time a waiter waits for the holder's
@@ -64,6 +63,37 @@ pub struct Job {
 }
 
 impl Job {
+    /// The computation a request's lookup led to: its lock is a lease where the
+    /// lookup found no entry (and the lookup's try for it is the first claim),
+    /// else beside the entry; stored unless the client said `no-store`; and
+    /// answered by an entry stored meanwhile unless the client wants a fresher
+    /// one (`fresh_only`).
+    pub fn for_request(
+        key: CacheKey,
+        call: ModelCall,
+        directives: &RequestDirectives,
+        fresh_only: bool,
+        lookup: Option<Lookup>,
+    ) -> Self {
+        let leased = |lock| Claim { lock, entry: None };
+        let (site, first_claim) = match lookup {
+            Some(Lookup::Missing) => (LockSite::Lease, None),
+            Some(Lookup::Leased(lease)) => (LockSite::Lease, Some(leased(LockClaim::Taken(lease)))),
+            Some(Lookup::LeasedElsewhere) => {
+                (LockSite::Lease, Some(leased(LockClaim::HeldElsewhere)))
+            }
+            Some(Lookup::Found(_) | Lookup::Unavailable) | None => (LockSite::Beside, None),
+        };
+        Self {
+            key,
+            call,
+            store: !directives.no_store,
+            recheck: !fresh_only,
+            site,
+            first_claim,
+        }
+    }
+
     /// The refresh of an entry in its stale period: stored, and answered by a
     /// fresh entry if someone stored one meanwhile; its lock goes beside it.
     pub fn refresh(key: CacheKey, call: ModelCall) -> Self {
@@ -93,33 +123,24 @@ enum Waited {
 pub struct Computations {
     cache: PredictionCache,
     models: ModelCaller,
-    directory: Arc<ModelDirectory>,
     /// Where announcements are published and awaited.
     nats: Nats,
 }
 
 impl Computations {
-    pub fn new(
-        cache: PredictionCache,
-        models: ModelCaller,
-        directory: Arc<ModelDirectory>,
-        nats: Nats,
-    ) -> Self {
+    pub fn new(cache: PredictionCache, models: ModelCaller, nats: Nats) -> Self {
         Self {
             cache,
             models,
-            directory,
             nats,
         }
     }
 
-    /// Whether `entry` can answer a request for `model` now: fresh, and computed
-    /// by the version the workers serve.
-    fn is_usable(&self, job: &Job, entry: &CachedPrediction) -> bool {
+    /// Whether `entry` can answer the job's request now: fresh, and computed
+    /// by the version the workers served when the request arrived.
+    fn is_usable(job: &Job, entry: &CachedPrediction) -> bool {
         entry.is_fresh(prediction_contract::time::unix_now_ms())
-            && self
-                .directory
-                .is_current_version(&job.call.model, &entry.model_version)
+            && job.call.view.accepts_version(&entry.model_version)
     }
 
     /// One computation of a key: takes the cross-gateway lock (or waits for the
@@ -189,7 +210,7 @@ impl Computations {
             };
             if job.recheck
                 && let Some(entry) = claim.entry
-                && self.is_usable(job, &entry)
+                && Self::is_usable(job, &entry)
             {
                 if let LockClaim::Taken(lock) = claim.lock {
                     tokio::spawn(self.cache.release(lock));
@@ -255,7 +276,7 @@ impl Computations {
         // answer.
         if let Some(entry) = state.entry
             && (job.site == LockSite::Lease || job.recheck)
-            && self.is_usable(job, &entry)
+            && Self::is_usable(job, &entry)
         {
             return Waited::Done(Ok(Resolved {
                 entry,

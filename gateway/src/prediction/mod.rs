@@ -1,12 +1,17 @@
-//! The read-through cache in front of the model workers, with every protection a
-//! good HTTP cache has: coalescing within and across gateways, stale-while-
-//! revalidate, stale-if-error, and the client's own freshness directives.
+//! The prediction core: one protocol-free answer to "what is `model`'s
+//! prediction for this input?", through the cache, shared by every front door
+//! (`crate::routes`). A protocol's module translates its request into a
+//! [`PredictionRequest`] and the [`Answer`] (or [`PredictionError`]) back into
+//! its wire format; nothing here knows HTTP.
 //!
-//! A request goes: [`Predictor::predict`] looks the key up (fresh: HIT; in its
-//! stale period: STALE now and one background refresh), else joins the
-//! computation in flight for the same key in this gateway ([`crate::coalesce`]) or
-//! starts one ([`computation`]), which takes the key's Redis lock or waits for the
-//! gateway that holds it, and makes the model call ([`crate::model_call`]).
+//! A request goes: its key (remembered for hot inputs by [`crate::input`]), one
+//! look at the model directory (`ModelView`) and one cache lookup, then
+//! [`policy::decide`], the cache policy in one place: a fresh entry is a hit; a
+//! stale one is served while one refresh runs in the background; otherwise the
+//! request joins the computation in flight for the same key in this gateway
+//! ([`coalesce`]) or starts one (`computation`), which takes the key's Redis
+//! lock or waits for the gateway that holds it, and makes the model call
+//! ([`crate::model_call`]).
 //!
 //! Stale-if-error follows from the same path: while an entry is in its stale
 //! period every request gets it at once, so a refresh that fails (the model
@@ -14,30 +19,50 @@
 //! period simply tries another refresh.
 
 mod announcement;
+pub mod coalesce;
 mod computation;
+pub mod policy;
 
-use prediction_runtime::traces;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tracing::Instrument;
 
-use axum::http::StatusCode;
-use prediction_contract::ModelName;
 use prediction_contract::time::unix_now_ms;
-use tracing::warn;
+use prediction_contract::{CanonicalInput, ModelName};
+use prediction_runtime::traces;
+use tracing::{Instrument, warn};
 
-use crate::cache::{
-    CacheKey, CachedPrediction, Claim, LockClaim, LockSite, Lookup, OnMiss, PredictionCache,
-};
-use crate::coalesce::{InFlight, Role};
+use crate::cache::{CacheKey, CachedPrediction, Lookup, OnMiss, PredictionCache};
 use crate::discovery::ModelDirectory;
-use crate::error::{ApiError, PublicFailure};
 use crate::freshness::RequestDirectives;
-use crate::input::{KeyMemo, RawInput};
+use crate::input::{InputError, KeyMemo, RawInput};
 use crate::metrics::Metrics;
-use crate::model_call::{ModelCall, ModelCaller};
+use crate::model_call::{ModelCall, ModelCaller, PublicFailure};
 use crate::nats::Nats;
+use coalesce::{InFlight, Role};
 use computation::{CallOutcome, Computations, Job, Source};
+use policy::{Decision, Looked};
+
+/// One prediction request, whatever protocol it came by.
+#[derive(Debug)]
+pub struct PredictionRequest<'a> {
+    pub model: &'a ModelName,
+    pub input: RawInput,
+    pub directives: &'a RequestDirectives,
+    /// For the logs of this gateway and the worker.
+    pub request_id: &'a str,
+}
+
+/// Why a request got no prediction.
+#[derive(Debug, thiserror::Error)]
+pub enum PredictionError {
+    #[error(transparent)]
+    Input(#[from] InputError),
+    #[error("no fresh prediction is cached for this input (Cache-Control: only-if-cached)")]
+    NotCached,
+    /// The computation failed; shared by every request that waited for it.
+    #[error("{0}")]
+    Failed(Arc<PublicFailure>),
+}
 
 /// Where an answer came from; told in `X-Cache` and `Cache-Status`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,16 +140,10 @@ impl Predictor {
         request_timeout: Duration,
     ) -> Arc<Self> {
         let in_flight = InFlight::new(
-            || {
-                Err(Arc::new(PublicFailure::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal",
-                    "internal error; see the gateway logs",
-                )))
-            },
+            || Err(Arc::new(PublicFailure::internal())),
             metrics.coalesced_keys_in_flight.clone(),
         );
-        let computations = Computations::new(cache.clone(), models, Arc::clone(&directory), nats);
+        let computations = Computations::new(cache.clone(), models, nats);
         Arc::new(Self {
             cache,
             computations: Arc::new(computations),
@@ -136,23 +155,26 @@ impl Predictor {
         })
     }
 
-    /// The prediction of `model` for `input`, from the cache when the client's
+    /// The prediction `request` asks for, from the cache when the client's
     /// directives allow it, else from one computation shared by every identical
     /// request.
     pub async fn predict(
         self: &Arc<Self>,
-        model: &ModelName,
-        input: RawInput,
-        directives: &RequestDirectives,
-        request_id: &str,
-    ) -> Result<Answer, ApiError> {
+        request: PredictionRequest<'_>,
+    ) -> Result<Answer, PredictionError> {
+        let PredictionRequest {
+            model,
+            input,
+            directives,
+            request_id,
+        } = request;
         let arrived = Instant::now();
         // A hot input has its key remembered; any other is parsed here, which
         // also tells a client what is wrong with it. An input is hot when a copy
         // of its entry is in this gateway's memory as it arrives: it was read
         // moments ago. (Remembering every input served from the cache churned
         // the memo under 100 000 keys: +8 MiB peak RSS.)
-        let (key, mut canonical, hot) = match self.keys.get(model, &input) {
+        let (key, canonical, hot) = match self.keys.get(model, &input) {
             Some(key) => (key, None, false),
             None => {
                 let canonical = input.canonical()?;
@@ -161,103 +183,100 @@ impl Predictor {
                 (key, Some(canonical), hot)
             }
         };
-        // Parsed at most once: here, or below when the model is to be asked.
-        let canonical_input = |canonical: Option<_>| match canonical {
-            Some(canonical) => Ok(canonical),
-            None => input.canonical(),
-        };
-        let mut wants_new = directives.skips_lookup();
-        // A miss takes the key's lease (its compute lock while it has no entry)
-        // in the lookup's command, unless the client forbids computing. Where an
-        // entry exists, the lock is taken beside it when computing.
-        let mut site = LockSite::Beside;
-        let mut first_claim = None;
-        if !directives.skips_lookup() {
+        let view = self.directory.view(model);
+        let lookup = if directives.skips_lookup() {
+            None
+        } else {
+            // A miss takes the key's lease (its compute lock while it has no
+            // entry) in the lookup's command, unless the client forbids computing.
             let on_miss = if directives.only_if_cached {
                 OnMiss::JustLook
             } else {
                 OnMiss::TakeLease
             };
-            let leased = |lock| Claim { lock, entry: None };
-            let lookup_span = if traces::sampled_here() {
+            let span = if traces::sampled_here() {
                 tracing::info_span!("cache.lookup", model = model.as_str())
             } else {
                 tracing::Span::none()
             };
-            match self
-                .cache
-                .lookup(&key, on_miss)
-                .instrument(lookup_span)
-                .await
-            {
-                Lookup::Found(entry) if self.is_current(model, &entry) => {
-                    let now = unix_now_ms();
-                    let age_accepted = directives.accepts_age(entry.age(now));
-                    if entry.is_fresh(now) {
-                        if age_accepted {
-                            if hot {
-                                self.keys.remember(model, &input, &key);
-                            }
-                            return Ok(Answer {
-                                entry,
-                                outcome: CacheOutcome::Hit,
-                            });
-                        }
-                        wants_new = true;
-                    } else if age_accepted
-                        && !directives.only_if_cached
-                        && entry.is_within_stale_period(now, self.cache.stale_ttl())
-                    {
-                        let canonical = canonical_input(canonical.take())?;
-                        self.refresh_in_background(key, model.clone(), canonical, request_id);
-                        return Ok(Answer {
-                            entry,
-                            outcome: CacheOutcome::Stale,
-                        });
-                    }
+            Some(self.cache.lookup(&key, on_miss).instrument(span).await)
+        };
+        let looked = match &lookup {
+            None => Looked::NotLooked,
+            Some(Lookup::Found(entry)) => Looked::Entry(entry),
+            Some(_) => Looked::Nothing,
+        };
+        let decision = policy::decide(
+            looked,
+            directives,
+            unix_now_ms(),
+            view.current_version(),
+            self.cache.stale_ttl(),
+        );
+        // Parsed at most once: above, or here when the model is to be asked.
+        let canonical_input = |canonical: Option<CanonicalInput>| match canonical {
+            Some(canonical) => Ok(canonical),
+            None => input.canonical(),
+        };
+        match (decision, lookup) {
+            (Decision::Hit, Some(Lookup::Found(entry))) => {
+                if hot {
+                    self.keys.remember(model, &input, &key);
                 }
-                Lookup::Found(_) | Lookup::Unavailable => {}
-                Lookup::Missing => site = LockSite::Lease,
-                Lookup::Leased(lease) => {
-                    site = LockSite::Lease;
-                    first_claim = Some(leased(LockClaim::Taken(lease)));
-                }
-                Lookup::LeasedElsewhere => {
-                    site = LockSite::Lease;
-                    first_claim = Some(leased(LockClaim::HeldElsewhere));
-                }
+                Ok(Answer {
+                    entry,
+                    outcome: CacheOutcome::Hit,
+                })
+            }
+            (Decision::Stale, Some(Lookup::Found(entry))) => {
+                let call = ModelCall::new(
+                    model.clone(),
+                    canonical_input(canonical)?,
+                    view,
+                    request_id.to_owned(),
+                    self.request_timeout,
+                );
+                self.refresh_in_background(key, call);
+                Ok(Answer {
+                    entry,
+                    outcome: CacheOutcome::Stale,
+                })
+            }
+            (Decision::NotCached, _) => Err(PredictionError::NotCached),
+            (Decision::Compute { fresh_only }, lookup) => {
+                let call = ModelCall::new(
+                    model.clone(),
+                    canonical_input(canonical)?,
+                    view,
+                    request_id.to_owned(),
+                    self.request_timeout,
+                );
+                let job = Job::for_request(key, call, directives, fresh_only, lookup);
+                self.compute(job, fresh_only.then_some(arrived)).await
+            }
+            (Decision::Hit | Decision::Stale, _) => {
+                unreachable!("a hit or a stale answer comes from an entry found")
             }
         }
-        if directives.only_if_cached {
-            return Err(ApiError::NotCached);
-        }
+    }
 
-        let not_before = wants_new.then_some(arrived);
-        let store = !directives.no_store;
-        let input = canonical_input(canonical)?;
-        let name: Arc<str> = key.as_str().into();
+    /// Runs `job`, or joins the computation of its key in flight here (started
+    /// after `not_before`, if given).
+    async fn compute(
+        self: &Arc<Self>,
+        job: Job,
+        not_before: Option<Instant>,
+    ) -> Result<Answer, PredictionError> {
+        let fresh_only = not_before.is_some();
+        let name: Arc<str> = job.key.as_str().into();
+        let computations = Arc::clone(&self.computations);
+        // A request that joins a computation already running here drops its
+        // lease unused: that computation adopts it (same gateway token).
         let (outcome, role) = self
             .in_flight
-            .compute_or_join(name, not_before, {
-                let computations = Arc::clone(&self.computations);
-                let model = model.clone();
-                let request_id = request_id.to_owned();
-                let request_timeout = self.request_timeout;
-                // A request that joins a computation already running here drops
-                // its lease unused: that computation adopts it (same gateway token).
-                move || {
-                    computations.run(Job {
-                        key,
-                        call: ModelCall::new(model, input, request_id, request_timeout),
-                        store,
-                        recheck: !wants_new,
-                        site,
-                        first_claim,
-                    })
-                }
-            })
+            .compute_or_join(name, not_before, move || computations.run(job))
             .await;
-        let resolved = outcome.map_err(ApiError::Upstream)?;
+        let resolved = outcome.map_err(PredictionError::Failed)?;
         let outcome = match (role, resolved.source) {
             (Role::Follower, _) | (Role::Leader, Source::OtherGateway) => CacheOutcome::Coalesced,
             (Role::Leader, Source::Cache) => CacheOutcome::Hit,
@@ -273,7 +292,7 @@ impl Predictor {
                 } else {
                     CacheOutcome::Miss {
                         stored,
-                        forced: wants_new,
+                        forced: fresh_only,
                     }
                 }
             }
@@ -284,36 +303,18 @@ impl Predictor {
         })
     }
 
-    /// Whether `entry` was computed by the version of `model` the workers serve
-    /// now (the highest one, during a rollout). An entry of another version is
-    /// never served, fresh or stale: the next request computes it anew. While
-    /// no worker is known every entry is served, as in an outage.
-    fn is_current(&self, model: &ModelName, entry: &CachedPrediction) -> bool {
-        self.directory
-            .is_current_version(model, &entry.model_version)
-    }
-
     /// Starts one refresh of a stale entry, unless one is already running.
-    fn refresh_in_background(
-        self: &Arc<Self>,
-        key: CacheKey,
-        model: ModelName,
-        input: prediction_contract::CanonicalInput,
-        request_id: &str,
-    ) {
+    fn refresh_in_background(self: &Arc<Self>, key: CacheKey, call: ModelCall) {
         if self.in_flight.is_in_flight(key.as_str()) {
             return;
         }
         let this = Arc::clone(self);
-        let request_id = request_id.to_owned();
         tokio::spawn(async move {
             let computations = Arc::clone(&this.computations);
             let name: Arc<str> = key.as_str().into();
-            let request_timeout = this.request_timeout;
             let (outcome, _) = this
                 .in_flight
                 .compute_or_join(name, None, move || {
-                    let call = ModelCall::new(model, input, request_id, request_timeout);
                     computations.run(Job::refresh(key, call))
                 })
                 .await;

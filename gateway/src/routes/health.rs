@@ -15,11 +15,6 @@ pub async fn health() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
 
-/// `GET /health`, the original API's, word for word: `{"status":"OK"}`.
-pub async fn original_health() -> Json<Value> {
-    Json(json!({"status": "OK"}))
-}
-
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "lowercase")]
 enum Dependency {

@@ -1,15 +1,22 @@
 //! HTTP routes: the router, and the handlers it sends each request to.
 //!
-//! [`predict`] (predictions), [`admin`] (purges), [`health`] (liveness and
+//! The front doors, one module per protocol the gateway speaks, each only
+//! translating between its wire format and the prediction core
+//! (`crate::prediction`): [`native`] (`/v1/models/{model}/predict`) and
+//! [`original`] (`POST /predict`, `GET /health`), both answering through
+//! [`answer`]. The OpenAI API and the Open Inference Protocol come as two more
+//! modules here. Around them: [`admin`] (purges), [`health`] (liveness and
 //! readiness), [`operations`] (metrics, the models served) and [`openapi`] (the
-//! document of them all); their arguments come from [`extract`].
+//! document of them all); the arguments of all come from [`extract`].
 
 pub mod admin;
+pub mod answer;
 pub mod extract;
 pub mod health;
+pub mod native;
 pub mod openapi;
 pub mod operations;
-pub mod predict;
+pub mod original;
 
 use std::sync::Arc;
 
@@ -27,9 +34,9 @@ pub fn router(state: AppState, tokens: Tokens) -> Router {
     let mut predictions = Router::new()
         .route(
             "/v1/models/{model}/predict",
-            get(predict::predict_from_query).post(predict::predict_from_body),
+            get(native::predict_from_query).post(native::predict_from_body),
         )
-        .route("/predict", post(predict::predict_default_model))
+        .route("/predict", post(original::predict_default_model))
         .route("/v1/models", get(operations::list_models));
     // Without API tokens the guard lets every request through; leaving it out
     // spares the hot path a middleware (a boxed service clone and future) per request.
@@ -50,7 +57,7 @@ pub fn router(state: AppState, tokens: Tokens) -> Router {
         .route_layer(from_fn_with_state(tokens, auth::require_metrics_token));
     // Health checks stay open: orchestrators probe them without credentials.
     let health = Router::new()
-        .route("/health", get(health::original_health))
+        .route("/health", get(original::original_health))
         .route("/healthz", get(health::health))
         .route("/readyz", get(health::ready));
     Router::new()

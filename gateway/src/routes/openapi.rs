@@ -4,7 +4,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{admin, health, operations, predict};
+use super::{admin, health, native, operations, original};
 
 #[derive(Debug, OpenApi)]
 #[openapi(
@@ -14,9 +14,9 @@ use super::{admin, health, operations, predict};
                        Every error is `{\"error\":{\"code\",\"message\"}}`."
     ),
     paths(
-        predict::predict_from_body,
-        predict::predict_from_query,
-        predict::predict_default_model,
+        native::predict_from_body,
+        native::predict_from_query,
+        original::predict_default_model,
         operations::list_models,
         admin::purge_model,
         admin::purge_input,

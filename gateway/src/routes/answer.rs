@@ -1,18 +1,19 @@
-//! The prediction routes: read-through cache in front of the model workers.
+//! What the JSON front doors (the native API and the original one) answer: the
+//! prediction as the worker computed it, with the cache's headers (`X-Cache`,
+//! RFC 9211 `Cache-Status`, `Age`, `Cache-Control`, `X-Model-Version`), or the
+//! error as `{"error":{"code","message"}}`; and what the request log and the
+//! metrics learn of it.
 
 use axum::body::Body;
-use axum::extract::State;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use bytes::BytesMut;
 use prediction_contract::time::unix_now_ms;
 use prediction_contract::{ErrorBody, ModelName};
 
-use super::extract::{ModelPath, PredictionBody, PredictionHeaders, QueryInput};
-use crate::input::RawInput;
-use crate::prediction::{Answer, CacheOutcome};
+use crate::error::ApiError;
+use crate::prediction::{Answer, CacheOutcome, PredictionError};
 use crate::request_log::PredictionOutcome;
-use crate::state::AppState;
 
 pub const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
 pub const X_MODEL_VERSION: HeaderName = HeaderName::from_static("x-model-version");
@@ -55,67 +56,11 @@ pub(crate) enum PredictionResponses {
     Timeout(#[to_schema] ErrorBody),
 }
 
-/// `POST /v1/models/{model}/predict` with the input as a JSON object body.
-#[utoipa::path(post, path = "/v1/models/{model}/predict", tag = "predictions",
-    params(("model" = String, Path, description = "Model name", pattern = "^[a-z0-9][a-z0-9_-]{0,63}$"), ("cache-control" = Option<String>, Header, description = "no-cache, no-store, max-age=N, only-if-cached")),
-    request_body(content = serde_json::Value, description = "The input: a JSON object", content_type = "application/json"),
-    responses(PredictionResponses),
-    security((), ("bearer" = [])))]
-pub async fn predict_from_body(
-    State(state): State<AppState>,
-    ModelPath(model): ModelPath,
-    headers: PredictionHeaders,
-    PredictionBody(input): PredictionBody,
-) -> Response {
-    serve(&state, model, input, &headers).await
-}
-
-/// `POST /predict`: the original API, `{"product_id": "ETH/EUR"}`, answered by the
-/// default model.
-#[utoipa::path(post, path = "/predict", tag = "predictions",
-    params(("cache-control" = Option<String>, Header, description = "no-cache, no-store, max-age=N, only-if-cached")),
-    request_body(content = serde_json::Value, description = "The input of the default model, e.g. {\"product_id\": \"ETH/EUR\"}", content_type = "application/json"),
-    responses(PredictionResponses),
-    security((), ("bearer" = [])))]
-pub async fn predict_default_model(
-    State(state): State<AppState>,
-    headers: PredictionHeaders,
-    PredictionBody(input): PredictionBody,
-) -> Response {
-    let model = state.settings.default_model.clone();
-    serve(&state, model, input, &headers).await
-}
-
-/// `GET /v1/models/{model}/predict?key=value&...`: the query becomes an object of
-/// strings, for trying things with curl.
-#[utoipa::path(get, path = "/v1/models/{model}/predict", tag = "predictions",
-    params(("model" = String, Path, description = "Model name", pattern = "^[a-z0-9][a-z0-9_-]{0,63}$"),
-        ("product_id" = Option<String>, Query, description = "Every query parameter becomes a string field of the input")),
-    responses(PredictionResponses),
-    security((), ("bearer" = [])))]
-pub async fn predict_from_query(
-    State(state): State<AppState>,
-    ModelPath(model): ModelPath,
-    headers: PredictionHeaders,
-    QueryInput(input): QueryInput,
-) -> Response {
-    serve(&state, model, input, &headers).await
-}
-
-/// Answers a valid prediction request and tells the request log how it went.
-async fn serve(
-    state: &AppState,
-    model: ModelName,
-    input: RawInput,
-    headers: &PredictionHeaders,
-) -> Response {
-    let answer = state
-        .predictor
-        .predict(&model, input, &headers.directives, headers.request_id())
-        .await;
-    let (cache, mut response) = match answer {
+/// The response to a prediction of `model`, telling the request log how it went.
+pub fn respond(model: ModelName, result: Result<Answer, PredictionError>) -> Response {
+    let (cache, mut response) = match result {
         Ok(answer) => (Some(answer.outcome), prediction_response(&answer)),
-        Err(err) => (None, err.into_response()),
+        Err(err) => (None, ApiError::from(err).into_response()),
     };
     response
         .extensions_mut()
@@ -123,7 +68,9 @@ async fn serve(
     response
 }
 
-fn prediction_response(answer: &Answer) -> Response {
+/// The cache's headers of `answer`, as of now, into `headers`: for any front
+/// door whose protocol runs over HTTP.
+pub fn insert_cache_headers(answer: &Answer, headers: &mut HeaderMap) {
     let entry = &answer.entry;
     let now = unix_now_ms();
     // RFC 9211: `hit` when served from the cache (a negative ttl: served stale),
@@ -147,23 +94,26 @@ fn prediction_response(answer: &Answer) -> Response {
     } else {
         numbered("max-age=", entry.fresh_for.as_secs())
     };
-    // Built at its final size and without the formatting machinery: this runs
-    // for every hit.
-    let mut headers = HeaderMap::with_capacity(8);
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
     headers.insert(X_CACHE, HeaderValue::from_static(answer.outcome.x_cache()));
     headers.insert(header::AGE, HeaderValue::from(entry.age(now).as_secs()));
     headers.insert(header::CACHE_CONTROL, cache_control);
     headers.insert(CACHE_STATUS, cache_status);
     headers.insert(X_MODEL_VERSION, header_value(&entry.model_version));
-    let mut response = Response::new(Body::from(entry.prediction.clone()));
+}
+
+/// The prediction as the body. Built at its final size and without the
+/// formatting machinery: this runs for every hit.
+fn prediction_response(answer: &Answer) -> Response {
+    let mut headers = HeaderMap::with_capacity(8);
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    insert_cache_headers(answer, &mut headers);
+    let mut response = Response::new(Body::from(answer.entry.prediction.clone()));
     *response.headers_mut() = headers;
     response
 }
-
 /// `prefix` followed by `number`, as a header value.
 fn numbered(prefix: &'static str, number: u64) -> HeaderValue {
     let mut digits = itoa::Buffer::new();
