@@ -314,3 +314,111 @@ impl PredictionCache {
         self.redis.ping().await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use prediction_contract::CanonicalInput;
+
+    use super::*;
+
+    /// A cache whose Redis does not answer (nothing listens on port 1): what
+    /// this module does by itself, with the in-process tier.
+    async fn without_redis(local_capacity: u64) -> PredictionCache {
+        let redis = RedisSettings {
+            mode: RedisMode::Standalone,
+            url: "redis://127.0.0.1:1".into(),
+            sentinel_master: None,
+            tls_ca: None,
+            timeout: Duration::from_millis(50),
+            lock_ttl: Duration::from_secs(3),
+            key_prefix: "unit:".into(),
+        };
+        let settings = CacheSettings {
+            stale_ttl: Duration::from_secs(5),
+            local_capacity,
+            local_ttl: Duration::from_secs(60),
+        };
+        let errors = prometheus::IntCounter::new("unit_redis_errors", "test").unwrap();
+        PredictionCache::new(&redis, &settings, errors)
+            .await
+            .unwrap()
+    }
+
+    fn key(cache: &PredictionCache, input: &str) -> CacheKey {
+        let model = ModelName::parse("m").unwrap();
+        cache.keys().key(
+            &model,
+            &CanonicalInput::from_json_slice(input.as_bytes()).unwrap(),
+        )
+    }
+
+    fn fresh_entry() -> Arc<CachedPrediction> {
+        Arc::new(CachedPrediction {
+            prediction: bytes::Bytes::from_static(b"{\"p\":1}"),
+            model_version: "1".into(),
+            computed_at_ms: unix_now_ms(),
+            fresh_for: Duration::from_secs(60),
+        })
+    }
+
+    #[tokio::test]
+    async fn without_redis_a_lookup_says_so_and_a_store_is_kept_in_memory() {
+        let cache = without_redis(100).await;
+        let key = key(&cache, r#"{"a":1}"#);
+        assert!(matches!(
+            cache.lookup(&key, OnMiss::TakeLease).await,
+            Lookup::Unavailable
+        ));
+        let stored = cache.store(&key, &fresh_entry(), None).await;
+        assert_eq!(
+            stored,
+            Stored::FAILED,
+            "nothing stored, nobody known not to wait"
+        );
+        // The in-process tier is the only cache there is now, and it answers.
+        assert!(cache.holds_locally(&key));
+        assert!(matches!(
+            cache.lookup(&key, OnMiss::TakeLease).await,
+            Lookup::Found(entry) if entry.prediction == "{\"p\":1}"
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_lease_or_an_unreadable_value_under_a_key_is_no_entry() {
+        let cache = without_redis(100).await;
+        let key = key(&cache, r#"{"b":1}"#);
+        assert!(cache.accept_fetched(&key, b"lease:some-gateway").is_none());
+        assert!(cache.accept_fetched(&key, b"\xff not an entry").is_none());
+        assert!(!cache.holds_locally(&key), "neither is kept");
+        let entry = fresh_entry();
+        let read = cache.accept_fetched(&key, &entry.encode()).unwrap();
+        assert_eq!(*read, *entry);
+        assert!(
+            cache.holds_locally(&key),
+            "a fresh entry read is kept in memory"
+        );
+    }
+
+    #[tokio::test]
+    async fn purged_entries_leave_the_in_process_tier() {
+        let cache = without_redis(100).await;
+        let (one, two) = (key(&cache, r#"{"c":1}"#), key(&cache, r#"{"c":2}"#));
+        for key in [&one, &two] {
+            cache.store(key, &fresh_entry(), None).await;
+        }
+        cache.forget_key_locally(one.as_str());
+        assert!(!cache.holds_locally(&one) && cache.holds_locally(&two));
+        cache.forget_model_locally(&ModelName::parse("m").unwrap());
+        assert!(!cache.holds_locally(&two));
+    }
+
+    #[tokio::test]
+    async fn with_no_in_process_tier_nothing_is_held_in_memory() {
+        let cache = without_redis(0).await;
+        let key = key(&cache, r#"{"d":1}"#);
+        cache.store(&key, &fresh_entry(), None).await;
+        assert!(!cache.holds_locally(&key));
+    }
+}

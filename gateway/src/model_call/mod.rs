@@ -355,7 +355,7 @@ impl ModelCaller {
         view: &ModelView,
     ) -> Result<ModelReply, ModelCallError> {
         let slowest = self.slowest.get(&call.model).unwrap_or_default();
-        let hedge_after = self.settings.attempt_timeout.max(slowest * 2);
+        let hedge_after = hedge_delay(self.settings.attempt_timeout, slowest);
         let first = Box::pin(self.ask_one_worker(call, view, Listening::UntilDeadline));
         let hedge = tokio::time::sleep(hedge_after.min(call.time_left()));
         let result = match future::select(first, Box::pin(hedge)).await {
@@ -420,5 +420,117 @@ impl ModelCaller {
             .model_call_retries
             .with_label_values(&[self.directory.metric_label(&call.model), reason])
             .inc();
+    }
+}
+
+/// How long a call to a worker without heartbeats waits before asking a second
+/// worker: the attempt timeout, or twice the model's slowest answer seen, if
+/// longer, so a model is not asked twice merely for being as slow as it has been.
+fn hedge_delay(attempt_timeout: Duration, slowest_seen: Duration) -> Duration {
+    attempt_timeout.max(slowest_seen * 2)
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::StatusCode;
+
+    use super::*;
+
+    #[test]
+    fn a_model_seen_slow_is_given_twice_its_slowest_before_a_second_worker() {
+        let attempt = Duration::from_millis(2_500);
+        assert_eq!(hedge_delay(attempt, Duration::ZERO), attempt);
+        assert_eq!(hedge_delay(attempt, Duration::from_secs(1)), attempt);
+        assert_eq!(
+            hedge_delay(attempt, Duration::from_secs(3)),
+            Duration::from_secs(6)
+        );
+    }
+
+    #[test]
+    fn what_a_client_can_cause_is_told_from_the_model_sides_failures() {
+        let model = ModelName::parse("m").unwrap();
+        for clients in [
+            ModelCallError::NoWorker(model),
+            ModelCallError::InputRejected("no".into()),
+            ModelCallError::TooLarge,
+        ] {
+            assert!(clients.is_clients_doing(), "{clients}");
+        }
+        for model_side in [
+            ModelCallError::NotConnected,
+            ModelCallError::TimedOut(Duration::from_secs(5)),
+            ModelCallError::Failed {
+                code: 500,
+                message: "boom".into(),
+            },
+        ] {
+            assert!(!model_side.is_clients_doing(), "{model_side}");
+        }
+    }
+
+    #[test]
+    fn each_failure_has_its_status_code_and_a_message_without_internals() {
+        let cases = [
+            (
+                ModelCallError::InputRejected("missing field".into()),
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "input_rejected",
+            ),
+            (
+                ModelCallError::NoWorker(ModelName::parse("m").unwrap()),
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no_worker",
+            ),
+            (
+                ModelCallError::TimedOut(Duration::from_millis(5_049)),
+                StatusCode::GATEWAY_TIMEOUT,
+                "timeout",
+            ),
+            (
+                ModelCallError::Lost(Duration::from_secs(2)),
+                StatusCode::GATEWAY_TIMEOUT,
+                "timeout",
+            ),
+            (
+                ModelCallError::Failed {
+                    code: 500,
+                    message: "CUDA out of memory".into(),
+                },
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "model_failed",
+            ),
+        ];
+        for (err, status, code) in cases {
+            let failure = PublicFailure::from(&err);
+            assert_eq!(
+                (failure.status, failure.code.as_str()),
+                (status.as_u16(), code)
+            );
+            assert!(!failure.message.contains("CUDA"), "{}", failure.message);
+        }
+        let waited = PublicFailure::from(&ModelCallError::TimedOut(Duration::from_millis(5_049)));
+        assert_eq!(waited.message, "no answer from the model within 5.0 s");
+    }
+
+    #[test]
+    fn a_call_knows_its_time_left_and_how_long_it_waited() {
+        let call = ModelCall::new(
+            ModelName::parse("m").unwrap(),
+            CanonicalInput::from_json_slice(b"{}").unwrap(),
+            ModelView::unknown(),
+            "r".into(),
+            Duration::from_secs(60),
+        );
+        assert!(call.time_left() > Duration::from_secs(59));
+        assert!(call.waited() < Duration::from_secs(1));
+        let over = ModelCall::new(
+            call.model.clone(),
+            call.input.clone(),
+            ModelView::unknown(),
+            "r".into(),
+            Duration::ZERO,
+        );
+        assert_eq!(over.time_left(), Duration::ZERO);
     }
 }

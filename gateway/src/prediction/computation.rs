@@ -306,3 +306,67 @@ impl Computations {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use prediction_contract::{CanonicalInput, KeySpace, ModelName};
+
+    use super::*;
+    use crate::discovery::ModelView;
+
+    fn job(directives: &RequestDirectives, fresh_only: bool, lookup: Option<Lookup>) -> Job {
+        let model = ModelName::parse("m").unwrap();
+        let input = CanonicalInput::from_json_slice(b"{}").unwrap();
+        let key = KeySpace::new("unit:").key(&model, &input);
+        let call = ModelCall::new(
+            model,
+            input,
+            ModelView::unknown(),
+            "r".into(),
+            Duration::from_secs(1),
+        );
+        Job::for_request(key, call, directives, fresh_only, lookup)
+    }
+
+    #[test]
+    fn the_lock_is_a_lease_where_the_lookup_found_no_entry() {
+        let plain = RequestDirectives::default();
+        let missing = job(&plain, false, Some(Lookup::Missing));
+        assert_eq!(missing.site, LockSite::Lease);
+        assert!(missing.first_claim.is_none());
+        let elsewhere = job(&plain, false, Some(Lookup::LeasedElsewhere));
+        assert_eq!(elsewhere.site, LockSite::Lease);
+        assert!(matches!(
+            elsewhere.first_claim,
+            Some(Claim {
+                lock: LockClaim::HeldElsewhere,
+                entry: None
+            })
+        ));
+    }
+
+    #[test]
+    fn beside_an_entry_without_redis_or_without_a_lookup_the_lock_goes_beside() {
+        let plain = RequestDirectives::default();
+        for lookup in [Some(Lookup::Unavailable), None] {
+            let beside = job(&plain, false, lookup);
+            assert_eq!(beside.site, LockSite::Beside);
+            assert!(beside.first_claim.is_none());
+        }
+    }
+
+    #[test]
+    fn no_store_is_not_stored_and_a_fresher_answer_is_never_an_entry_stored_meanwhile() {
+        let no_store = RequestDirectives {
+            no_store: true,
+            ..RequestDirectives::default()
+        };
+        let fresher_unstored = job(&no_store, true, None);
+        assert!(!fresher_unstored.store);
+        assert!(!fresher_unstored.recheck);
+        let plain = job(&RequestDirectives::default(), false, None);
+        assert!(plain.store && plain.recheck);
+    }
+}
