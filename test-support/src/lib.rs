@@ -6,25 +6,61 @@
 
 pub mod example_models;
 mod nats_cluster;
+mod processes;
 mod prometheus;
 mod redis_access;
 mod redis_cluster;
 mod redis_sentinel;
 
 pub use nats_cluster::NatsCluster;
+pub use processes::{WorkerProcess, eventually};
 pub use prometheus::{PrometheusServer, SCRAPE_INTERVAL};
 pub use redis_access::RedisAccess;
 pub use redis_cluster::RedisCluster;
 pub use redis_sentinel::{RedisSentinels, SENTINEL_MASTER_NAME};
 
 use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 /// How long a server may take to accept connections.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The workspace's binary `name` (`gateway`, `worker`) of the profile the
+/// running test was built with, built first (once per test process) so that it
+/// is never older than the code under test: `cargo test -p e2e` builds the
+/// crates' libraries, not their binaries. With `cargo test --workspace` they
+/// are built already, and the build is a no-op.
+pub fn built_binary(name: &str) -> PathBuf {
+    static BUILT: std::sync::Once = std::sync::Once::new();
+    let test = std::env::current_exe().expect("the test knows its own path");
+    // target/<profile>/deps/<test>: the binaries are in target/<profile>.
+    let profile_dir = test
+        .parent()
+        .and_then(Path::parent)
+        .expect("a test binary lives in target/<profile>/deps")
+        .to_path_buf();
+    BUILT.call_once(|| {
+        let mut build = Command::new(env!("CARGO"));
+        build.args(["build", "--quiet", "--bin", "gateway", "--bin", "worker"]);
+        if profile_dir.file_name().is_some_and(|dir| dir == "release") {
+            build.arg("--release");
+        }
+        let status = build
+            .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+            .status()
+            .expect("cargo runs");
+        assert!(
+            status.success(),
+            "building the gateway and worker binaries failed"
+        );
+    });
+    let path = profile_dir.join(name);
+    assert!(path.is_file(), "no {} after the build", path.display());
+    path
+}
 
 /// A port nothing listens on right now.
 pub fn free_port() -> u16 {

@@ -9,7 +9,7 @@ use serde_json::{Map, Value, json};
 use test_support::example_models::{manifest, models_dir, references};
 use worker::onnx::load_manifest;
 
-use super::{gather, header, request_owned, start};
+use crate::{gather, header, request_owned, start};
 
 #[tokio::test]
 async fn every_example_model_matches_onnxruntime_one_by_one_and_batched() {

@@ -1,90 +1,15 @@
 //! The real worker binary behind a real gateway: signals and crashes cost no
 //! request.
 
-use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use clap::Parser;
 use gateway::{Application, GatewayConfig};
 use serde_json::Value;
-use test_support::{NatsServer, RedisServer};
+use test_support::{NatsServer, RedisServer, WorkerProcess};
 use tokio::sync::oneshot;
-
-/// A worker process started from the built binary.
-struct WorkerProcess {
-    child: Child,
-    id_file: PathBuf,
-}
-
-impl WorkerProcess {
-    /// Starts `worker` and waits until it serves (it writes its id file then).
-    async fn spawn(nats_url: &str, args: &[&str]) -> Self {
-        static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let id_file = std::env::temp_dir().join(format!(
-            "worker-{}-{}.id",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::SeqCst)
-        ));
-        let _ = std::fs::remove_file(&id_file);
-        let child = Command::new(env!("CARGO_BIN_EXE_worker"))
-            .args(["--nats-url", nats_url, "--id-file"])
-            .arg(&id_file)
-            .args(args)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("the worker binary starts");
-        let started = Instant::now();
-        while !id_file.exists() {
-            assert!(
-                started.elapsed() < Duration::from_secs(10),
-                "worker did not become ready"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        Self { child, id_file }
-    }
-
-    /// Sends SIGTERM, as `docker stop` or Kubernetes do.
-    fn terminate(&self) {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("kill runs");
-        assert!(status.success());
-    }
-
-    /// SIGKILL: the worker dies holding whatever it had.
-    fn kill(&mut self) {
-        self.child.kill().expect("SIGKILL is delivered");
-    }
-
-    async fn exit_status(&mut self) -> ExitStatus {
-        let started = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(20),
-                "worker did not exit"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-impl Drop for WorkerProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_file(&self.id_file);
-    }
-}
 
 /// A gateway in this process, in front of `nats` and `redis`.
 async fn start_gateway(
@@ -122,8 +47,8 @@ async fn a_rolling_restart_under_load_loses_no_request() {
     let redis = RedisServer::start();
     let worker_args = ["--latency-ms", "100", "--concurrency", "8"];
     let mut workers = vec![
-        WorkerProcess::spawn(&nats.url(), &worker_args).await,
-        WorkerProcess::spawn(&nats.url(), &worker_args).await,
+        WorkerProcess::spawn(&nats.url(), &worker_args, &[]).await,
+        WorkerProcess::spawn(&nats.url(), &worker_args, &[]).await,
     ];
     let (gateway, _stop_gateway) = start_gateway(&nats, &redis, &[]).await;
 
@@ -161,7 +86,7 @@ async fn a_rolling_restart_under_load_loses_no_request() {
     // Replace each worker in turn: start the new one, then SIGTERM the old one.
     tokio::time::sleep(Duration::from_millis(500)).await;
     for _ in 0..2 {
-        workers.push(WorkerProcess::spawn(&nats.url(), &worker_args).await);
+        workers.push(WorkerProcess::spawn(&nats.url(), &worker_args, &[]).await);
         let mut old = workers.remove(0);
         old.terminate();
         assert!(
@@ -192,7 +117,7 @@ async fn a_rolling_restart_under_load_loses_no_request() {
 async fn a_request_held_by_a_worker_killed_with_sigkill_is_retried_and_answered() {
     let nats = NatsServer::start();
     let redis = RedisServer::start();
-    let mut doomed = WorkerProcess::spawn(&nats.url(), &["--latency-ms", "4000"]).await;
+    let mut doomed = WorkerProcess::spawn(&nats.url(), &["--latency-ms", "4000"], &[]).await;
     let (gateway, _stop_gateway) = start_gateway(&nats, &redis, &["--request-timeout", "8s"]).await;
 
     let http = reqwest::Client::new();
@@ -208,7 +133,7 @@ async fn a_request_held_by_a_worker_killed_with_sigkill_is_retried_and_answered(
     });
     // The only worker has the request; a healthy one joins, then the first dies.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let _healthy = WorkerProcess::spawn(&nats.url(), &["--latency-ms", "0"]).await;
+    let _healthy = WorkerProcess::spawn(&nats.url(), &["--latency-ms", "0"], &[]).await;
     doomed.kill();
 
     let response = request.await.unwrap();
@@ -234,7 +159,7 @@ async fn a_request_held_by_a_worker_killed_with_sigkill_is_retried_and_answered(
 async fn requests_whose_only_worker_died_are_answered_once_a_worker_serves_the_model_again() {
     let nats = NatsServer::start();
     let redis = RedisServer::start();
-    let mut doomed = WorkerProcess::spawn(&nats.url(), &["--latency-ms", "1000"]).await;
+    let mut doomed = WorkerProcess::spawn(&nats.url(), &["--latency-ms", "1000"], &[]).await;
     // The default deadline, 5 s: the replacement comes 3 s after the death.
     let (gateway, _stop_gateway) = start_gateway(&nats, &redis, &[]).await;
 
@@ -254,7 +179,7 @@ async fn requests_whose_only_worker_died_are_answered_once_a_worker_serves_the_m
     tokio::time::sleep(Duration::from_millis(300)).await;
     doomed.kill();
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let _replacement = WorkerProcess::spawn(&nats.url(), &["--latency-ms", "50"]).await;
+    let _replacement = WorkerProcess::spawn(&nats.url(), &["--latency-ms", "50"], &[]).await;
 
     for (i, request) in requests.into_iter().enumerate() {
         let response = request.await.unwrap();

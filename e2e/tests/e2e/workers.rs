@@ -102,9 +102,14 @@ async fn a_stopping_worker_finishes_the_request_it_holds() {
         async move { http.post(url).body("{}").send().await.unwrap() }
     });
     // Stop the worker while it is computing.
-    while slow.calls() == 0 {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    test_support::eventually(Duration::from_secs(10), "the model computing", || async {
+        if slow.calls() > 0 {
+            Ok(())
+        } else {
+            Err("not yet called")
+        }
+    })
+    .await;
     worker.stop().await.expect("the worker stops cleanly");
 
     let response = request.await.unwrap();

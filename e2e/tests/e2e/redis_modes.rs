@@ -13,7 +13,7 @@ use crate::in_every_redis_mode;
 
 /// Runs the gateway binary with `args`; returns its exit code and what it wrote.
 async fn gateway_exit(nats: &NatsServer, args: &[&str]) -> (Option<i32>, String) {
-    let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
+    let run = tokio::process::Command::new(test_support::built_binary("gateway"))
         .args(["--listen", "127.0.0.1:0", "--nats-url", &nats.url()])
         .args(args)
         .kill_on_drop(true)

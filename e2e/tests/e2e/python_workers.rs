@@ -38,7 +38,7 @@ impl PythonWorker {
         let root = repository();
         let path = [
             root.join("workers/python/src"),
-            root.join("gateway/tests/python"),
+            root.join("e2e/tests/python"),
         ]
         .map(|dir| dir.display().to_string())
         .join(":");

@@ -4,11 +4,11 @@
 
 use std::process::Stdio;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use clap::Parser;
 use serde_json::Value;
-use test_support::PrometheusServer;
+use test_support::{PrometheusServer, eventually};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::oneshot;
 use worker::{Model, Worker, WorkerConfig};
@@ -136,24 +136,21 @@ async fn promtool_finds_nothing_wrong_with_the_gateways_or_a_workers_metrics() {
 /// every second); returns the first sample's value.
 pub async fn query_until_answered(prometheus: &PrometheusServer, query: &str) -> f64 {
     let http = reqwest::Client::new();
-    let started = Instant::now();
-    loop {
+    eventually(Duration::from_secs(30), query, || async {
         let request = http
             .get(format!("{}/api/v1/query", prometheus.url()))
             .query(&[("query", query)]);
         let reply = api_reply(request).await;
         if let Some(reply) = &reply {
+            // An invalid query fails at once: a panel that errs is broken.
             assert_eq!(reply["status"], "success", "{query}: {reply}");
             if let Some(value) = reply["data"]["result"][0]["value"][1].as_str() {
-                return value.parse().unwrap();
+                return Ok(value.parse::<f64>().unwrap());
             }
         }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "{query}: no value after 30 s: {reply:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        Err(reply)
+    })
+    .await
 }
 
 /// The JSON a Prometheus API call answers; `None` while Prometheus cannot answer
@@ -171,34 +168,31 @@ async fn api_reply(request: reqwest::RequestBuilder) -> Option<Value> {
 async fn wait_for_fresh_scrapes(prometheus: &PrometheusServer, targets: usize) {
     let http = reqwest::Client::new();
     let asked = unix_now_secs();
-    let started = Instant::now();
-    loop {
-        let reply = api_reply(http.get(format!("{}/api/v1/targets", prometheus.url())))
-            .await
-            .unwrap_or_default();
-        let no_targets = Vec::new();
-        let active = reply["data"]["activeTargets"]
-            .as_array()
-            .unwrap_or(&no_targets);
-        let fresh = active
-            .iter()
-            .filter(|target| {
-                target["health"] == "up"
-                    && target["lastScrape"]
-                        .as_str()
-                        .and_then(scrape_time_secs)
-                        .is_some_and(|at| at > asked + 0.5)
-            })
-            .count();
-        if fresh == targets {
-            return;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "targets not all scraped: {reply}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    eventually(
+        Duration::from_secs(30),
+        "every target scraped again",
+        || async {
+            let reply = api_reply(http.get(format!("{}/api/v1/targets", prometheus.url())))
+                .await
+                .unwrap_or_default();
+            let no_targets = Vec::new();
+            let active = reply["data"]["activeTargets"]
+                .as_array()
+                .unwrap_or(&no_targets);
+            let fresh = active
+                .iter()
+                .filter(|target| {
+                    target["health"] == "up"
+                        && target["lastScrape"]
+                            .as_str()
+                            .and_then(scrape_time_secs)
+                            .is_some_and(|at| at > asked + 0.5)
+                })
+                .count();
+            if fresh == targets { Ok(()) } else { Err(reply) }
+        },
+    )
+    .await
 }
 
 fn unix_now_secs() -> f64 {

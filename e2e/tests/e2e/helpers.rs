@@ -503,7 +503,7 @@ impl GatewayProcess {
     /// and waits until it answers `/healthz`.
     pub async fn start(args: &[&str], env: &[(&str, &str)]) -> Self {
         Self::start_with(
-            std::process::Command::new(env!("CARGO_BIN_EXE_gateway")),
+            std::process::Command::new(test_support::built_binary("gateway")),
             args,
             env,
         )
@@ -536,21 +536,8 @@ impl GatewayProcess {
             log_path,
             url,
         };
-        let http = reqwest::Client::new();
-        let started = std::time::Instant::now();
-        while http
-            .get(format!("{}/healthz", process.url))
-            .send()
-            .await
-            .is_err()
-        {
-            assert!(
-                started.elapsed() < Duration::from_secs(10),
-                "the gateway did not start:\n{}",
-                process.logs()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let what = format!("the gateway at {} answering", process.url);
+        body_when_answered(&format!("{}/healthz", process.url), &what).await;
         process
     }
 
@@ -566,4 +553,18 @@ impl Drop for GatewayProcess {
         let _ = self.child.wait();
         let _ = std::fs::remove_file(&self.log_path);
     }
+}
+
+/// The body of `GET url` once it answers 200 (within 10 s): for a server
+/// starting, or slots coming free.
+pub async fn body_when_answered(url: &str, what: &str) -> String {
+    let http = reqwest::Client::new();
+    test_support::eventually(Duration::from_secs(10), what, || async {
+        let response = http.get(url).send().await.map_err(|err| err.to_string())?;
+        if response.status() != 200 {
+            return Err(format!("status {}", response.status()));
+        }
+        response.text().await.map_err(|err| err.to_string())
+    })
+    .await
 }

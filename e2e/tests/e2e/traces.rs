@@ -4,9 +4,8 @@
 //! the test follows one request's trace through both. Its own test binary:
 //! it installs the process's global subscriber.
 
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::body::Bytes;
 use clap::Parser;
@@ -15,7 +14,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prediction_runtime::telemetry::{LogFormat, init_tracing};
 use prediction_runtime::traces::{OtlpProtocol, TraceArgs};
 use prost::Message;
-use test_support::{NatsServer, RedisServer};
+use test_support::{NatsServer, RedisServer, WorkerProcess, eventually};
 
 /// A span as the receiver got it.
 #[derive(Debug, Clone)]
@@ -86,43 +85,19 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 /// The worker binary exporting to `receiver` over OTLP (`protocol`).
-struct WorkerProcess(Child);
-
-impl Drop for WorkerProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_worker(nats_url: &str, receiver: &str, protocol: &str, args: &[&str]) -> WorkerProcess {
-    static STARTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let id_file = std::env::temp_dir().join(format!(
-        "traces-worker-{}-{}.id",
-        std::process::id(),
-        STARTED.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
-    ));
-    let _ = std::fs::remove_file(&id_file);
-    let child = Command::new(env!("CARGO_BIN_EXE_worker"))
-        .args(["--nats-url", nats_url, "--id-file"])
-        .arg(&id_file)
-        .args(args)
-        .env("OTEL_EXPORTER_OTLP_ENDPOINT", receiver)
-        .env("OTEL_EXPORTER_OTLP_PROTOCOL", protocol)
-        .env("OTEL_BSP_SCHEDULE_DELAY", "50")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("the worker binary starts");
-    let started = Instant::now();
-    while !id_file.exists() {
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "the worker did not start"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    WorkerProcess(child)
+/// A worker process exporting its spans to `receiver` over `protocol`.
+async fn start_worker(
+    nats_url: &str,
+    receiver: &str,
+    protocol: &str,
+    args: &[&str],
+) -> WorkerProcess {
+    let env = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", protocol),
+        ("OTEL_BSP_SCHEDULE_DELAY", "50"),
+    ];
+    WorkerProcess::spawn(nats_url, args, &env).await
 }
 
 /// Waits until the receiver holds spans for which `done` holds.
@@ -131,18 +106,12 @@ async fn spans_until(
     what: &str,
     done: impl Fn(&[ReceivedSpan]) -> bool,
 ) -> Vec<ReceivedSpan> {
-    let started = Instant::now();
-    loop {
+    eventually(Duration::from_secs(20), what, || {
         let now = spans.lock().unwrap().clone();
-        if done(&now) {
-            return now;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "{what}: not received in 20 s; got {now:#?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        let found = if done(&now) { Ok(now) } else { Err(now) };
+        async move { found }
+    })
+    .await
 }
 
 fn find<'a>(spans: &'a [ReceivedSpan], trace: &str, name: &str) -> Option<&'a ReceivedSpan> {
@@ -183,7 +152,8 @@ async fn one_trace_runs_from_the_client_through_the_gateway_and_nats_to_the_work
             "--batch-window",
             "20ms",
         ],
-    );
+    )
+    .await;
     let config = GatewayConfig::try_parse_from([
         "gateway",
         "--listen",
@@ -366,7 +336,8 @@ async fn the_worker_exports_over_grpc_continuing_a_traceparent_sent_over_nats() 
         &format!("http://127.0.0.1:{port}"),
         "grpc",
         &["--model", "echo"],
-    );
+    )
+    .await;
     let client = async_nats::connect(nats.url()).await.unwrap();
     let trace = "7bf92f3577b34da6a3ce929d0e0e4738";
     let caller = "10f067aa0ba902b8";

@@ -10,7 +10,9 @@ use test_support::{NatsServer, RedisServer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::helpers::{GatewayProcess, StubModel, assert_error, header, spawn_app, start_worker};
+use crate::helpers::{
+    GatewayProcess, StubModel, assert_error, body_when_answered, header, spawn_app, start_worker,
+};
 use crate::prometheus::start_worker_with_metrics;
 
 fn address(url: &str) -> String {
@@ -148,7 +150,7 @@ async fn empty_tokens_stop_the_gateway_at_startup_saying_which_setting() {
         ("GATEWAY_API_TOKENS", ""),
         ("GATEWAY_ADMIN_TOKEN", ""),
     ] {
-        let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
+        let run = tokio::process::Command::new(test_support::built_binary("gateway"))
             .args([
                 "--listen",
                 "127.0.0.1:0",
@@ -317,17 +319,7 @@ async fn connections_beyond_max_connections_are_closed_at_once() {
     assert!(received.is_empty());
     drop(held);
     // Closed on our side; the gateway notices and frees the slots.
-    let started = Instant::now();
-    let metrics = loop {
-        if let Ok(response) = app.http.get(app.url("/metrics")).send().await {
-            break response.text().await.unwrap();
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "no slot came free"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let metrics = body_when_answered(&app.url("/metrics"), "a slot coming free").await;
     // The fifth, and any try of ours before the slots came free.
     assert!(refused_connections(&metrics) >= 1, "{metrics}");
 }
@@ -345,7 +337,7 @@ fn with_open_file_limit(limit: u32) -> std::process::Command {
     let mut command = std::process::Command::new("prlimit");
     command
         .arg(format!("--nofile={limit}:{limit}"))
-        .arg(env!("CARGO_BIN_EXE_gateway"));
+        .arg(test_support::built_binary("gateway"));
     command
 }
 
@@ -367,18 +359,8 @@ async fn the_default_connection_cap_comes_from_the_open_file_limit_and_holds() {
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     drop(held);
-    let http = reqwest::Client::new();
-    let started = Instant::now();
-    let metrics = loop {
-        if let Ok(response) = http.get(format!("{}/metrics", gateway.url)).send().await {
-            break response.text().await.unwrap();
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "no slot came free"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let metrics =
+        body_when_answered(&format!("{}/metrics", gateway.url), "a slot coming free").await;
     let refused = refused_connections(&metrics);
     assert!(refused >= 230 - 192, "{refused} refused");
 }
@@ -397,20 +379,11 @@ async fn out_of_file_descriptors_the_accept_loop_backs_off_and_recovers() {
     // Accepts fail for a while: out of descriptors.
     tokio::time::sleep(Duration::from_secs(2)).await;
     drop(held);
-    let http = reqwest::Client::new();
-    let started = Instant::now();
-    loop {
-        match http.get(format!("{}/healthz", gateway.url)).send().await {
-            Ok(response) if response.status() == 200 => break,
-            _ => {
-                assert!(
-                    started.elapsed() < Duration::from_secs(10),
-                    "it did not recover"
-                );
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    }
+    body_when_answered(
+        &format!("{}/healthz", gateway.url),
+        "the gateway recovering",
+    )
+    .await;
     let logs = gateway.logs();
     let failed = logs
         .lines()
@@ -481,19 +454,8 @@ async fn a_workers_metrics_listener_closes_connections_beyond_its_cap() {
             .is_empty()
     );
     drop(held);
-    let started = Instant::now();
-    loop {
-        if let Ok(response) = reqwest::get(format!("http://{metrics}/metrics")).await {
-            let text = response.text().await.unwrap();
-            assert!(text.contains("worker_requests_total") || text.contains("# HELP"));
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "no slot came free"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let text = body_when_answered(&format!("http://{metrics}/metrics"), "a slot coming free").await;
+    assert!(text.contains("# HELP"), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -516,7 +478,7 @@ async fn a_renamed_variable_still_works_under_its_old_name_with_a_warning() {
     let args = deployment.args();
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     // The helper sets the new name; the old one must be read only without it.
-    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_gateway"));
+    let mut command = std::process::Command::new(test_support::built_binary("gateway"));
     command.env_remove("GATEWAY_LOG_FORMAT");
     let gateway = GatewayProcess::start_with(command, &args, &[("LOG_FORMAT", "json")]).await;
     let logs = gateway.logs();

@@ -2,7 +2,6 @@
 //! never served.
 
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 use clap::Parser;
 use gateway::cache::CacheKey;
@@ -10,8 +9,8 @@ use prediction_contract::{CanonicalInput, ModelName};
 use test_support::{NatsServer, RedisAccess, RedisServer};
 
 use crate::helpers::{
-    RedisMode, StubModel, TestRedis, assert_error, header, spawn_app, start_gateway_on,
-    start_worker,
+    RedisMode, StubModel, TestRedis, assert_error, body_when_answered, header, spawn_app,
+    start_gateway_on, start_worker,
 };
 use crate::in_every_redis_mode;
 
@@ -59,7 +58,7 @@ async fn credentials_in_urls_authenticate_and_never_reach_the_logs() {
 
     let port = test_support::free_port();
     let log_path = std::env::temp_dir().join(format!("gateway-secrets-{}.log", std::process::id()));
-    let mut gateway = Command::new(env!("CARGO_BIN_EXE_gateway"))
+    let mut gateway = Command::new(test_support::built_binary("gateway"))
         .args([
             "--listen",
             &format!("127.0.0.1:{port}"),
@@ -74,14 +73,7 @@ async fn credentials_in_urls_authenticate_and_never_reach_the_logs() {
         .unwrap();
     let http = reqwest::Client::new();
     let url = format!("http://127.0.0.1:{port}");
-    let started = Instant::now();
-    while http.get(format!("{url}/healthz")).send().await.is_err() {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "the gateway did not start"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    body_when_answered(&format!("{url}/healthz"), "the gateway starting").await;
 
     assert_ready_and_caching(&http, &url, r#"{"s":1}"#, "both credentials were accepted").await;
     let metrics = http
