@@ -14,6 +14,7 @@ mod errors;
 mod failover;
 mod freshness;
 mod hostile;
+mod hostile_connections;
 mod metrics;
 mod onnx;
 mod outage;

@@ -10,12 +10,16 @@ use clap::Parser;
 use gateway::{Application, GatewayConfig};
 use prediction_contract::ModelName;
 use serde_json::{Value, json};
-use test_support::{
-    NatsServer, RedisAccess, RedisCluster, RedisSentinels, RedisServer, SENTINEL_MASTER_NAME,
-};
+use test_support::NatsServer;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use worker::{Input, Model, ModelError, Worker, WorkerConfig};
+
+mod process;
+mod test_redis;
+
+pub use process::{GatewayProcess, body_when_answered};
+pub use test_redis::{RedisMode, TestRedis};
 
 /// A model whose behaviour a test chooses, counting its calls.
 #[derive(Debug)]
@@ -184,130 +188,6 @@ impl OtherGateway {
     }
 }
 
-/// How a test's Redis is deployed; the gateway's `--redis-mode`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RedisMode {
-    Standalone,
-    Cluster,
-    Sentinel,
-}
-
-/// A test's own Redis, however deployed.
-pub enum TestRedis {
-    Standalone(RedisServer),
-    Cluster(RedisCluster),
-    Sentinel(RedisSentinels),
-}
-
-impl TestRedis {
-    pub fn start(mode: RedisMode) -> Self {
-        Self::start_with(mode, RedisAccess::default())
-    }
-
-    /// One that only `access` lets in.
-    pub fn start_with(mode: RedisMode, access: RedisAccess) -> Self {
-        match mode {
-            RedisMode::Standalone => Self::Standalone(RedisServer::start_with_access(access)),
-            RedisMode::Cluster => Self::Cluster(RedisCluster::start_with(access)),
-            RedisMode::Sentinel => Self::Sentinel(RedisSentinels::start_with(access)),
-        }
-    }
-
-    /// The gateway's flags that point it at this Redis.
-    pub fn gateway_args(&self) -> Vec<String> {
-        let url = match self {
-            Self::Standalone(server) => server.url(),
-            Self::Cluster(cluster) => cluster.urls(),
-            Self::Sentinel(sentinels) => sentinels.urls(),
-        };
-        self.gateway_args_with_url(url)
-    }
-
-    /// The same flags with a wrong password in the URL.
-    pub fn gateway_args_with_password(&self, password: &str) -> Vec<String> {
-        let url = match self {
-            Self::Standalone(server) => server.url_with_password(password),
-            Self::Cluster(cluster) => cluster.urls_with_password(password),
-            Self::Sentinel(sentinels) => sentinels.urls_with_password(password),
-        };
-        self.gateway_args_with_url(url)
-    }
-
-    fn gateway_args_with_url(&self, url: String) -> Vec<String> {
-        let (mode, tls_ca) = match self {
-            Self::Standalone(server) => ("standalone", server.tls_ca()),
-            Self::Cluster(cluster) => ("cluster", cluster.tls_ca()),
-            Self::Sentinel(sentinels) => ("sentinel", sentinels.tls_ca()),
-        };
-        let mut args = vec![
-            "--redis-mode".to_owned(),
-            mode.to_owned(),
-            "--redis-url".to_owned(),
-            url,
-        ];
-        if let Some(ca) = tls_ca {
-            args.extend(["--redis-tls-ca".to_owned(), ca.to_owned()]);
-        }
-        if matches!(self, Self::Sentinel(_)) {
-            args.extend([
-                "--redis-sentinel-master".to_owned(),
-                SENTINEL_MASTER_NAME.to_owned(),
-            ]);
-        }
-        args
-    }
-
-    fn standalone(&mut self) -> &mut RedisServer {
-        match self {
-            Self::Standalone(server) => server,
-            _ => panic!("this test stops and starts a standalone Redis"),
-        }
-    }
-
-    /// The URL of a standalone server.
-    pub fn url(&self) -> String {
-        match self {
-            Self::Standalone(server) => server.url(),
-            _ => panic!("this test reads a standalone Redis"),
-        }
-    }
-
-    pub fn stop(&mut self) {
-        self.standalone().stop();
-    }
-
-    pub fn restart(&mut self) {
-        self.standalone().restart();
-    }
-}
-
-/// Runs a test body once per Redis mode: `in_every_redis_mode!(name);` makes a
-/// module `name` with a test `standalone`, `cluster` and `sentinel`, each calling
-/// `name(mode)`.
-#[macro_export]
-macro_rules! in_every_redis_mode {
-    ($body:ident) => {
-        mod $body {
-            use $crate::helpers::RedisMode;
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn standalone() {
-                super::$body(RedisMode::Standalone).await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn cluster() {
-                super::$body(RedisMode::Cluster).await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sentinel() {
-                super::$body(RedisMode::Sentinel).await;
-            }
-        }
-    };
-}
-
 /// Starts servers, one worker serving the stub model `echo` and the built-in `price`
 /// model (no latency), and a gateway with `gateway_args` added to its defaults.
 pub async fn spawn_app(gateway_args: &[&str]) -> TestApp {
@@ -388,7 +268,7 @@ pub async fn launch_gateway(
     (address, shutdown)
 }
 
-fn unique_suffix() -> String {
+pub(crate) fn unique_suffix() -> String {
     static COUNTER: AtomicUsize = AtomicUsize::new(0);
     format!(
         "{}-{}",
@@ -488,83 +368,4 @@ pub async fn assert_error(response: reqwest::Response, status: u16, code: &str) 
         .as_str()
         .expect("error bodies carry a message")
         .to_owned()
-}
-
-/// The gateway binary in a process of its own, its log lines in a file: for
-/// what only a process shows (its exit code, its logs, its open-file limit).
-pub struct GatewayProcess {
-    child: std::process::Child,
-    log_path: std::path::PathBuf,
-    pub url: String,
-}
-
-impl GatewayProcess {
-    /// Starts `gateway` with `args` (after `--listen` on a free port) and `env`,
-    /// and waits until it answers `/healthz`.
-    pub async fn start(args: &[&str], env: &[(&str, &str)]) -> Self {
-        Self::start_with(
-            std::process::Command::new(test_support::built_binary("gateway")),
-            args,
-            env,
-        )
-        .await
-    }
-
-    /// The same, run by `command` (`prlimit ... gateway`, say).
-    pub async fn start_with(
-        mut command: std::process::Command,
-        args: &[&str],
-        env: &[(&str, &str)],
-    ) -> Self {
-        let port = test_support::free_port();
-        let log_path =
-            std::env::temp_dir().join(format!("gateway-process-{}.log", unique_suffix()));
-        if !env.iter().any(|(name, _)| *name == "LOG_FORMAT") {
-            command.env("GATEWAY_LOG_FORMAT", "text");
-        }
-        let child = command
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(args)
-            .envs(env.iter().copied())
-            .stdout(std::fs::File::create(&log_path).unwrap())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("the gateway binary starts");
-        let url = format!("http://127.0.0.1:{port}");
-        let process = Self {
-            child,
-            log_path,
-            url,
-        };
-        let what = format!("the gateway at {} answering", process.url);
-        body_when_answered(&format!("{}/healthz", process.url), &what).await;
-        process
-    }
-
-    /// What it has logged so far.
-    pub fn logs(&self) -> String {
-        std::fs::read_to_string(&self.log_path).unwrap_or_default()
-    }
-}
-
-impl Drop for GatewayProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_file(&self.log_path);
-    }
-}
-
-/// The body of `GET url` once it answers 200 (within 10 s): for a server
-/// starting, or slots coming free.
-pub async fn body_when_answered(url: &str, what: &str) -> String {
-    let http = reqwest::Client::new();
-    test_support::eventually(Duration::from_secs(10), what, || async {
-        let response = http.get(url).send().await.map_err(|err| err.to_string())?;
-        if response.status() != 200 {
-            return Err(format!("status {}", response.status()));
-        }
-        response.text().await.map_err(|err| err.to_string())
-    })
-    .await
 }

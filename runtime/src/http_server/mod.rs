@@ -20,22 +20,17 @@
 //! sooner than a load balancer in front expects; the bounds above replace it.
 
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::task::{Context, Poll};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::telemetry::LogBudget;
 use axum::Router;
-use axum::body::Body;
-use axum::http::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use prediction_contract::time::{millis, unix_now_ms};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, Semaphore};
+use prediction_contract::time::unix_now_ms;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
 
 /// The most a request line and headers may take (hyper answers 431 past it): room
@@ -48,6 +43,12 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 /// How long the accept loop waits after an accept fails (out of file
 /// descriptors, say) before it tries again.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+mod activity;
+mod tracked;
+
+use activity::{Activity, COARSE_NOW_MS, WatchedStream};
+use tracked::Tracked;
 
 static REFUSED_LINES: LogBudget = LogBudget::new();
 static ACCEPT_FAILED_LINES: LogBudget = LogBudget::new();
@@ -105,14 +106,6 @@ fn raise_open_file_limit() -> u64 {
 /// How often the connections are looked at for silence or idleness: the
 /// bounds are kept to within this.
 const SWEEP_EVERY: Duration = Duration::from_millis(100);
-
-/// Unix milliseconds, as of the last sweep: what the request path reads
-/// instead of the clock (bounds of seconds need no finer time).
-static COARSE_NOW_MS: AtomicU64 = AtomicU64::new(0);
-
-fn coarse_now_ms() -> u64 {
-    COARSE_NOW_MS.load(Ordering::Relaxed)
-}
 
 /// Serves `router` on `listener` until `shutdown` completes, then lets the
 /// requests in flight finish (at most [`SHUTDOWN_GRACE`]).
@@ -284,294 +277,4 @@ async fn drive(connection: Connection, activity: &Activity) {
     connection.as_mut().graceful_shutdown();
     let grace = Duration::from_millis(activity.close_grace_ms.load(Ordering::Relaxed));
     let _ = tokio::time::timeout(grace, connection).await;
-}
-
-/// What a connection is doing, as its requests and its socket tell: enough to
-/// know when it has been silent or idle too long. Times are the coarse clock's.
-#[derive(Debug)]
-struct Activity {
-    /// Requests in progress (their response not yet sent whole).
-    in_flight: AtomicUsize,
-    /// Since when (unix ms) no request has been in progress.
-    idle_since_ms: AtomicU64,
-    /// When (unix ms) the first byte of an HTTP/1.1 request head arrived while
-    /// idle; 0: none.
-    head_since_ms: AtomicU64,
-    /// Whether a request has been served on it (else it is new and silent).
-    served: AtomicBool,
-    /// Whether it speaks HTTP/2, whose frames are not request heads.
-    http2: AtomicBool,
-    /// Whether its first bytes have been seen.
-    first_read: AtomicBool,
-    /// Set once it has been asked to close; with the time it is given to.
-    closing: AtomicBool,
-    close_grace_ms: AtomicU64,
-    close: Notify,
-}
-
-impl Activity {
-    fn new() -> Self {
-        Self {
-            in_flight: AtomicUsize::new(0),
-            idle_since_ms: AtomicU64::new(coarse_now_ms()),
-            head_since_ms: AtomicU64::new(0),
-            served: AtomicBool::new(false),
-            http2: AtomicBool::new(false),
-            first_read: AtomicBool::new(false),
-            closing: AtomicBool::new(false),
-            close_grace_ms: AtomicU64::new(0),
-            close: Notify::new(),
-        }
-    }
-
-    /// When (unix ms) the connection should be closed if nothing changes;
-    /// `None` while a request is in progress.
-    fn close_at(&self, limits: ConnectionLimits) -> Option<u64> {
-        if self.in_flight.load(Ordering::Relaxed) > 0 {
-            return None;
-        }
-        let client = millis(limits.client_timeout);
-        let idle_since = self.idle_since_ms.load(Ordering::Relaxed);
-        if !self.served.load(Ordering::Relaxed) {
-            return Some(idle_since.saturating_add(client));
-        }
-        let idle_end = idle_since.saturating_add(millis(limits.idle_timeout));
-        match self.head_since_ms.load(Ordering::Relaxed) {
-            0 => Some(idle_end),
-            head => Some(idle_end.min(head.saturating_add(client))),
-        }
-    }
-
-    /// Asks the connection to close, giving it `grace` to finish; once.
-    fn ask_to_close(&self, grace: Duration) {
-        if !self.closing.swap(true, Ordering::Relaxed) {
-            self.close_grace_ms.store(millis(grace), Ordering::Relaxed);
-            self.close.notify_one();
-        }
-    }
-
-    fn saw_bytes(&self, bytes: &[u8]) {
-        if !self.first_read.swap(true, Ordering::Relaxed) {
-            self.http2
-                .store(bytes.starts_with(b"PRI * HTTP/2"), Ordering::Relaxed);
-        }
-        if self.in_flight.load(Ordering::Relaxed) == 0
-            && !self.http2.load(Ordering::Relaxed)
-            && self.head_since_ms.load(Ordering::Relaxed) == 0
-        {
-            self.head_since_ms
-                .store(coarse_now_ms().max(1), Ordering::Relaxed);
-        }
-    }
-
-    fn request_began(&self) {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
-        self.served.store(true, Ordering::Relaxed);
-        self.head_since_ms.store(0, Ordering::Relaxed);
-    }
-
-    fn request_ended(&self) {
-        self.idle_since_ms.store(coarse_now_ms(), Ordering::Relaxed);
-        self.in_flight.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// A connection's socket, telling its [`Activity`] when bytes arrive.
-struct WatchedStream {
-    stream: TcpStream,
-    activity: Arc<Activity>,
-}
-
-impl AsyncRead for WatchedStream {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut self.stream).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            self.activity.saw_bytes(&buf.filled()[before..]);
-        }
-        polled
-    }
-}
-
-impl AsyncWrite for WatchedStream {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.stream).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.stream).poll_shutdown(cx)
-    }
-}
-
-/// The router, counting each request in progress on its connection until its
-/// response has been sent whole (or abandoned). Its future and body wrap the
-/// router's without boxing: this is on every request.
-#[derive(Clone)]
-struct Tracked {
-    router: Router,
-    activity: Arc<Activity>,
-}
-
-impl tower::Service<Request<hyper::body::Incoming>> for Tracked {
-    type Response = Response<TrackedBody>;
-    type Error = std::convert::Infallible;
-    type Future = TrackedFuture;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: Request<hyper::body::Incoming>) -> Self::Future {
-        self.activity.request_began();
-        TrackedFuture {
-            response: tower::Service::call(&mut self.router, request.map(Body::new)),
-            in_progress: Some(InProgress(Arc::clone(&self.activity))),
-        }
-    }
-}
-
-pin_project_lite::pin_project! {
-    /// The router's response, its body tracked.
-    struct TrackedFuture {
-        #[pin]
-        response: axum::routing::future::RouteFuture<std::convert::Infallible>,
-        in_progress: Option<InProgress>,
-    }
-}
-
-impl Future for TrackedFuture {
-    type Output = Result<Response<TrackedBody>, std::convert::Infallible>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let response = match this.response.poll(cx) {
-            Poll::Ready(Ok(response)) => response,
-            Poll::Ready(Err(never)) => match never {},
-            Poll::Pending => return Poll::Pending,
-        };
-        let in_progress = this.in_progress.take();
-        Poll::Ready(Ok(response.map(|body| TrackedBody {
-            body,
-            _in_progress: in_progress,
-        })))
-    }
-}
-
-/// A request in progress; ends when dropped.
-struct InProgress(Arc<Activity>);
-
-impl Drop for InProgress {
-    fn drop(&mut self) {
-        self.0.request_ended();
-    }
-}
-
-/// A response body that ends its request's [`InProgress`] when sent or dropped.
-struct TrackedBody {
-    body: Body,
-    /// Held for its `Drop`.
-    _in_progress: Option<InProgress>,
-}
-
-impl http_body::Body for TrackedBody {
-    type Data = bytes::Bytes;
-    type Error = axum::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
-        Pin::new(&mut self.body).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.body.size_hint()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn limits() -> ConnectionLimits {
-        ConnectionLimits {
-            max_connections: 10,
-            client_timeout: Duration::from_secs(10),
-            idle_timeout: Duration::from_secs(75),
-        }
-    }
-
-    #[test]
-    fn a_new_connection_has_the_client_timeout_to_send_a_request() {
-        COARSE_NOW_MS.store(1_000_000, Ordering::Relaxed);
-        let activity = Activity::new();
-        let opened = activity.idle_since_ms.load(Ordering::Relaxed);
-        assert_eq!(activity.close_at(limits()), Some(opened + 10_000));
-        // Bytes alone do not make it a served connection.
-        activity.saw_bytes(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
-        assert_eq!(activity.close_at(limits()), Some(opened + 10_000));
-    }
-
-    #[test]
-    fn a_request_in_progress_is_never_closed_for_idleness() {
-        COARSE_NOW_MS.store(1_000_000, Ordering::Relaxed);
-        let activity = Activity::new();
-        activity.request_began();
-        assert_eq!(activity.close_at(limits()), None);
-        activity.request_ended();
-        let idle = activity.idle_since_ms.load(Ordering::Relaxed);
-        assert_eq!(activity.close_at(limits()), Some(idle + 75_000));
-    }
-
-    #[test]
-    fn an_http1_head_must_arrive_within_the_client_timeout_of_its_first_byte() {
-        COARSE_NOW_MS.store(1_000_000, Ordering::Relaxed);
-        let activity = Activity::new();
-        activity.saw_bytes(b"GET / HTTP/1.1\r\n");
-        activity.request_began();
-        activity.request_ended();
-        activity.head_since_ms.store(0, Ordering::Relaxed);
-        activity.saw_bytes(b"GET /next");
-        let head = activity.head_since_ms.load(Ordering::Relaxed);
-        assert!(head > 0);
-        assert_eq!(activity.close_at(limits()), Some(head + 10_000));
-    }
-
-    #[test]
-    fn http2_frames_are_not_taken_for_request_heads() {
-        let activity = Activity::new();
-        activity.saw_bytes(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
-        activity.request_began();
-        activity.request_ended();
-        activity.saw_bytes(&[0, 0, 8, 6, 0, 0, 0, 0, 0]);
-        assert_eq!(activity.head_since_ms.load(Ordering::Relaxed), 0);
-    }
 }

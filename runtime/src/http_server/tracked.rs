@@ -1,0 +1,103 @@
+//! The router as the connection calls it: each request counted in progress on
+//! its connection's [`Activity`] until its response has been sent whole.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Request, Response};
+
+use super::activity::Activity;
+
+/// The router, counting each request in progress on its connection until its
+/// response has been sent whole (or abandoned). Its future and body wrap the
+/// router's without boxing: this is on every request.
+#[derive(Clone)]
+pub(super) struct Tracked {
+    pub(super) router: Router,
+    pub(super) activity: Arc<Activity>,
+}
+
+impl tower::Service<Request<hyper::body::Incoming>> for Tracked {
+    type Response = Response<TrackedBody>;
+    type Error = std::convert::Infallible;
+    type Future = TrackedFuture;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<hyper::body::Incoming>) -> Self::Future {
+        self.activity.request_began();
+        TrackedFuture {
+            response: tower::Service::call(&mut self.router, request.map(Body::new)),
+            in_progress: Some(InProgress(Arc::clone(&self.activity))),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The router's response, its body tracked.
+    pub(super) struct TrackedFuture {
+        #[pin]
+        response: axum::routing::future::RouteFuture<std::convert::Infallible>,
+        in_progress: Option<InProgress>,
+    }
+}
+
+impl Future for TrackedFuture {
+    type Output = Result<Response<TrackedBody>, std::convert::Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let response = match this.response.poll(cx) {
+            Poll::Ready(Ok(response)) => response,
+            Poll::Ready(Err(never)) => match never {},
+            Poll::Pending => return Poll::Pending,
+        };
+        let in_progress = this.in_progress.take();
+        Poll::Ready(Ok(response.map(|body| TrackedBody {
+            body,
+            _in_progress: in_progress,
+        })))
+    }
+}
+
+/// A request in progress; ends when dropped.
+struct InProgress(Arc<Activity>);
+
+impl Drop for InProgress {
+    fn drop(&mut self) {
+        self.0.request_ended();
+    }
+}
+
+/// A response body that ends its request's [`InProgress`] when sent or dropped.
+pub(super) struct TrackedBody {
+    body: Body,
+    /// Held for its `Drop`.
+    _in_progress: Option<InProgress>,
+}
+
+impl http_body::Body for TrackedBody {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
