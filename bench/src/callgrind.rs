@@ -35,7 +35,7 @@ pub async fn run() -> anyhow::Result<()> {
             bail!("{tool} is not installed: apt-get install -y valgrind");
         }
     }
-    let requests = crate::env_number("CALLGRIND_REQUESTS", 2_000) as usize;
+    let requests = crate::settings::env_number("CALLGRIND_REQUESTS", 2_000) as usize;
     let run_id = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis();
     // CALLGRIND_OUT_DIR keeps the dumps, for `callgrind_annotate`.
     let kept = std::env::var_os("CALLGRIND_OUT_DIR").map(std::path::PathBuf::from);
@@ -101,7 +101,7 @@ pub async fn run() -> anyhow::Result<()> {
     }
     println!(
         "\n{requests} requests per scenario, {CONCURRENCY} at a time; `make callgrind` (valgrind {})",
-        crate::version_of("valgrind", "--version")
+        crate::report::version_of("valgrind", "--version")
     );
     Ok(())
 }
@@ -152,7 +152,7 @@ impl Callgrind {
     /// Sends `count` GET requests for the paths `path` makes, [`CONCURRENCY`] at
     /// a time; every one must succeed.
     async fn send(&self, count: usize, path: impl Fn(usize) -> String) -> anyhow::Result<()> {
-        crate::fill(self.port, count, CONCURRENCY, path).await
+        crate::traffic::fill(self.port, count, CONCURRENCY, path).await
     }
 
     /// The gateway's instructions per request over `count` requests.

@@ -12,7 +12,8 @@ use test_support::example_models::{manifest, models_dir};
 
 use crate::load::Measured;
 use crate::report::Row;
-use crate::{percentile, row_from, stack};
+use crate::report::{percentile, row_from};
+use crate::stack;
 
 /// The bench-only MLP, written by `python3 models/train.py --bench-only`.
 fn bench_model() -> anyhow::Result<PathBuf> {

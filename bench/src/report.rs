@@ -2,8 +2,11 @@
 
 use std::fmt::Write as _;
 use std::path::Path;
+use std::process::Command;
 
 use plotters::prelude::*;
+
+use crate::load::{Measured, Paired};
 
 /// One measured scenario.
 #[derive(Debug, Clone)]
@@ -123,4 +126,132 @@ pub fn latency_chart(path: &Path, rows: &[Row]) -> anyhow::Result<()> {
         .draw()?;
     root.present()?;
     Ok(())
+}
+
+pub fn row_from(
+    scenario: &str,
+    measured: &Measured,
+    connections: u32,
+    baseline: Option<(&str, &Measured)>,
+    goal: (&str, Option<f64>),
+) -> Row {
+    let ratio = baseline.map(|(_, base)| measured.throughput() / base.throughput());
+    Row {
+        scenario: scenario.to_owned(),
+        load: format!("{connections} conns"),
+        throughput: Some(measured.throughput()),
+        latency_ms: Some([
+            measured.p50_us / 1000.0,
+            measured.p90_us / 1000.0,
+            measured.p99_us / 1000.0,
+            measured.max_us / 1000.0,
+        ]),
+        baseline: baseline.map_or("–".into(), |(name, base)| {
+            format!("{name}: {:.0} req/s", base.throughput())
+        }),
+        ratio,
+        goal: goal.0.to_owned(),
+        met: goal.1.zip(ratio).map(|(target, ratio)| ratio >= target),
+    }
+}
+
+/// The row of a scenario measured alternately with `/healthz`; the baseline
+/// column also gives the spread of the rounds' ratios.
+pub fn paired_row(
+    scenario: &str,
+    paired: &Paired,
+    connections: u32,
+    goal: Option<(&str, f64)>,
+) -> Row {
+    let mut row = row_from(
+        scenario,
+        &paired.scenario,
+        connections,
+        Some(("healthz", &paired.baseline)),
+        goal.map_or(("–", None), |(text, target)| (text, Some(target))),
+    );
+    let (low, high) = paired.round_ratio_range();
+    row.baseline
+        .push_str(&format!("; rounds {low:.2}–{high:.2}×"));
+    row
+}
+
+/// The row of a scenario measured alternately with the same load on another
+/// setup (`baseline`: "standalone Redis", "tracing off"); the baseline column
+/// also gives the spread of the rounds' ratios.
+pub fn versus(
+    scenario: &str,
+    paired: &Paired,
+    connections: u32,
+    baseline: &str,
+    goal: (&str, Option<f64>),
+) -> Row {
+    let mut row = row_from(
+        scenario,
+        &paired.scenario,
+        connections,
+        Some((baseline, &paired.baseline)),
+        goal,
+    );
+    let (low, high) = paired.round_ratio_range();
+    row.baseline
+        .push_str(&format!("; rounds {low:.2}–{high:.2}×"));
+    row
+}
+
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[index.min(sorted.len() - 1)]
+}
+
+pub fn version_of(command: &str, arg: &str) -> String {
+    Command::new(command)
+        .arg(arg)
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_owned()
+        })
+        .unwrap_or_else(|_| "not found".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::load::{Measured, Paired};
+
+    fn run_of(requests: u64) -> Measured {
+        Measured {
+            requests,
+            duration_us: 1_000_000,
+            errors: 0,
+            status_errors: 0,
+            server_errors: 0,
+            p50_us: 1.0,
+            p90_us: 1.0,
+            p99_us: 1.0,
+            max_us: 1.0,
+        }
+    }
+
+    #[test]
+    fn a_paired_row_gives_the_ratio_over_all_runs_and_the_range_of_the_rounds() {
+        let paired = Paired {
+            baseline: run_of(300),
+            scenario: run_of(240),
+            round_ratios: vec![0.9, 0.7, 0.8],
+        };
+        assert_eq!(paired.round_ratio_range(), (0.7, 0.9));
+        let row = super::paired_row("s", &paired, 64, Some(("≥ 0.85×", 0.85)));
+        assert_eq!(row.ratio, Some(0.8));
+        assert_eq!(row.met, Some(false));
+        assert!(
+            row.baseline.ends_with("; rounds 0.70–0.90×"),
+            "{}",
+            row.baseline
+        );
+    }
 }

@@ -198,3 +198,38 @@ pub async fn worker_requests(nats: &async_nats::Client) -> anyhow::Result<u64> {
     }
     Ok(total)
 }
+
+/// What most scenarios share: NATS, Redis, two workers of the stand-in at 0 ms,
+/// and a gateway with a long TTL (key prefix `a:`).
+#[derive(Debug)]
+pub struct System {
+    pub nats: test_support::NatsServer,
+    pub redis: test_support::RedisServer,
+    pub workers: [Process; 2],
+    pub gateway: Process,
+    pub port: u16,
+}
+
+impl System {
+    pub async fn start() -> anyhow::Result<Self> {
+        let nats = test_support::NatsServer::start();
+        let redis = test_support::RedisServer::start();
+        let workers = [
+            worker(&nats.url(), &["--latency-ms", "0"]).await?,
+            worker(&nats.url(), &["--latency-ms", "0"]).await?,
+        ];
+        let (gateway, port) = gateway(
+            &nats.url(),
+            &redis.url(),
+            &["--cache-ttl", "30m", "--key-prefix", "a:"],
+        )
+        .await?;
+        Ok(Self {
+            nats,
+            redis,
+            workers,
+            gateway,
+            port,
+        })
+    }
+}
