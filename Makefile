@@ -25,9 +25,12 @@ requests: ## the original demo: 100 timed requests against a running gateway
 build: ## release binaries in target/release
 	cargo build --release --locked --bin gateway --bin worker
 
-lint: ## formatting and clippy, as CI would want them
+lint: ## formatting and clippy, as CI would want them; ruff and mypy --strict on the Python library
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets --locked -- -D warnings
+	"$$(scripts/python-env.sh)" -m ruff check workers/python e2e/tests/python
+	"$$(scripts/python-env.sh)" -m ruff format --check workers/python
+	"$$(scripts/python-env.sh)" -m mypy --strict workers/python/src
 
 fmt: ## format the code
 	cargo fmt --all
