@@ -68,14 +68,7 @@ async fn on_shutdown_the_gateway_finishes_requests_in_flight_and_takes_no_new_on
         let url = app.url("/v1/models/lingering/predict");
         async move { http.post(url).body("{}").send().await }
     });
-    test_support::eventually(Duration::from_secs(10), "the model computing", || async {
-        if slow.calls() > 0 {
-            Ok(())
-        } else {
-            Err("not yet called")
-        }
-    })
-    .await;
+    slow.wait_until_called().await;
     app.stop_gateway();
 
     let response = in_flight

@@ -11,7 +11,9 @@ use test_support::{NatsServer, RedisServer};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
-use crate::helpers::{GatewayProcess, StubModel, assert_error, header, spawn_app, start_worker};
+use crate::helpers::{
+    GatewayProcess, StubModel, assert_error, body_when_answered, header, spawn_app, start_worker,
+};
 
 pub(crate) fn address(url: &str) -> String {
     url.trim_start_matches("http://").to_owned()
@@ -79,14 +81,7 @@ async fn unknown_model_names_add_no_metric_series_and_few_log_lines() {
             .status(),
         200
     );
-    let before = http
-        .get(format!("{}/metrics", gateway.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let before = body_when_answered(&format!("{}/metrics", gateway.url), "the metrics").await;
 
     let started = Instant::now();
     let names = 2_000;
@@ -107,14 +102,7 @@ async fn unknown_model_names_add_no_metric_series_and_few_log_lines() {
     }
     let windows_spanned = started.elapsed().as_secs() / 10 + 2;
 
-    let after = http
-        .get(format!("{}/metrics", gateway.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let after = body_when_answered(&format!("{}/metrics", gateway.url), "the metrics").await;
     assert!(!after.contains("model=\"u") && !after.contains("model=\"g"));
     assert!(after.contains(r#"model="_other""#), "{after}");
     // A few `_other` series, whatever the number of names.

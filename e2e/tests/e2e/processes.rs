@@ -9,6 +9,8 @@ use clap::Parser;
 use gateway::{Application, GatewayConfig};
 use serde_json::Value;
 use test_support::{NatsServer, RedisServer, WorkerProcess};
+
+use crate::helpers::body_when_answered;
 use tokio::sync::oneshot;
 
 /// A gateway in this process, in front of `nats` and `redis`.
@@ -140,14 +142,7 @@ async fn a_request_held_by_a_worker_killed_with_sigkill_is_retried_and_answered(
     assert_eq!(response.status(), 200);
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["product_id"], "ETH/EUR");
-    let metrics = http
-        .get(format!("{gateway}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = body_when_answered(&format!("{gateway}/metrics"), "the metrics").await;
     // Resent once, when the dead worker's heartbeats stopped.
     assert!(
         metrics.contains(r#"gateway_model_call_retries_total{model="price",reason="lost"} 1"#),

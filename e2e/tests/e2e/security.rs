@@ -76,14 +76,7 @@ async fn credentials_in_urls_authenticate_and_never_reach_the_logs() {
     body_when_answered(&format!("{url}/healthz"), "the gateway starting").await;
 
     assert_ready_and_caching(&http, &url, r#"{"s":1}"#, "both credentials were accepted").await;
-    let metrics = http
-        .get(format!("{url}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = body_when_answered(&format!("{url}/metrics"), "the metrics").await;
 
     let _ = Command::new("kill")
         .args(["-TERM", &gateway.id().to_string()])

@@ -102,14 +102,7 @@ async fn a_stopping_worker_finishes_the_request_it_holds() {
         async move { http.post(url).body("{}").send().await.unwrap() }
     });
     // Stop the worker while it is computing.
-    test_support::eventually(Duration::from_secs(10), "the model computing", || async {
-        if slow.calls() > 0 {
-            Ok(())
-        } else {
-            Err("not yet called")
-        }
-    })
-    .await;
+    slow.wait_until_called().await;
     worker.stop().await.expect("the worker stops cleanly");
 
     let response = request.await.unwrap();

@@ -213,10 +213,20 @@ impl Predictor {
             view.current_version(),
             self.cache.stale_ttl(),
         );
-        // Parsed at most once: above, or here when the model is to be asked.
-        let canonical_input = |canonical: Option<CanonicalInput>| match canonical {
-            Some(canonical) => Ok(canonical),
-            None => input.canonical(),
+        // The model call a stale answer's refresh or a computation makes; the
+        // input parsed at most once: above, or here when the model is asked.
+        let model_call = |canonical: Option<CanonicalInput>| {
+            let input = match canonical {
+                Some(canonical) => canonical,
+                None => input.canonical()?,
+            };
+            Ok::<_, PredictionError>(ModelCall::new(
+                model.clone(),
+                input,
+                view,
+                request_id.to_owned(),
+                self.request_timeout,
+            ))
         };
         match (decision, lookup) {
             (Decision::Hit, Some(Lookup::Found(entry))) => {
@@ -229,14 +239,7 @@ impl Predictor {
                 })
             }
             (Decision::Stale, Some(Lookup::Found(entry))) => {
-                let call = ModelCall::new(
-                    model.clone(),
-                    canonical_input(canonical)?,
-                    view,
-                    request_id.to_owned(),
-                    self.request_timeout,
-                );
-                self.refresh_in_background(key, call);
+                self.refresh_in_background(key, model_call(canonical)?);
                 Ok(Answer {
                     entry,
                     outcome: CacheOutcome::Stale,
@@ -244,13 +247,7 @@ impl Predictor {
             }
             (Decision::NotCached, _) => Err(PredictionError::NotCached),
             (Decision::Compute { fresh_only }, lookup) => {
-                let call = ModelCall::new(
-                    model.clone(),
-                    canonical_input(canonical)?,
-                    view,
-                    request_id.to_owned(),
-                    self.request_timeout,
-                );
+                let call = model_call(canonical)?;
                 let job = Job::for_request(key, call, directives, fresh_only, lookup);
                 self.compute(job, fresh_only.then_some(arrived)).await
             }

@@ -70,6 +70,18 @@ impl StubModel {
         self.calls.load(Ordering::SeqCst)
     }
 
+    /// Returns once the model has been called (within 10 s).
+    pub async fn wait_until_called(&self) {
+        test_support::eventually(Duration::from_secs(10), "the model called", || async {
+            if self.calls() > 0 {
+                Ok(())
+            } else {
+                Err("not yet")
+            }
+        })
+        .await;
+    }
+
     pub fn set_failing(&self, fails: bool) {
         self.fails.store(fails, Ordering::SeqCst);
     }
