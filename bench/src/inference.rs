@@ -50,7 +50,7 @@ fn features(n: u64) -> Map<String, Value> {
 /// Rows per second the example GBT computes on one core, inputs read from JSON
 /// and outputs written as JSON as the worker does, in batches of 256.
 async fn gbt_rows_per_second(duration: Duration) -> anyhow::Result<f64> {
-    let model = worker::onnx::load_manifest(Path::new(&manifest()))?
+    let model = worker::load_manifest(Path::new(&manifest()))?
         .into_iter()
         .find(|model| model.name().as_str() == "price-gbt")
         .context("price-gbt is not in models/models.toml")?;

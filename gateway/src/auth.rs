@@ -162,6 +162,23 @@ fn read_token_file(path: &Path, setting: &'static str) -> Result<Vec<TokenDigest
     Ok(tokens)
 }
 
+/// Who asked, as far as the tokens tell: the SHA-256 of the token presented
+/// (never the token), or nobody on an open route. The OpenAI door partitions
+/// its cache by it, so two tokens never share an answer.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Caller(Option<TokenDigest>);
+
+impl Caller {
+    /// The caller's partition of the cache: the token's digest, in hex (a
+    /// digest's first 16 bytes: as unique, and shorter), or `open`.
+    pub fn partition(&self) -> String {
+        match self.0 {
+            Some(digest) => hex::encode(&digest[..16]),
+            None => "open".to_owned(),
+        }
+    }
+}
+
 /// What a route gives access to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access {
@@ -192,7 +209,8 @@ fn matches_any<'a>(
 }
 
 impl Tokens {
-    pub fn authorize(&self, access: Access, headers: &HeaderMap) -> Result<(), ApiError> {
+    /// Whether `headers` give `access`, and to whom.
+    pub fn authorize(&self, access: Access, headers: &HeaderMap) -> Result<Caller, ApiError> {
         let needs_token = match access {
             Access::Predict => !self.api.is_empty(),
             Access::Metrics => {
@@ -201,18 +219,19 @@ impl Tokens {
             Access::Admin => self.admin.is_some() || !self.api.is_empty(),
         };
         if !needs_token {
-            return Ok(());
+            return Ok(Caller(None));
         }
         let presented = digest(bearer(headers).ok_or(ApiError::Unauthorized(
             "this route needs a token: Authorization: Bearer <token>",
         ))?);
         let is_admin = matches_any(&presented, self.admin.iter());
         let is_api = matches_any(&presented, &self.api);
+        let caller = Caller(Some(presented));
         match access {
-            Access::Predict | Access::Metrics if is_api || is_admin => Ok(()),
-            Access::Admin if is_admin => Ok(()),
+            Access::Predict | Access::Metrics if is_api || is_admin => Ok(caller),
+            Access::Admin if is_admin => Ok(caller),
             // Without an admin token, API tokens may purge.
-            Access::Admin if is_api && self.admin.is_none() => Ok(()),
+            Access::Admin if is_api && self.admin.is_none() => Ok(caller),
             Access::Admin if is_api => Err(ApiError::Forbidden(
                 "this route needs the admin token, not an API token",
             )),
@@ -224,10 +243,11 @@ impl Tokens {
 async fn guard(
     tokens: &Tokens,
     access: Access,
-    request: Request,
+    mut request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    tokens.authorize(access, request.headers())?;
+    let caller = tokens.authorize(access, request.headers())?;
+    request.extensions_mut().insert(caller);
     Ok(next.run(request).await)
 }
 
@@ -238,6 +258,16 @@ pub async fn require_api_token(
     next: Next,
 ) -> Result<Response, ApiError> {
     guard(&tokens, Access::Predict, request, next).await
+}
+
+/// Middleware of the OpenAI API's routes: the prediction routes' tokens, a
+/// refusal in OpenAI's error shape.
+pub async fn require_api_token_openai(
+    State(tokens): State<Arc<Tokens>>,
+    request: Request,
+    next: Next,
+) -> Result<Response, crate::routes::openai::OpenAiError> {
+    Ok(guard(&tokens, Access::Predict, request, next).await?)
 }
 
 /// Middleware of `/metrics` and `/openapi.json`.

@@ -133,6 +133,11 @@ pub struct GatewayConfig {
     #[arg(long, env = "GATEWAY_PROTECT_METRICS")]
     pub protect_metrics: bool,
 
+    /// Let every API token share the OpenAI routes' cached answers. By default
+    /// they are partitioned by token: two tokens never share an answer.
+    #[arg(long, env = "GATEWAY_OPENAI_SHARED_CACHE")]
+    pub openai_shared_cache: bool,
+
     /// The model `POST /predict` (the original API) is routed to.
     #[arg(long, env = "GATEWAY_DEFAULT_MODEL", default_value = "price")]
     pub default_model: ModelName,
@@ -269,6 +274,7 @@ impl From<&GatewayConfig> for Settings {
             default_model: config.default_model.clone(),
             max_body: config.max_body,
             client_timeout: config.client_timeout,
+            openai_shared_cache: config.openai_shared_cache,
         }
     }
 }

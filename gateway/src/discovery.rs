@@ -14,7 +14,10 @@ use std::time::{Duration, Instant};
 
 use async_nats::service::Info;
 use prediction_contract::ModelName;
-use prediction_contract::headers::HEARTBEATS_METADATA;
+use prediction_contract::headers::{
+    CACHE_SAMPLED_METADATA, CHUNK_GAP_MS_METADATA, FIRST_CHUNK_MS_METADATA, HEARTBEATS_METADATA,
+    STREAMS_METADATA, TIMEOUT_MS_METADATA,
+};
 use prediction_contract::subjects::PREDICT_SUBJECT_PREFIX;
 use serde::Serialize;
 use tokio::sync::Mutex;
@@ -47,6 +50,43 @@ pub struct ServedModel {
     /// [`HEARTBEATS_METADATA`]).
     #[serde(skip)]
     pub heartbeats: bool,
+    /// Whether it generates (streams its answers when asked), as its workers
+    /// say: every one of them must.
+    #[serde(skip)]
+    pub streams: bool,
+    /// Its generations' bounds, if its workers declare them (the first
+    /// worker's, when they differ).
+    #[serde(skip)]
+    pub bounds: Option<GenerationBounds>,
+    /// Whether answers of sampled requests may be cached (no worker saying
+    /// otherwise).
+    #[serde(skip)]
+    pub caches_sampled: bool,
+}
+
+/// How long a generative model's answers may take, as its workers declare.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GenerationBounds {
+    pub total: Duration,
+    pub first_chunk: Duration,
+    pub between_chunks: Duration,
+}
+
+impl GenerationBounds {
+    /// The bounds an endpoint's metadata declares, if it declares them all.
+    fn declared(metadata: &std::collections::HashMap<String, String>) -> Option<Self> {
+        let millis = |key: &str| {
+            metadata
+                .get(key)
+                .and_then(|value| value.parse::<u64>().ok())
+                .map(Duration::from_millis)
+        };
+        Some(Self {
+            total: millis(TIMEOUT_MS_METADATA)?,
+            first_chunk: millis(FIRST_CHUNK_MS_METADATA)?,
+            between_chunks: millis(CHUNK_GAP_MS_METADATA)?,
+        })
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -102,6 +142,23 @@ impl ModelView {
     /// Whether every worker serving the model sends heartbeats.
     pub fn sends_heartbeats(&self) -> bool {
         self.served.as_ref().is_some_and(|served| served.heartbeats)
+    }
+
+    /// Whether the model generates (streams its answers when asked).
+    pub fn streams(&self) -> bool {
+        self.served.as_ref().is_some_and(|served| served.streams)
+    }
+
+    /// The bounds of the model's generations, if declared.
+    pub fn bounds(&self) -> Option<GenerationBounds> {
+        self.served.as_ref()?.bounds
+    }
+
+    /// Whether answers of sampled requests may be cached.
+    pub fn caches_sampled(&self) -> bool {
+        self.served
+            .as_ref()
+            .is_none_or(|served| served.caches_sampled)
     }
 }
 
@@ -234,6 +291,8 @@ impl ModelDirectory {
     async fn scan(&self) -> BTreeMap<String, Arc<ServedModel>> {
         let mut models: BTreeMap<String, ServedModel> = BTreeMap::new();
         let mut without_heartbeats = HashSet::new();
+        let mut without_streams = HashSet::new();
+        let mut sampled_not_cached = HashSet::new();
         for reply in self.nats.ask_every_worker().await {
             let Ok(info) = serde_json::from_slice::<Info>(&reply.payload) else {
                 debug!("ignoring an unreadable service info reply");
@@ -254,12 +313,19 @@ impl ModelDirectory {
                         ..ServedModel::default()
                     });
                 served.workers += 1;
-                if endpoint
-                    .metadata
-                    .get(HEARTBEATS_METADATA)
-                    .is_none_or(|value| value != "true")
-                {
+                let says =
+                    |key: &str, value: &str| endpoint.metadata.get(key).is_some_and(|v| v == value);
+                if !says(HEARTBEATS_METADATA, "true") {
                     without_heartbeats.insert(name.to_owned());
+                }
+                if !says(STREAMS_METADATA, "true") {
+                    without_streams.insert(name.to_owned());
+                }
+                if says(CACHE_SAMPLED_METADATA, "false") {
+                    sampled_not_cached.insert(name.to_owned());
+                }
+                if served.bounds.is_none() {
+                    served.bounds = GenerationBounds::declared(&endpoint.metadata);
                 }
                 if let Some(version) = endpoint.metadata.get("model_version") {
                     served.versions.insert(version.clone());
@@ -268,6 +334,8 @@ impl ModelDirectory {
         }
         for served in models.values_mut() {
             served.heartbeats = !without_heartbeats.contains(&served.name);
+            served.streams = !without_streams.contains(&served.name);
+            served.caches_sampled = !sampled_not_cached.contains(&served.name);
             served.current_version = served
                 .versions
                 .iter()

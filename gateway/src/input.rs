@@ -45,13 +45,25 @@ pub enum RawInput {
     /// The query of this request URI (a cheap clone), each parameter a string
     /// field; none: `{}`.
     Query(Uri),
+    /// An input a front door has already read, whose cache key is made of
+    /// more than what the worker gets (the OpenAI door: the API and the
+    /// caller's partition beside the request).
+    Prepared {
+        /// What the worker gets.
+        payload: CanonicalInput,
+        /// What the cache key is made of.
+        key: CanonicalInput,
+    },
 }
 
 impl RawInput {
-    fn form(&self) -> Form {
+    /// How its bytes are read; `None` for a prepared input, whose key is not
+    /// remembered (it is made without parsing anything).
+    fn form(&self) -> Option<Form> {
         match self {
-            Self::Json(_) => Form::Json,
-            Self::Query(_) => Form::Query,
+            Self::Json(_) => Some(Form::Json),
+            Self::Query(_) => Some(Form::Query),
+            Self::Prepared { .. } => None,
         }
     }
 
@@ -59,12 +71,23 @@ impl RawInput {
         match self {
             Self::Json(body) => body,
             Self::Query(uri) => uri.query().unwrap_or_default().as_bytes(),
+            Self::Prepared { payload, .. } => payload.as_str().as_bytes(),
+        }
+    }
+
+    /// What its cache key is made of: its canonical form, or a prepared
+    /// input's key.
+    pub fn key_material(&self) -> Result<CanonicalInput, InputError> {
+        match self {
+            Self::Prepared { key, .. } => Ok(key.clone()),
+            _ => self.canonical(),
         }
     }
 
     /// Parses the input into its canonical form, or says what is wrong with it.
     pub fn canonical(&self) -> Result<CanonicalInput, InputError> {
         match self {
+            Self::Prepared { payload, .. } => Ok(payload.clone()),
             Self::Json(body) => Ok(CanonicalInput::from_json_slice(body)?),
             Self::Query(uri) => {
                 let pairs = query_pairs(uri.query().unwrap_or_default())?;
@@ -155,7 +178,7 @@ impl KeyMemo {
     pub fn get(&self, model: &ModelName, input: &RawInput) -> Option<CacheKey> {
         self.keys.get(&Sought {
             model: model.as_str(),
-            form: input.form(),
+            form: input.form()?,
             bytes: input.as_bytes(),
         })
     }
@@ -163,12 +186,15 @@ impl KeyMemo {
     /// Remembers `key` as the key of `input` to `model`.
     pub fn remember(&self, model: &ModelName, input: &RawInput, key: &CacheKey) {
         let bytes = input.as_bytes();
+        let Some(form) = input.form() else {
+            return;
+        };
         if bytes.len() > LONGEST_REMEMBERED {
             return;
         }
         let remembered = Remembered {
             model: model.clone(),
-            form: input.form(),
+            form,
             bytes: bytes.into(),
         };
         self.keys.insert(remembered, key.clone());

@@ -39,6 +39,13 @@ pub struct Metrics {
     /// Background refreshes of stale entries that failed (the stale entry was
     /// served instead of the error).
     pub stale_refresh_failures: IntCounter,
+    /// Tokens of the OpenAI routes' answers served from the cache, by model and
+    /// kind (`prompt`, `completion`): what the model did not have to process.
+    pub cached_tokens: IntCounterVec,
+    /// Time from a request's arrival to its first token (for a streamed
+    /// answer, its first chunk; else the whole answer), by outcome: `hit`
+    /// (from the cache) or `miss` (from a generation).
+    pub time_to_first_token: HistogramVec,
     /// Client connections open now.
     pub connections_open: IntGauge,
     /// Connections closed at once because `--max-connections` were open.
@@ -115,6 +122,23 @@ impl Metrics {
             "Failed refreshes of stale predictions (the stale prediction was served instead).",
         )
         .expect("valid metric");
+        let cached_tokens = IntCounterVec::new(
+            Opts::new(
+                "gateway_cached_tokens_total",
+                "Prompt and completion tokens answered from the cache, by model and kind.",
+            ),
+            &["model", "kind"],
+        )
+        .expect("valid metric");
+        let time_to_first_token = HistogramVec::new(
+            HistogramOpts::new(
+                "gateway_time_to_first_token_seconds",
+                "Time from a generative request's arrival to its first token, by outcome (hit, miss).",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["outcome"],
+        )
+        .expect("valid metric");
         let connections_open =
             IntGauge::new("gateway_connections_open", "Client connections open now.")
                 .expect("valid metric");
@@ -133,6 +157,8 @@ impl Metrics {
             Box::new(redis_errors.clone()),
             Box::new(coalesced_keys_in_flight.clone()),
             Box::new(stale_refresh_failures.clone()),
+            Box::new(cached_tokens.clone()),
+            Box::new(time_to_first_token.clone()),
             Box::new(connections_open.clone()),
             Box::new(connections_refused.clone()),
         ]);
@@ -147,6 +173,8 @@ impl Metrics {
             redis_errors,
             coalesced_keys_in_flight,
             stale_refresh_failures,
+            cached_tokens,
+            time_to_first_token,
             connections_open,
             connections_refused,
         }

@@ -10,7 +10,9 @@
 //! - `gateway.cache.purge`: purges broadcast to every gateway
 //!   ([`Nats::broadcast_purge`], [`Nats::purge_notices`]);
 //! - `gateway.cache.ready.<key token>`: the outcome of a computation, announced to
-//!   the gateways that wait for it ([`Nats::announce`], [`Nats::announcements`]).
+//!   the gateways that wait for it ([`Nats::announce`], [`Nats::announcements`]);
+//! - `worker.cancel.<worker id>`: a stream nobody listens to any more
+//!   ([`Nats::cancel`]).
 //!
 //! The connection state is asked here too, once per call that needs it.
 
@@ -153,6 +155,20 @@ impl Nats {
         Ok(replies)
     }
 
+    /// Tells the worker with service id `worker_id` that nobody listens any
+    /// more to the stream answering on `reply_subject`. Best effort: a worker
+    /// that misses it streams to no one until the generation ends.
+    pub async fn cancel(&self, worker_id: &str, reply_subject: &str) {
+        let subject = prediction_contract::subjects::cancel_subject(worker_id);
+        if let Err(err) = self
+            .client
+            .publish(subject, Bytes::copy_from_slice(reply_subject.as_bytes()))
+            .await
+        {
+            debug!(error = %err, "could not cancel a stream");
+        }
+    }
+
     /// Asks every worker for its service info; the replies that came.
     pub async fn ask_every_worker(&self) -> Vec<Message> {
         self.gather(format!("$SRV.INFO.{SERVICE_NAME}"), Bytes::new())
@@ -261,6 +277,11 @@ pub struct Replies {
 }
 
 impl Replies {
+    /// The subject the answering messages come to.
+    pub fn subject(&self) -> &str {
+        &self.subject
+    }
+
     /// The next message, waiting at most `wait`.
     pub async fn next_within(&mut self, wait: Duration) -> Next {
         match tokio::time::timeout(wait, self.messages.recv()).await {

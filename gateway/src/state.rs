@@ -35,4 +35,6 @@ pub struct Settings {
     pub max_body: usize,
     /// How long a request's body may take to arrive, whole.
     pub client_timeout: std::time::Duration,
+    /// Whether the OpenAI routes' answers are shared across API tokens.
+    pub openai_shared_cache: bool,
 }

@@ -37,6 +37,8 @@ mod tests {
             deadline_unix_ms: Some(42),
             avoid_backlog: true,
             heartbeat_interval: None,
+            stream: false,
+            api: None,
         };
         let headers = written(|put| metadata.write(put));
         assert_eq!(headers.get(REQUEST_ID).map(|v| v.as_str()), Some("r-1"));

@@ -33,10 +33,42 @@ pub const REPLY_KIND: &str = "Reply-Kind";
 pub mod reply_kinds {
     /// The worker still holds the request; an empty payload.
     pub const HEARTBEAT: &str = "heartbeat";
+    /// One chunk of a streamed answer (see [`REPLY_STREAM`](super::REPLY_STREAM)),
+    /// in the order the model produced it.
+    pub const CHUNK: &str = "chunk";
+    /// The end of a streamed answer, with the reply's metadata headers and an
+    /// empty payload. An error ends a stream as any error reply does.
+    pub const END: &str = "end";
 }
+/// Gateway → worker: send the answer as a stream: messages of kind
+/// [`reply_kinds::CHUNK`] as the model produces them, then one of kind
+/// [`reply_kinds::END`]. A request without it gets one complete reply, the
+/// chunks assembled (what `nats req` shows). Any value counts.
+pub const REPLY_STREAM: &str = "Reply-Stream";
+/// Gateway → worker: which OpenAI API a generative model's request speaks
+/// (see `crate::openai::Api`); without it the worker tells from the fields.
+pub const OPENAI_API: &str = "Openai-Api";
+/// Worker → gateway, on a stream's messages: the worker's service id, where
+/// the gateway sends a cancellation (`subjects::cancel_subject`) when nobody
+/// listens to the stream any more.
+pub const WORKER_ID: &str = "Worker-Id";
 /// Endpoint metadata key (NATS Services API) by which a worker says it sends
 /// heartbeats when asked; value `"true"`.
 pub const HEARTBEATS_METADATA: &str = "heartbeats";
+/// Endpoint metadata key: the model answers as a stream when asked
+/// ([`REPLY_STREAM`]); value `"true"`.
+pub const STREAMS_METADATA: &str = "streams";
+/// Endpoint metadata keys: a generative model's bounds, in milliseconds: the
+/// longest a whole answer may take (instead of the gateway's
+/// `--request-timeout`), the longest before its first chunk, and between two
+/// chunks.
+pub const TIMEOUT_MS_METADATA: &str = "timeout_ms";
+pub const FIRST_CHUNK_MS_METADATA: &str = "first_chunk_ms";
+pub const CHUNK_GAP_MS_METADATA: &str = "chunk_gap_ms";
+/// Endpoint metadata key: whether the answers of sampled requests
+/// (`temperature` above 0 and no `seed`) may be cached; `"true"` or `"false"`
+/// (absent: `true`).
+pub const CACHE_SAMPLED_METADATA: &str = "cache_sampled";
 /// Gateway → worker: the W3C Trace Context of the model call, so the worker's
 /// span continues the gateway's trace (with `tracestate`, when traces are on).
 pub const TRACEPARENT: &str = "traceparent";
@@ -78,6 +110,10 @@ pub struct RequestMetadata<'a> {
     pub avoid_backlog: bool,
     /// See [`HEARTBEAT_MS`].
     pub heartbeat_interval: Option<Duration>,
+    /// See [`REPLY_STREAM`].
+    pub stream: bool,
+    /// See [`OPENAI_API`].
+    pub api: Option<crate::openai::Api>,
 }
 
 impl<'a> RequestMetadata<'a> {
@@ -95,6 +131,12 @@ impl<'a> RequestMetadata<'a> {
             let mut digits = itoa::Buffer::new();
             put(HEARTBEAT_MS, digits.format(crate::time::millis(interval)));
         }
+        if self.stream {
+            put(REPLY_STREAM, "1");
+        }
+        if let Some(api) = self.api {
+            put(OPENAI_API, api.as_str());
+        }
     }
 
     /// Reads a request's metadata through `get(name)`, tolerating missing or
@@ -109,6 +151,8 @@ impl<'a> RequestMetadata<'a> {
             heartbeat_interval: get(HEARTBEAT_MS)
                 .and_then(|v| v.trim().parse::<u64>().ok())
                 .map(|ms| Duration::from_millis(ms.max(1))),
+            stream: get(REPLY_STREAM).is_some(),
+            api: get(OPENAI_API).and_then(|v| crate::openai::Api::parse(v.trim())),
         }
     }
 
@@ -128,6 +172,32 @@ pub fn write_heartbeat(mut put: impl FnMut(&'static str, &str)) {
 /// heartbeat rather than the reply.
 pub fn is_heartbeat<'a>(get: impl Fn(&'static str) -> Option<&'a str>) -> bool {
     get(REPLY_KIND).is_some_and(|kind| kind == reply_kinds::HEARTBEAT)
+}
+
+/// What a message on a reply subject is, from its `Reply-Kind`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplyKind {
+    /// The worker still holds the request.
+    Heartbeat,
+    /// One chunk of a streamed answer.
+    Chunk,
+    /// The end of a streamed answer.
+    End,
+    /// The reply itself (or an error reply): no `Reply-Kind`.
+    Reply,
+}
+
+impl ReplyKind {
+    /// The kind of a message whose headers `get` reads; an unknown kind is
+    /// taken for the reply, which then says what it is.
+    pub fn read<'a>(get: impl Fn(&'static str) -> Option<&'a str>) -> Self {
+        match get(REPLY_KIND) {
+            Some(reply_kinds::HEARTBEAT) => Self::Heartbeat,
+            Some(reply_kinds::CHUNK) => Self::Chunk,
+            Some(reply_kinds::END) => Self::End,
+            _ => Self::Reply,
+        }
+    }
 }
 
 /// What a successful reply says about its prediction.
@@ -220,6 +290,8 @@ mod tests {
             deadline_unix_ms: Some(1_800_000_000_123),
             avoid_backlog: true,
             heartbeat_interval: Some(Duration::from_millis(500)),
+            stream: true,
+            api: Some(crate::openai::Api::ChatCompletions),
         };
         let headers = Headers::written(|put| metadata.write(put));
         assert_eq!(RequestMetadata::read(headers.get()), metadata);
@@ -227,6 +299,8 @@ mod tests {
             avoid_backlog: false,
             deadline_unix_ms: None,
             heartbeat_interval: None,
+            stream: false,
+            api: None,
             ..metadata
         };
         let headers = Headers::written(|put| quiet.write(put));
@@ -258,6 +332,8 @@ mod tests {
             deadline_unix_ms: Some(1_000),
             avoid_backlog: false,
             heartbeat_interval: None,
+            stream: false,
+            api: None,
         };
         assert!(!metadata.deadline_passed(999));
         assert!(metadata.deadline_passed(1_000));

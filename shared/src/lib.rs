@@ -14,6 +14,8 @@
 //! - [`headers`]: the NATS headers: a request's metadata (id, deadline, whether to
 //!   avoid a backlog, heartbeats) one way, the prediction's (model version,
 //!   freshness, compute time), a heartbeat or an error the other way;
+//! - [`openai`]: the chunks a generative model streams and the answer they
+//!   assemble into;
 //! - [`time`]: durations and instants in the protocol's milliseconds;
 //! - [`error_body`]: the JSON error body every HTTP error uses.
 
@@ -22,6 +24,7 @@ pub mod canonical;
 pub mod error_body;
 pub mod headers;
 pub mod model_name;
+pub mod openai;
 pub mod subjects;
 pub mod time;
 

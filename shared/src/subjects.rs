@@ -14,6 +14,17 @@ pub const QUEUE_GROUP: &str = "q";
 /// The service name workers register under (`nats micro ls` shows it).
 pub const SERVICE_NAME: &str = "prediction-worker";
 
+/// A worker with service id `i` takes cancellations of its streams on
+/// `worker.cancel.i`: the payload is the reply subject of the request whose
+/// stream nobody listens to any more.
+pub const CANCEL_SUBJECT_PREFIX: &str = "worker.cancel";
+
+/// The subject on which the worker with service id `worker_id` takes
+/// cancellations.
+pub fn cancel_subject(worker_id: &str) -> String {
+    format!("{CANCEL_SUBJECT_PREFIX}.{worker_id}")
+}
+
 /// The subject a model is served on: `predict.<model>`. Written at its final
 /// size: every miss makes one, and `format!` costs several times as much.
 pub fn predict_subject(model: &ModelName) -> String {

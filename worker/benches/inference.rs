@@ -7,7 +7,8 @@ use std::path::Path;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use serde_json::json;
 use worker::Input;
-use worker::onnx::{OnnxModel, manifest};
+use worker::manifest::{self, ModelEntry};
+use worker::onnx::OnnxModel;
 
 fn inputs(count: usize) -> Vec<Input> {
     (0..count)
@@ -23,6 +24,9 @@ fn example_models(c: &mut Criterion) {
     let entries = manifest::load(&path).expect("models/models.toml");
     let mut group = c.benchmark_group("onnx");
     for entry in &entries {
+        let ModelEntry::Onnx(entry) = entry else {
+            continue;
+        };
         let model = OnnxModel::load(entry).expect("the example model loads");
         for rows in [1usize, 256] {
             let batch = inputs(rows);

@@ -28,7 +28,9 @@ use prediction_runtime::traces;
 use tracing::Instrument;
 
 use crate::metrics::{ModelGauges, WorkerMetrics};
-use crate::model::{Input, Model, ModelError};
+use crate::model::{Chunks, Input, Model, ModelError};
+use futures::StreamExt;
+use prediction_contract::openai::Api;
 
 /// How batches are formed.
 #[derive(Debug, Clone, Copy)]
@@ -150,6 +152,30 @@ impl Runner {
 
     pub fn stats(&self) -> &Arc<InferenceStats> {
         &self.stats
+    }
+
+    /// A generative model's answer to `input` in `api`, chunk by chunk, in a
+    /// slot of its own, held until the answer ends (or is dropped).
+    pub async fn generate(&self, api: Api, input: Input) -> Chunks {
+        let waiting = scopeguard::guard(self.gauges.waiting.clone(), |gauge| gauge.dec());
+        waiting.inc();
+        let slot = Arc::clone(&self.slots)
+            .acquire_owned()
+            .await
+            .expect("never closed");
+        drop(waiting);
+        let running = scopeguard::guard(self.gauges.in_flight.clone(), |gauge| gauge.dec());
+        running.inc();
+        self.stats.record(1);
+        self.gauges.batch_size.observe(1.0);
+        let held = (slot, running);
+        self.model
+            .generate(api, input)
+            .map(move |chunk| {
+                let _held = &held;
+                chunk
+            })
+            .boxed()
     }
 
     /// The prediction for `input`, once a slot (and, batching, a batch) runs it.

@@ -19,7 +19,7 @@ pub struct WorkerConfig {
     #[command(flatten)]
     pub nats: NatsArgs,
 
-    /// Built-in models to serve (`price`, `echo`): repeat the flag or give a
+    /// Built-in models to serve (`price`, `echo`, `tiny-chat`, `tiny-embed`): repeat the flag or give a
     /// comma-separated list. Without it the worker serves `price`, unless it is
     /// given a `--model-config`, which then says everything it serves.
     #[arg(long = "model", env = "WORKER_MODELS", value_delimiter = ',')]
@@ -41,6 +41,10 @@ pub struct WorkerConfig {
     /// Simulated compute time of the built-in `price` model.
     #[arg(long, env = "WORKER_LATENCY_MS", default_value_t = 1000)]
     pub latency_ms: u64,
+
+    /// Time the built-in `tiny-chat` takes per token it streams.
+    #[arg(long, env = "WORKER_TOKEN_INTERVAL_MS", default_value_t = 20)]
+    pub token_interval_ms: u64,
 
     /// How many inference calls this worker runs at once (each of up to
     /// `--max-batch` requests for a batching model, one request otherwise).
@@ -96,6 +100,10 @@ pub struct WorkerConfig {
 impl WorkerConfig {
     pub fn latency(&self) -> Duration {
         Duration::from_millis(self.latency_ms)
+    }
+
+    pub fn token_interval(&self) -> Duration {
+        Duration::from_millis(self.token_interval_ms)
     }
 
     /// The built-in models to serve: those named, else `price` when there is no

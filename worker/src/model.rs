@@ -3,12 +3,31 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures::stream::{self, BoxStream, StreamExt};
 use prediction_contract::ModelName;
 use prediction_contract::headers::error_codes;
+use prediction_contract::openai::{self, Api};
 use serde_json::Value;
 
 /// A prediction input: always a JSON object.
 pub type Input = serde_json::Map<String, Value>;
+
+/// A generative model's answer as it is produced: its chunks (see
+/// `prediction_contract::openai`), in order; an error ends it.
+pub type Chunks = BoxStream<'static, Result<Value, ModelError>>;
+
+/// How long a generative model's answers may take; the gateway holds it to
+/// them (instead of its `--request-timeout`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GenerationBounds {
+    /// The whole answer.
+    pub total: Duration,
+    /// Until the first chunk (loading, reading the prompt).
+    pub first_chunk: Duration,
+    /// Between two chunks: longer, and the gateway takes the generation for
+    /// stalled and fails it.
+    pub between_chunks: Duration,
+}
 
 /// Why a model could not answer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -65,5 +84,67 @@ pub trait Model: Send + Sync + 'static {
     /// Computes a batch: one result per input, in order, each failing on its own.
     async fn predict_batch(&self, inputs: &[Input]) -> Vec<Result<Value, ModelError>> {
         futures::future::join_all(inputs.iter().map(|input| self.predict(input))).await
+    }
+
+    /// Whether it generates: answers OpenAI API requests (chat, completions,
+    /// embeddings) through [`generate`](Model::generate), streaming chunks to
+    /// callers that ask for a stream. Its [`predict`](Model::predict) should
+    /// be [`whole_answer`], for callers that do not.
+    fn generates(&self) -> bool {
+        false
+    }
+
+    /// The bounds of its generations, if it generates.
+    fn bounds(&self) -> Option<GenerationBounds> {
+        None
+    }
+
+    /// Whether the answers of sampled requests (a `temperature` above 0 and
+    /// no `seed`) may be cached; see `prediction_contract::openai::is_sampled`.
+    fn caches_sampled(&self) -> bool {
+        true
+    }
+
+    /// The answer to `request` in `api`, chunk by chunk (for embeddings, one
+    /// item: the whole answer). Only called when [`generates`](Model::generates).
+    fn generate(&self, api: Api, request: Input) -> Chunks {
+        let _ = (api, request);
+        stream::once(async { Err(ModelError::Failed("this model does not generate".into())) })
+            .boxed()
+    }
+}
+
+/// The complete answer of a generative model to `request`: its chunks
+/// assembled (embeddings: the one answer). What a caller that asks for no
+/// stream gets, `nats req` included; the API comes from the request's fields.
+pub async fn whole_answer(model: &dyn Model, request: &Input) -> Result<Value, ModelError> {
+    let Some(api) = Api::infer(request) else {
+        return Err(ModelError::InvalidInput(
+            "the request has none of `messages` (chat), `prompt` (completions) or `input` (embeddings)"
+                .into(),
+        ));
+    };
+    answer_whole(model, api, request.clone()).await
+}
+
+/// [`whole_answer`] for a known `api`.
+pub async fn answer_whole(
+    model: &dyn Model,
+    api: Api,
+    request: Input,
+) -> Result<Value, ModelError> {
+    let chunks: Vec<Value> = model
+        .generate(api, request)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<Result<_, _>>()?;
+    if api.streams() {
+        Ok(openai::assemble(api, &chunks))
+    } else {
+        chunks
+            .into_iter()
+            .next()
+            .ok_or_else(|| ModelError::Failed("the model answered nothing".into()))
     }
 }

@@ -24,6 +24,9 @@ use tracing::{debug, info, warn};
 
 use crate::batching::Runner;
 use crate::model::{Input, ModelError};
+use crate::streaming::{StreamContext, stream_answer};
+use prediction_contract::openai::Api;
+use serde_json::Value;
 
 /// How long after the stop signal the request streams may take to end. They end
 /// as soon as the unsubscribes are processed, well under this, unless NATS is
@@ -76,7 +79,7 @@ impl Admission {
 /// `service` (unsubscribing every endpoint) and returns once every request
 /// received has been answered.
 pub async fn serve(
-    client: &async_nats::Client,
+    context: &StreamContext,
     endpoints: Vec<(Runner, Endpoint)>,
     service: service::Service,
     admission: Admission,
@@ -116,9 +119,9 @@ pub async fn serve(
                     // Boxed: the request's future is kilobytes, which the task
                     // would otherwise copy around as it is spawned.
                     Ok(held) => {
-                        let client = client.clone();
+                        let context = context.clone();
                         in_flight.spawn(Box::pin(async move {
-                            answer(&client, &runner, request).await;
+                            answer(&context, &runner, request).await;
                             drop(held);
                         }))
                     }
@@ -145,7 +148,7 @@ async fn refuse_as_busy(runner: Runner, request: service::Request, reason: &'sta
 
 /// Computes and sends the reply to one request; with tracing on, in a span that
 /// continues the caller's trace (the gateway's model call).
-async fn answer(client: &async_nats::Client, runner: &Runner, request: service::Request) {
+async fn answer(context: &StreamContext, runner: &Runner, request: service::Request) {
     let header = |name: &str| {
         request
             .message
@@ -155,12 +158,12 @@ async fn answer(client: &async_nats::Client, runner: &Runner, request: service::
             .map(|value| value.as_str())
     };
     if !traces::enabled() {
-        return answer_request(client, runner, request).await;
+        return answer_request(context, runner, request).await;
     }
     let caller = traces::Caller::from_headers(header);
     // A caller that did not sample its trace gets no span here either.
     if caller.sampled() == Some(false) {
-        return answer_request(client, runner, request).await;
+        return answer_request(context, runner, request).await;
     }
     let span = tracing::info_span!(
         "predict",
@@ -168,15 +171,17 @@ async fn answer(client: &async_nats::Client, runner: &Runner, request: service::
         model = runner.model().name().as_str()
     );
     caller.continued_by(&span);
-    answer_request(client, runner, request)
+    answer_request(context, runner, request)
         .instrument(span)
         .await;
 }
 
 /// Computes and sends the reply to one request, with heartbeats meanwhile if
-/// the caller asked for them. Never fails: every problem becomes an error reply
-/// (or, if even that cannot be sent, a log line).
-async fn answer_request(client: &async_nats::Client, runner: &Runner, request: service::Request) {
+/// the caller asked for them; a generative model's answer streamed, if asked
+/// for. Never fails: every problem becomes an error reply (or, if even that
+/// cannot be sent, a log line).
+async fn answer_request(context: &StreamContext, runner: &Runner, request: service::Request) {
+    let client = &context.client;
     let model = runner.model();
     let started = Instant::now();
     let metadata = RequestMetadata::read(nats_headers::lookup(request.message.headers.as_ref()));
@@ -189,7 +194,22 @@ async fn answer_request(client: &async_nats::Client, runner: &Runner, request: s
     } else {
         match parse_input(&request.message.payload) {
             Ok(input) => {
-                let prediction = runner.predict(input);
+                let api = model
+                    .generates()
+                    .then(|| metadata.api.or_else(|| Api::infer(&input)))
+                    .flatten();
+                if let Some(api) = api.filter(|api| metadata.stream && api.streams()) {
+                    let heartbeat = metadata.heartbeat_interval;
+                    let outcome =
+                        stream_answer(context, runner, &request, api, input, heartbeat).await;
+                    runner.record(&outcome, started.elapsed());
+                    return;
+                }
+                let prediction: futures::future::BoxFuture<'_, Result<Value, ModelError>> =
+                    match api {
+                        Some(api) => Box::pin(whole(runner, api, input)),
+                        None => Box::pin(runner.predict(input)),
+                    };
                 let heartbeats = metadata
                     .heartbeat_interval
                     .zip(request.message.reply.as_ref());
@@ -284,6 +304,26 @@ async fn with_heartbeats<F: Future>(
                 }
             }
         }
+    }
+}
+
+/// A generative model's whole answer in `api`: its chunks assembled (for
+/// embeddings, its one answer), computed in a slot.
+async fn whole(runner: &Runner, api: Api, input: Input) -> Result<Value, ModelError> {
+    let chunks: Vec<Value> = runner
+        .generate(api, input)
+        .await
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<Result<_, _>>()?;
+    if api.streams() {
+        Ok(prediction_contract::openai::assemble(api, &chunks))
+    } else {
+        chunks
+            .into_iter()
+            .next()
+            .ok_or_else(|| ModelError::Failed("the model answered nothing".into()))
     }
 }
 

@@ -8,8 +8,13 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use async_nats::service::{Service, ServiceExt, endpoint::Endpoint};
-use prediction_contract::headers::HEARTBEATS_METADATA;
+use prediction_contract::headers::{
+    CACHE_SAMPLED_METADATA, CHUNK_GAP_MS_METADATA, FIRST_CHUNK_MS_METADATA, HEARTBEATS_METADATA,
+    STREAMS_METADATA, TIMEOUT_MS_METADATA,
+};
+use prediction_contract::subjects::cancel_subject;
 use prediction_contract::subjects::{PREDICT_SUBJECT_PREFIX, QUEUE_GROUP, SERVICE_NAME};
+use prediction_contract::time::millis;
 use prediction_runtime::nats_connection::connection_name;
 use tokio::sync::Semaphore;
 use tracing::{info, warn};
@@ -17,9 +22,13 @@ use tracing::{info, warn};
 use crate::batching::{BatchSettings, Runner};
 use crate::builtin::builtin_models;
 use crate::config::WorkerConfig;
+use crate::manifest::ModelEntry;
 use crate::metrics::{WorkerMetrics, serve_metrics};
 use crate::model::Model;
+use crate::onnx::OnnxModel;
 use crate::serve::{Admission, serve};
+use crate::streaming::{Cancellations, StreamContext};
+use crate::upstream::UpstreamModel;
 
 /// How long a stopping worker waits for its last replies to reach NATS, and then
 /// for its connection to finish draining.
@@ -28,6 +37,11 @@ const FLUSH_ON_STOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// A connected worker, its service registered and its endpoints subscribed.
 pub struct Worker {
     client: async_nats::Client,
+    /// What a streamed answer needs: the client, this worker's id and the
+    /// streams' cancellations.
+    stream_context: StreamContext,
+    /// Takes the cancellations of this worker's streams.
+    cancel_task: tokio::task::JoinHandle<()>,
     /// Turns true when the connection is closed (a drain has completed).
     closed: tokio::sync::watch::Receiver<bool>,
     service: Service,
@@ -49,9 +63,23 @@ impl std::fmt::Debug for Worker {
 pub fn configured_models(config: &WorkerConfig) -> anyhow::Result<Vec<Arc<dyn Model>>> {
     let mut models = builtin_models(config)?;
     if let Some(manifest) = &config.model_config {
-        models.extend(crate::onnx::load_manifest(manifest)?);
+        models.extend(load_manifest(manifest)?);
     }
     Ok(models)
+}
+
+/// Loads every model of the manifest at `path`: each ONNX file checked and
+/// optimised, each OpenAI-compatible server's client made.
+pub fn load_manifest(path: &std::path::Path) -> anyhow::Result<Vec<Arc<dyn Model>>> {
+    crate::manifest::load(path)?
+        .into_iter()
+        .map(|entry| {
+            Ok(match entry {
+                ModelEntry::Onnx(entry) => Arc::new(OnnxModel::load(&entry)?) as Arc<dyn Model>,
+                ModelEntry::Upstream(entry) => Arc::new(UpstreamModel::new(entry)?),
+            })
+        })
+        .collect()
 }
 
 impl Worker {
@@ -155,13 +183,7 @@ impl Worker {
             let endpoint = group
                 .endpoint_builder()
                 .name(model.name())
-                .metadata(
-                    [
-                        ("model_version".to_owned(), model.version().to_owned()),
-                        (HEARTBEATS_METADATA.to_owned(), "true".to_owned()),
-                    ]
-                    .into(),
-                )
+                .metadata(endpoint_metadata(model.as_ref()))
                 .add(model.name())
                 .await
                 .map_err(|err| anyhow::anyhow!(err))
@@ -173,12 +195,22 @@ impl Worker {
             .flush()
             .await
             .context("flushing subscriptions to NATS")?;
+        let worker_id: Arc<str> = service.info().await.id.into();
+        let cancellations = Cancellations::default();
+        let cancel_task = listen_for_cancellations(&client, &worker_id, cancellations.clone())
+            .await
+            .context("subscribing to cancellations")?;
         if let Some(path) = &config.id_file {
-            let id = service.info().await.id;
-            std::fs::write(path, &id)
+            std::fs::write(path, &*worker_id)
                 .with_context(|| format!("writing the worker id to {}", path.display()))?;
         }
         let worker = Self {
+            stream_context: StreamContext {
+                client: client.clone(),
+                worker_id,
+                cancellations,
+            },
+            cancel_task,
             client,
             closed,
             service,
@@ -222,13 +254,16 @@ impl Worker {
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let Self {
             client,
+            stream_context,
+            cancel_task,
             mut closed,
             service,
             endpoints,
             admission,
             metrics_server,
         } = self;
-        serve(&client, endpoints, service, admission, shutdown).await;
+        serve(&stream_context, endpoints, service, admission, shutdown).await;
+        cancel_task.abort();
         if let Some((_, task)) = metrics_server {
             task.abort();
         }
@@ -264,6 +299,50 @@ impl Worker {
         info!("worker stopped");
         Ok(())
     }
+}
+
+/// The metadata of a model's endpoint: its version, and what the gateway needs
+/// to know of how it answers (heartbeats; for a generative model, streams,
+/// bounds and whether sampled answers may be cached).
+fn endpoint_metadata(model: &dyn Model) -> std::collections::HashMap<String, String> {
+    let mut metadata = std::collections::HashMap::from([
+        ("model_version".to_owned(), model.version().to_owned()),
+        (HEARTBEATS_METADATA.to_owned(), "true".to_owned()),
+    ]);
+    if model.generates() {
+        metadata.insert(STREAMS_METADATA.to_owned(), "true".to_owned());
+        metadata.insert(
+            CACHE_SAMPLED_METADATA.to_owned(),
+            model.caches_sampled().to_string(),
+        );
+    }
+    if let Some(bounds) = model.bounds() {
+        for (key, bound) in [
+            (TIMEOUT_MS_METADATA, bounds.total),
+            (FIRST_CHUNK_MS_METADATA, bounds.first_chunk),
+            (CHUNK_GAP_MS_METADATA, bounds.between_chunks),
+        ] {
+            metadata.insert(key.to_owned(), millis(bound).to_string());
+        }
+    }
+    metadata
+}
+
+/// Subscribes to this worker's cancellations (`worker.cancel.<id>`): each
+/// names the reply subject of a stream nobody listens to any more.
+async fn listen_for_cancellations(
+    client: &async_nats::Client,
+    worker_id: &str,
+    cancellations: Cancellations,
+) -> Result<tokio::task::JoinHandle<()>, async_nats::SubscribeError> {
+    let mut requests = client.subscribe(cancel_subject(worker_id)).await?;
+    Ok(tokio::spawn(async move {
+        while let Some(message) = futures::StreamExt::next(&mut requests).await {
+            if let Ok(reply) = std::str::from_utf8(&message.payload) {
+                cancellations.cancel(reply);
+            }
+        }
+    }))
 }
 
 /// Pings the worker whose service id is in `--id-file` over NATS: it answers only

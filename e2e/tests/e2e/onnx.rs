@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use test_support::example_models::{manifest, models_dir, references};
-use worker::onnx::load_manifest;
+use worker::load_manifest;
 
 use crate::helpers::{
     RedisMode, TestApp, assert_error, header, spawn_app, spawn_app_in, start_worker,

@@ -2,18 +2,20 @@
 //! NATS, and the messages that answer it followed until the reply comes, the
 //! worker falls silent, or the call's deadline passes.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_nats::Message;
 use bytes::Bytes;
-use prediction_contract::headers::{error_codes, is_heartbeat};
+
+use prediction_contract::headers::{ReplyKind, WORKER_ID, error_codes};
+use prediction_contract::openai;
 use prediction_contract::time::{millis, unix_now_ms};
 use prediction_contract::{ReplyMetadata, RequestMetadata, ServiceError};
 use prediction_runtime::{nats_headers, traces};
 use serde_json::value::RawValue;
 
-use super::{ModelCall, ModelCallError};
-use crate::nats::{Nats, Next, SendError};
+use super::{LiveCall, ModelCall, ModelCallError};
+use crate::nats::{Nats, Next, Replies, SendError};
 
 /// How often a worker that supports heartbeats is asked to send one while it
 /// holds a request.
@@ -56,6 +58,8 @@ pub async fn attempt(
         deadline_unix_ms: Some(unix_now_ms().saturating_add(millis(call.time_left()))),
         avoid_backlog,
         heartbeat_interval: (listening == Listening::ForHeartbeats).then_some(HEARTBEAT_INTERVAL),
+        stream: call.live.as_ref().is_some_and(|live| live.api.streams()),
+        api: call.live.as_ref().map(|live| live.api),
     };
     let mut headers = nats_headers::written(|put| metadata.write(put));
     if traces::enabled() {
@@ -72,6 +76,11 @@ pub async fn attempt(
                 SendError::TooLarge => ModelCallError::TooLarge,
                 SendError::Publish(err) => ModelCallError::Nats(err),
             })?;
+    if let Some(live) = &call.live
+        && live.api.streams()
+    {
+        return follow_stream(nats, call, live, replies, listening).await;
+    }
     loop {
         let left = call.time_left();
         let wait = match listening {
@@ -79,9 +88,12 @@ pub async fn attempt(
             Listening::UntilDeadline => left,
         };
         match replies.next_within(wait).await {
-            Next::Message(message)
-                if is_heartbeat(nats_headers::lookup(message.headers.as_ref())) => {}
-            Next::Message(message) => return read_reply(call, message),
+            Next::Message(message) => {
+                match ReplyKind::read(nats_headers::lookup(message.headers.as_ref())) {
+                    ReplyKind::Heartbeat => {}
+                    _ => return read_reply(call, message),
+                }
+            }
             Next::NoResponders => return Err(ModelCallError::NoWorker(call.model.clone())),
             Next::Silence if call.time_left().is_zero() => {
                 return Err(ModelCallError::TimedOut(call.waited()));
@@ -91,19 +103,144 @@ pub async fn attempt(
     }
 }
 
+/// Follows a streamed answer: each chunk goes to the generation as it comes
+/// and is kept for the entry; the end message ends it. Silence before the
+/// first chunk is what it is for a whole answer (a worker gone: `Lost`, sent
+/// again); once a chunk came, the answer cannot be asked again without
+/// repeating it, so a worker that falls silent, or a model that stops
+/// producing within its bounds, fails the stream. Everyone leaving the
+/// generation cancels it, on the worker too.
+async fn follow_stream(
+    nats: &Nats,
+    call: &ModelCall,
+    live: &LiveCall,
+    mut replies: Replies,
+    listening: Listening,
+) -> Result<ModelReply, ModelCallError> {
+    let bounds = call.view.bounds();
+    let began = Instant::now();
+    let mut chunks: Vec<Bytes> = Vec::new();
+    let mut last_chunk = began;
+    let mut worker_id: Option<String> = None;
+    loop {
+        let left = call.time_left();
+        let silence = match listening {
+            Listening::ForHeartbeats => LOST_AFTER,
+            Listening::UntilDeadline => left,
+        };
+        // Until the first chunk, or the next: the model's bound.
+        let production = match (bounds, chunks.is_empty()) {
+            (Some(bounds), true) => bounds.first_chunk.saturating_sub(began.elapsed()),
+            (Some(bounds), false) => bounds.between_chunks.saturating_sub(last_chunk.elapsed()),
+            (None, _) => left,
+        };
+        let wait = silence.min(production).min(left);
+        let next = tokio::select! {
+            biased;
+            () = live.generation.cancelled() => {
+                if let Some(worker_id) = &worker_id {
+                    nats.cancel(worker_id, replies.subject()).await;
+                }
+                return Err(ModelCallError::Cancelled);
+            }
+            next = replies.next_within(wait) => next,
+        };
+        let message = match next {
+            Next::Message(message) => message,
+            Next::NoResponders => return Err(ModelCallError::NoWorker(call.model.clone())),
+            Next::Silence if call.time_left().is_zero() => {
+                return Err(ModelCallError::TimedOut(call.waited()));
+            }
+            Next::Silence if wait == production => {
+                let what = if chunks.is_empty() {
+                    "no first chunk within its bound"
+                } else {
+                    "no chunk within its bound since the last"
+                };
+                return Err(ModelCallError::Stalled(what.into()));
+            }
+            Next::Silence if chunks.is_empty() => return Err(ModelCallError::Lost(wait)),
+            Next::Silence => {
+                return Err(ModelCallError::Stalled(
+                    "its worker fell silent mid-answer".into(),
+                ));
+            }
+        };
+        let header = nats_headers::lookup(message.headers.as_ref());
+        if let Some(id) = header(WORKER_ID) {
+            worker_id.get_or_insert_with(|| id.to_owned());
+        }
+        match ReplyKind::read(&header) {
+            ReplyKind::Heartbeat => {}
+            ReplyKind::Chunk => {
+                serde_json::from_slice::<&RawValue>(&message.payload)
+                    .map_err(ModelCallError::InvalidReply)?;
+                live.generation.push(message.payload.clone());
+                chunks.push(message.payload.clone());
+                last_chunk = Instant::now();
+            }
+            ReplyKind::End => {
+                if let Some(error) = ServiceError::read(&header) {
+                    return Err(service_error(call, error));
+                }
+                return Ok(ModelReply {
+                    metadata: ReplyMetadata::read(header),
+                    prediction: chunk_array(&chunks),
+                });
+            }
+            // A worker that answered whole after all (it does not stream):
+            // its answer, as the chunks that would have built it.
+            ReplyKind::Reply => {
+                let whole = read_reply(call, message.clone())?;
+                let answer: serde_json::Value = serde_json::from_slice(&whole.prediction)
+                    .map_err(ModelCallError::InvalidReply)?;
+                for chunk in openai::chunks_of(&answer) {
+                    let chunk = Bytes::from(chunk.to_string());
+                    live.generation.push(chunk.clone());
+                    chunks.push(chunk);
+                }
+                return Ok(ModelReply {
+                    metadata: whole.metadata,
+                    prediction: chunk_array(&chunks),
+                });
+            }
+        }
+    }
+}
+
+/// The JSON array of `chunks`: a streamed answer's entry.
+fn chunk_array(chunks: &[Bytes]) -> Bytes {
+    let mut array =
+        Vec::with_capacity(chunks.iter().map(|chunk| chunk.len() + 1).sum::<usize>() + 2);
+    array.push(b'[');
+    for (index, chunk) in chunks.iter().enumerate() {
+        if index > 0 {
+            array.push(b',');
+        }
+        array.extend_from_slice(chunk);
+    }
+    array.push(b']');
+    array.into()
+}
+
+/// The error a worker's error reply means.
+fn service_error(call: &ModelCall, error: ServiceError) -> ModelCallError {
+    match error.code {
+        error_codes::BAD_INPUT => ModelCallError::InputRejected(error.message),
+        error_codes::BUSY => ModelCallError::Busy(error.message),
+        error_codes::DEADLINE_EXCEEDED => ModelCallError::TimedOut(call.waited()),
+        code => ModelCallError::Failed {
+            code,
+            message: error.message,
+        },
+    }
+}
+
 /// A reply as a prediction, or the error it carries.
 fn read_reply(call: &ModelCall, reply: Message) -> Result<ModelReply, ModelCallError> {
     let header = nats_headers::lookup(reply.headers.as_ref());
     if let Some(error) = ServiceError::read(&header) {
-        return Err(match error.code {
-            error_codes::BAD_INPUT => ModelCallError::InputRejected(error.message),
-            error_codes::BUSY => ModelCallError::Busy(error.message),
-            error_codes::DEADLINE_EXCEEDED => ModelCallError::TimedOut(call.waited()),
-            code => ModelCallError::Failed {
-                code,
-                message: error.message,
-            },
-        });
+        return Err(service_error(call, error));
     }
     serde_json::from_slice::<&RawValue>(&reply.payload).map_err(ModelCallError::InvalidReply)?;
     let metadata = ReplyMetadata::read(header);

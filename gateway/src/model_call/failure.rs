@@ -51,7 +51,9 @@ impl From<&ModelCallError> for PublicFailure {
             M::NotConnected => (StatusCode::SERVICE_UNAVAILABLE, "nats_unavailable"),
             M::Busy(_) => (StatusCode::SERVICE_UNAVAILABLE, "worker_busy"),
             M::Overloaded(_) => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
-            M::TimedOut(_) | M::Lost(_) => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
+            M::TimedOut(_) | M::Lost(_) | M::Stalled(_) => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
+            // Nobody is left to tell; a 499-like code for the logs and metrics.
+            M::Cancelled => (StatusCode::SERVICE_UNAVAILABLE, "cancelled"),
             M::Failed { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "model_failed"),
             M::InvalidReply(_) | M::Nats(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         };

@@ -20,6 +20,7 @@
 
 mod attempt;
 mod failure;
+pub mod generation;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -40,6 +41,11 @@ use crate::cache::CachedPrediction;
 use crate::discovery::{ModelDirectory, ModelView};
 use crate::metrics::Metrics;
 use crate::nats::Nats;
+use generation::Generation;
+use prediction_contract::openai::Api;
+
+/// The longest a generation may take, whatever its model declares.
+pub const MAX_GENERATION_TIME: Duration = Duration::from_secs(3600);
 
 /// How many times a model call is handed on at once to another (random) worker
 /// because the one NATS picked had requests waiting; the next attempt waits in
@@ -79,6 +85,16 @@ pub struct ModelCall {
     pub started: Instant,
     /// When the client stops waiting.
     pub deadline: Instant,
+    /// For a generative model's answer: the API it speaks and the generation
+    /// its chunks go to as they come.
+    pub live: Option<LiveCall>,
+}
+
+/// What a call for a streamed answer carries.
+#[derive(Debug, Clone)]
+pub struct LiveCall {
+    pub api: Api,
+    pub generation: Arc<Generation>,
 }
 
 impl ModelCall {
@@ -98,7 +114,19 @@ impl ModelCall {
             request_id,
             started,
             deadline: started + timeout,
+            live: None,
         }
+    }
+
+    /// The same call for a generative model's answer in `api`, streamed into
+    /// `generation`; its deadline is the model's own bound, if it declares
+    /// one (at most [`MAX_GENERATION_TIME`]).
+    pub fn generating(mut self, api: Api, generation: Arc<Generation>) -> Self {
+        if let Some(bounds) = self.view.bounds() {
+            self.deadline = self.started + bounds.total.min(MAX_GENERATION_TIME);
+        }
+        self.live = Some(LiveCall { api, generation });
+        self
     }
 
     /// Time left before the deadline.
@@ -137,6 +165,15 @@ pub enum ModelCallError {
     InvalidReply(#[source] serde_json::Error),
     #[error("the NATS publish failed")]
     Nats(#[source] async_nats::PublishError),
+    /// Everyone waiting for a streamed answer went away: the generation was
+    /// cancelled.
+    #[error("nobody listens to the answer any more")]
+    Cancelled,
+    /// A generation that began stopped producing within its bound (or its
+    /// worker went away mid-answer): it cannot be sent again without
+    /// repeating what its listeners already got.
+    #[error("the model stopped producing its answer ({0})")]
+    Stalled(String),
 }
 
 impl ModelCallError {

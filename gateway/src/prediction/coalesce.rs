@@ -1,4 +1,5 @@
-//! In-process request coalescing: concurrent identical misses share one computation.
+//! In-process request coalescing: concurrent identical misses share one
+//! computation, and, for a streamed answer, its chunks as they come.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -10,6 +11,8 @@ use tracing::Instrument;
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
 use prometheus::IntGauge;
+
+use crate::model_call::generation::Generation;
 
 /// Whether a caller started the computation it got the result of, or joined one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,7 +38,12 @@ struct Call<T: Clone> {
     id: u64,
     started_at: Instant,
     outcome: Shared<BoxFuture<'static, T>>,
+    /// A streamed answer's chunks as they come, for joiners to follow.
+    generation: Option<Arc<Generation>>,
 }
+
+/// What joining or starting a computation gave.
+type Started<T> = (Shared<BoxFuture<'static, T>>, Option<Arc<Generation>>, Role);
 
 impl<T: Clone> std::fmt::Debug for InFlight<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -71,48 +79,83 @@ impl<T: Clone + Send + Sync + 'static> InFlight<T> {
         F: FnOnce() -> Fut,
         Fut: Future<Output = T> + Send + 'static,
     {
-        let (outcome, role) = {
-            let mut calls = self.calls.lock().expect("not poisoned");
-            match calls.get(&*key) {
-                Some(call) if not_before.is_none_or(|t| call.started_at >= t) => {
-                    (call.outcome.clone(), Role::Follower)
-                }
-                _ => {
-                    let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-                    let task = tokio::spawn({
-                        let this = Arc::clone(self);
-                        let key = Arc::clone(&key);
-                        // Boxed: a computation's future is kilobytes, which the
-                        // task would otherwise copy around as it is spawned.
-                        // In the leader's span: the model call it makes belongs
-                        // to the leader's trace (a no-op with tracing off).
-                        let computation = Box::pin(compute().in_current_span());
-                        async move {
-                            let outcome = computation.await;
-                            this.finish(&key, id);
-                            outcome
-                        }
-                    });
-                    let on_panic = self.on_panic;
-                    let outcome = async move { task.await.unwrap_or_else(|_| on_panic()) }
-                        .boxed()
-                        .shared();
-                    // A newer call replaces an older one: later joiners get the
-                    // newer answer, while the older call's waiters keep theirs.
-                    calls.insert(
-                        key,
-                        Call {
-                            id,
-                            started_at: Instant::now(),
-                            outcome: outcome.clone(),
-                        },
-                    );
-                    self.keys_in_flight.set(calls.len() as i64);
-                    (outcome, Role::Leader)
-                }
-            }
-        };
+        let (outcome, _, role) = self.start_or_join(key, not_before, || (compute(), None));
         (outcome.await, role)
+    }
+
+    /// The same for a streamed answer: joins the generation of `key` in flight,
+    /// or starts `compute` with a new [`Generation`] for its chunks. Returns at
+    /// once: the generation to follow (none if the computation joined streams
+    /// nothing), the outcome to await, and the role.
+    pub fn generate_or_join<F, Fut>(
+        self: &Arc<Self>,
+        key: Arc<str>,
+        not_before: Option<Instant>,
+        compute: F,
+    ) -> Started<T>
+    where
+        F: FnOnce(Arc<Generation>) -> Fut,
+        Fut: Future<Output = T> + Send + 'static,
+    {
+        self.start_or_join(key, not_before, || {
+            let generation = Generation::new();
+            (compute(Arc::clone(&generation)), Some(generation))
+        })
+    }
+
+    fn start_or_join<F, Fut>(
+        self: &Arc<Self>,
+        key: Arc<str>,
+        not_before: Option<Instant>,
+        make: F,
+    ) -> Started<T>
+    where
+        F: FnOnce() -> (Fut, Option<Arc<Generation>>),
+        Fut: Future<Output = T> + Send + 'static,
+    {
+        let mut calls = self.calls.lock().expect("not poisoned");
+        if let Some(call) = calls.get(&*key)
+            && not_before.is_none_or(|t| call.started_at >= t)
+        {
+            return (
+                call.outcome.clone(),
+                call.generation.clone(),
+                Role::Follower,
+            );
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (compute, generation) = make();
+        let task = tokio::spawn({
+            let this = Arc::clone(self);
+            let key = Arc::clone(&key);
+            // Boxed: a computation's future is kilobytes, which the task
+            // would otherwise copy around as it is spawned. In the leader's
+            // span: the model call it makes belongs to the leader's trace (a
+            // no-op with tracing off).
+            let computation = Box::pin(compute.in_current_span());
+            async move {
+                let outcome = computation.await;
+                this.finish(&key, id);
+                outcome
+            }
+        });
+        let on_panic = self.on_panic;
+        let outcome = async move { task.await.unwrap_or_else(|_| on_panic()) }
+            .boxed()
+            .shared();
+        // A newer call replaces an older one: later joiners get the newer
+        // answer, while the older call's waiters keep theirs.
+        calls.insert(
+            key,
+            Call {
+                id,
+                started_at: Instant::now(),
+                outcome: outcome.clone(),
+                generation: generation.clone(),
+            },
+        );
+        self.keys_in_flight.set(calls.len() as i64);
+        (outcome, generation, Role::Leader)
     }
 
     fn finish(&self, key: &str, id: u64) {

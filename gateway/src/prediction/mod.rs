@@ -26,6 +26,7 @@ pub mod policy;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use prediction_contract::openai::Api;
 use prediction_contract::time::unix_now_ms;
 use prediction_contract::{CanonicalInput, ModelName};
 use prediction_runtime::traces;
@@ -36,6 +37,7 @@ use crate::discovery::ModelDirectory;
 use crate::freshness::RequestDirectives;
 use crate::input::{InputError, KeyMemo, RawInput};
 use crate::metrics::Metrics;
+use crate::model_call::generation::{Generation, Listener};
 use crate::model_call::{ModelCall, ModelCaller, PublicFailure};
 use crate::nats::Nats;
 use coalesce::{InFlight, Role};
@@ -50,6 +52,23 @@ pub struct PredictionRequest<'a> {
     pub directives: &'a RequestDirectives,
     /// For the logs of this gateway and the worker.
     pub request_id: &'a str,
+    /// Whether the answer is sampled (see `openai::is_sampled`): two calls
+    /// may answer differently. For a model that does not cache sampled answers
+    /// (its `cache_sampled` setting), such a request is computed for itself
+    /// alone: not read from the cache, not stored, not joined by others.
+    pub sampled: bool,
+}
+
+/// What a generative request gets: a whole answer (from the cache, or an
+/// entry another gateway computed), or a generation to follow as it comes.
+#[derive(Debug)]
+pub enum Generated {
+    Whole(Answer),
+    Live {
+        listener: Listener,
+        /// `Miss` for the request that started it, `Coalesced` for joiners.
+        outcome: CacheOutcome,
+    },
 }
 
 /// Why a request got no prediction.
@@ -162,11 +181,36 @@ impl Predictor {
         self: &Arc<Self>,
         request: PredictionRequest<'_>,
     ) -> Result<Answer, PredictionError> {
+        match self.answer(request, None).await? {
+            Generated::Whole(answer) => Ok(answer),
+            Generated::Live { .. } => unreachable!("only a generative request streams"),
+        }
+    }
+
+    /// The answer of a generative model to `request` in `api`: from the cache,
+    /// or a generation to follow chunk by chunk, shared by every identical
+    /// request (one that joins late first gets the chunks already produced).
+    /// The entry holds the chunks, so one entry serves a streamed and a whole
+    /// answer alike.
+    pub async fn generate(
+        self: &Arc<Self>,
+        request: PredictionRequest<'_>,
+        api: Api,
+    ) -> Result<Generated, PredictionError> {
+        self.answer(request, Some(api)).await
+    }
+
+    async fn answer(
+        self: &Arc<Self>,
+        request: PredictionRequest<'_>,
+        live: Option<Api>,
+    ) -> Result<Generated, PredictionError> {
         let PredictionRequest {
             model,
             input,
             directives,
             request_id,
+            sampled,
         } = request;
         let arrived = Instant::now();
         // A hot input has its key remembered; any other is parsed here, which
@@ -177,13 +221,23 @@ impl Predictor {
         let (key, canonical, hot) = match self.keys.get(model, &input) {
             Some(key) => (key, None, false),
             None => {
-                let canonical = input.canonical()?;
-                let key = self.cache.keys().key(model, &canonical);
+                let key = self.cache.keys().key(model, &input.key_material()?);
                 let hot = self.cache.holds_locally(&key);
-                (key, Some(canonical), hot)
+                (key, input.canonical().ok(), hot)
             }
         };
         let view = self.directory.view(model);
+        let private = sampled && !view.caches_sampled();
+        let private_directives;
+        let directives = if private {
+            private_directives = RequestDirectives {
+                no_store: true,
+                ..RequestDirectives::default()
+            };
+            &private_directives
+        } else {
+            directives
+        };
         let lookup = if directives.skips_lookup() {
             None
         } else {
@@ -228,28 +282,30 @@ impl Predictor {
                 self.request_timeout,
             ))
         };
+        let whole = |entry, outcome| Ok(Generated::Whole(Answer { entry, outcome }));
         match (decision, lookup) {
             (Decision::Hit, Some(Lookup::Found(entry))) => {
                 if hot {
                     self.keys.remember(model, &input, &key);
                 }
-                Ok(Answer {
-                    entry,
-                    outcome: CacheOutcome::Hit,
-                })
+                whole(entry, CacheOutcome::Hit)
             }
             (Decision::Stale, Some(Lookup::Found(entry))) => {
-                self.refresh_in_background(key, model_call(canonical)?);
-                Ok(Answer {
-                    entry,
-                    outcome: CacheOutcome::Stale,
-                })
+                self.refresh_in_background(key, model_call(canonical)?, live);
+                whole(entry, CacheOutcome::Stale)
             }
             (Decision::NotCached, _) => Err(PredictionError::NotCached),
             (Decision::Compute { fresh_only }, lookup) => {
                 let call = model_call(canonical)?;
                 let job = Job::for_request(key, call, directives, fresh_only, lookup);
-                self.compute(job, fresh_only.then_some(arrived)).await
+                let not_before = fresh_only.then_some(arrived);
+                match live {
+                    None => {
+                        let answer = self.compute(job, not_before).await?;
+                        Ok(Generated::Whole(answer))
+                    }
+                    Some(api) => Ok(self.compute_live(job, not_before, api, !private)),
+                }
             }
             (Decision::Hit | Decision::Stale, _) => {
                 unreachable!("a hit or a stale answer comes from an entry found")
@@ -300,8 +356,64 @@ impl Predictor {
         })
     }
 
-    /// Starts one refresh of a stale entry, unless one is already running.
-    fn refresh_in_background(self: &Arc<Self>, key: CacheKey, call: ModelCall) {
+    /// Starts `job` as a generation, or joins the one of its key in flight here
+    /// (started after `not_before`, if given); or, not `shared`, runs it on its
+    /// own. Returns at once: the generation to follow.
+    fn compute_live(
+        self: &Arc<Self>,
+        mut job: Job,
+        not_before: Option<Instant>,
+        api: Api,
+        shared: bool,
+    ) -> Generated {
+        let forced = not_before.is_some();
+        let name: Arc<str> = job.key.as_str().into();
+        let computations = Arc::clone(&self.computations);
+        let run = move |generation: Arc<Generation>| {
+            job.call = job.call.generating(api, Arc::clone(&generation));
+            async move {
+                let outcome = computations.run(job).await;
+                generation.finish(outcome.clone().map(|resolved| resolved.entry));
+                outcome
+            }
+        };
+        if !shared {
+            let generation = Generation::new();
+            let listener = generation.listen();
+            tokio::spawn(run(generation));
+            let outcome = CacheOutcome::Miss {
+                stored: false,
+                forced,
+            };
+            return Generated::Live { listener, outcome };
+        }
+        let (outcome, generation, role) = self.in_flight.generate_or_join(name, not_before, run);
+        let listener = generation.map_or_else(
+            // Joined a computation that streams nothing (none does today): a
+            // generation its outcome ends.
+            || {
+                let generation = Generation::new();
+                let listener = generation.listen();
+                tokio::spawn(async move {
+                    generation.finish(outcome.await.map(|resolved| resolved.entry));
+                });
+                listener
+            },
+            |generation| generation.listen(),
+        );
+        let outcome = match role {
+            Role::Leader => CacheOutcome::Miss {
+                stored: false,
+                forced,
+            },
+            Role::Follower => CacheOutcome::Coalesced,
+        };
+        Generated::Live { listener, outcome }
+    }
+
+    /// Starts one refresh of a stale entry, unless one is already running; a
+    /// generative model's as a generation nobody follows.
+    fn refresh_in_background(self: &Arc<Self>, key: CacheKey, call: ModelCall, live: Option<Api>) {
         if self.in_flight.is_in_flight(key.as_str()) {
             return;
         }
@@ -309,12 +421,30 @@ impl Predictor {
         tokio::spawn(async move {
             let computations = Arc::clone(&this.computations);
             let name: Arc<str> = key.as_str().into();
-            let (outcome, _) = this
-                .in_flight
-                .compute_or_join(name, None, move || {
-                    computations.run(Job::refresh(key, call))
-                })
-                .await;
+            let job = Job::refresh(key, call);
+            let outcome = match live {
+                None => {
+                    this.in_flight
+                        .compute_or_join(name, None, move || computations.run(job))
+                        .await
+                        .0
+                }
+                Some(api) => {
+                    let (outcome, _, _) =
+                        this.in_flight
+                            .generate_or_join(name, None, move |generation| {
+                                let mut job = job;
+                                job.call = job.call.generating(api, Arc::clone(&generation));
+                                async move {
+                                    let outcome = computations.run(job).await;
+                                    generation
+                                        .finish(outcome.clone().map(|resolved| resolved.entry));
+                                    outcome
+                                }
+                            });
+                    outcome.await
+                }
+            };
             if let Err(failure) = outcome {
                 this.metrics.stale_refresh_failures.inc();
                 warn!(error = %failure, "refresh of a stale prediction failed; it is served until its stale period ends");

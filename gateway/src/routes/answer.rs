@@ -78,16 +78,7 @@ pub fn insert_cache_headers(answer: &Answer, headers: &mut HeaderMap) {
     let cache_status = match answer.outcome {
         CacheOutcome::Hit => numbered("gateway; hit; ttl=", entry.fresh_left(now).as_secs()),
         CacheOutcome::Stale => numbered("gateway; hit; ttl=-", entry.staleness(now).as_secs()),
-        CacheOutcome::Miss { stored, forced } => HeaderValue::from_static(match (forced, stored) {
-            (false, true) => "gateway; fwd=miss; stored",
-            (false, false) => "gateway; fwd=miss",
-            (true, true) => "gateway; fwd=request; stored",
-            (true, false) => "gateway; fwd=request",
-        }),
-        CacheOutcome::Coalesced => HeaderValue::from_static("gateway; fwd=miss; collapsed"),
-        CacheOutcome::Bypass => {
-            HeaderValue::from_static("gateway; fwd=bypass; detail=cache-unavailable")
-        }
+        outcome => forwarded_status(outcome),
     };
     let cache_control = if entry.fresh_for.is_zero() {
         HeaderValue::from_static("no-store")
@@ -99,6 +90,30 @@ pub fn insert_cache_headers(answer: &Answer, headers: &mut HeaderMap) {
     headers.insert(header::CACHE_CONTROL, cache_control);
     headers.insert(CACHE_STATUS, cache_status);
     headers.insert(X_MODEL_VERSION, header_value(&entry.model_version));
+}
+
+/// The cache's headers of an answer still being generated (`outcome` a miss
+/// or a coalesced one): it has no age yet, nor a known freshness.
+pub fn insert_live_cache_headers(outcome: CacheOutcome, headers: &mut HeaderMap) {
+    headers.insert(X_CACHE, HeaderValue::from_static(outcome.x_cache()));
+    headers.insert(header::AGE, HeaderValue::from_static("0"));
+    headers.insert(CACHE_STATUS, forwarded_status(outcome));
+}
+
+/// RFC 9211's `Cache-Status` of an answer the model was asked for.
+fn forwarded_status(outcome: CacheOutcome) -> HeaderValue {
+    HeaderValue::from_static(match outcome {
+        CacheOutcome::Miss { stored, forced } => match (forced, stored) {
+            (false, true) => "gateway; fwd=miss; stored",
+            (false, false) => "gateway; fwd=miss",
+            (true, true) => "gateway; fwd=request; stored",
+            (true, false) => "gateway; fwd=request",
+        },
+        CacheOutcome::Coalesced => "gateway; fwd=miss; collapsed",
+        CacheOutcome::Bypass => "gateway; fwd=bypass; detail=cache-unavailable",
+        // Served from the cache: the caller's own header says so.
+        CacheOutcome::Hit | CacheOutcome::Stale => "gateway; hit",
+    })
 }
 
 /// The prediction as the body. Built at its final size and without the

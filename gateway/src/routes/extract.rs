@@ -41,16 +41,20 @@ impl FromRequest<AppState> for JsonInput {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &AppState) -> Result<Self, ApiError> {
-        // The whole body within the client timeout, however it is trickled.
-        let body = tokio::time::timeout(
-            state.settings.client_timeout,
-            Bytes::from_request(request, state),
-        )
-        .await
-        .map_err(|_| ApiError::BodyUnreadable)?
-        .map_err(|rejection| body_error(&rejection, state.settings.max_body))?;
-        Ok(Self(RawInput::Json(body)))
+        Ok(Self(RawInput::Json(read_body(request, state).await?)))
     }
+}
+
+/// The whole body of `request`, within `--max-body` and the client timeout
+/// however it is trickled.
+pub async fn read_body(request: Request, state: &AppState) -> Result<Bytes, ApiError> {
+    tokio::time::timeout(
+        state.settings.client_timeout,
+        Bytes::from_request(request, state),
+    )
+    .await
+    .map_err(|_| ApiError::BodyUnreadable)?
+    .map_err(|rejection| body_error(&rejection, state.settings.max_body))
 }
 
 fn body_error(rejection: &BytesRejection, limit: usize) -> ApiError {

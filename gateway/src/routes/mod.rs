@@ -4,8 +4,8 @@
 //! translating between its wire format and the prediction core
 //! (`crate::prediction`): [`native`] (`/v1/models/{model}/predict`) and
 //! [`original`] (`POST /predict`, `GET /health`), both answering through
-//! [`answer`]. The OpenAI API and the Open Inference Protocol come as two more
-//! modules here. Around them: [`admin`] (purges), [`health`] (liveness and
+//! [`answer`]; [`openai`] (the OpenAI API: chat, completions, embeddings, the
+//! models list). Around them: [`admin`] (purges), [`health`] (liveness and
 //! readiness), [`operations`] (metrics, the models served) and [`openapi`] (the
 //! document of them all); the arguments of all come from [`extract`].
 
@@ -14,6 +14,7 @@ pub mod answer;
 pub mod extract;
 pub mod health;
 pub mod native;
+pub mod openai;
 pub mod openapi;
 pub mod operations;
 pub mod original;
@@ -36,13 +37,21 @@ pub fn router(state: AppState, tokens: Tokens) -> Router {
             "/v1/models/{model}/predict",
             get(native::predict_from_query).post(native::predict_from_body),
         )
-        .route("/predict", post(original::predict_default_model))
-        .route("/v1/models", get(operations::list_models));
+        .route("/predict", post(original::predict_default_model));
+    let mut openai_api = Router::new()
+        .route("/v1/chat/completions", post(openai::chat_completions))
+        .route("/v1/completions", post(openai::completions))
+        .route("/v1/embeddings", post(openai::embeddings))
+        .route("/v1/models", get(openai::list_models));
     // Without API tokens the guard lets every request through; leaving it out
     // spares the hot path a middleware (a boxed service clone and future) per request.
     if tokens.requires_api_token() {
         predictions =
             predictions.route_layer(from_fn_with_state(tokens.clone(), auth::require_api_token));
+        openai_api = openai_api.route_layer(from_fn_with_state(
+            tokens.clone(),
+            auth::require_api_token_openai,
+        ));
     }
     let purges = Router::new()
         .route("/v1/models/{model}/cache", delete(admin::purge_model))
@@ -62,6 +71,7 @@ pub fn router(state: AppState, tokens: Tokens) -> Router {
         .route("/readyz", get(health::ready));
     Router::new()
         .merge(predictions)
+        .merge(openai_api)
         .merge(purges)
         .merge(operations)
         .merge(health)

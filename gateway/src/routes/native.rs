@@ -56,6 +56,7 @@ pub(super) async fn predict(
             input,
             directives: &headers.directives,
             request_id: headers.request_id(),
+            sampled: false,
         })
         .await;
     respond(model, result)

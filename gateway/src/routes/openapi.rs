@@ -4,7 +4,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{admin, health, native, operations, original};
+use super::{admin, health, native, openai, operations, original};
 
 #[derive(Debug, OpenApi)]
 #[openapi(
@@ -17,7 +17,7 @@ use super::{admin, health, native, operations, original};
         native::predict_from_body,
         native::predict_from_query,
         original::predict_default_model,
-        operations::list_models,
+        openai::list_models,
         admin::purge_model,
         admin::purge_input,
         health::health,

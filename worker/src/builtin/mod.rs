@@ -1,9 +1,13 @@
 //! The models built into the worker, registered here and nowhere else:
-//! [`price`], a stand-in for the original ETH/EUR model, and [`echo`], which
-//! answers with its input.
+//! [`price`], a stand-in for the original ETH/EUR model; [`echo`], which
+//! answers with its input; and two stand-ins of generative models for the
+//! demo, the tests and the bench, [`tiny_chat`] (chat and completions,
+//! streamed a token at a time) and [`tiny_embed`] (embeddings).
 
 pub mod echo;
 pub mod price;
+pub mod tiny_chat;
+pub mod tiny_embed;
 
 use std::sync::Arc;
 
@@ -28,6 +32,14 @@ const BUILTINS: &[Builtin] = &[
     Builtin {
         name: echo::ECHO_MODEL_NAME,
         make: |_| Arc::new(echo::EchoModel::default()),
+    },
+    Builtin {
+        name: tiny_chat::TINY_CHAT_MODEL_NAME,
+        make: |config| Arc::new(tiny_chat::TinyChat::new(config.token_interval())),
+    },
+    Builtin {
+        name: tiny_embed::TINY_EMBED_MODEL_NAME,
+        make: |_| Arc::new(tiny_embed::TinyEmbed::default()),
     },
 ];
 
@@ -81,7 +93,7 @@ mod tests {
         };
         assert_eq!(
             err.to_string(),
-            "unknown model \"nope\"; the built-in models are: price, echo"
+            "unknown model \"nope\"; the built-in models are: price, echo, tiny-chat, tiny-embed"
         );
     }
 }

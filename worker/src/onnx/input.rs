@@ -6,7 +6,7 @@ use anyhow::ensure;
 use prediction_contract::canonical::json_kind;
 use serde_json::Value;
 
-use super::manifest::InputLayout;
+use crate::manifest::InputLayout;
 use crate::model::{Input, ModelError};
 
 /// Reads one JSON input into one row of numbers.

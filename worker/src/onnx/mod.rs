@@ -1,6 +1,6 @@
 //! ONNX models, served by pure-Rust inference ([tract]).
 //!
-//! A [`manifest`] lists the `.onnx` files; each becomes an [`OnnxModel`]: its
+//! The manifest (`crate::manifest`) lists the `.onnx` files; each becomes an [`OnnxModel`]: its
 //! graph checked and optimised once at startup for a batch of any size, its JSON
 //! input read into one row of the input tensor, its outputs mapped back to JSON
 //! fields. Models are loaded in full before the worker subscribes, so a model the
@@ -14,7 +14,6 @@
 //! [tract]: https://github.com/sonos/tract
 
 mod input;
-pub mod manifest;
 mod ops;
 pub mod tree;
 
@@ -31,16 +30,8 @@ use input::InputReader;
 use tract_onnx::tract_hir::infer::Factoid;
 use tract_onnx::tract_hir::internal::DimLike;
 
+pub use crate::manifest::{InputLayout, OnnxEntry, OutputField};
 use crate::model::{Input, Model, ModelError};
-pub use manifest::{InputLayout, ModelEntry, OutputField};
-
-/// Loads every model of the manifest at `path`.
-pub fn load_manifest(path: &std::path::Path) -> anyhow::Result<Vec<Arc<dyn Model>>> {
-    manifest::load(path)?
-        .iter()
-        .map(|entry| Ok(Arc::new(OnnxModel::load(entry)?) as Arc<dyn Model>))
-        .collect()
-}
 
 /// An ONNX model served under a name and version.
 #[derive(Debug)]
@@ -74,7 +65,7 @@ struct OutputWriter {
 impl OnnxModel {
     /// Loads, checks and optimises the model `entry` describes. Every error names
     /// the model and the file.
-    pub fn load(entry: &ModelEntry) -> anyhow::Result<Self> {
+    pub fn load(entry: &OnnxEntry) -> anyhow::Result<Self> {
         let inference = Inference::load(entry).with_context(|| {
             format!("model {:?} ({})", entry.name.as_str(), entry.path.display())
         })?;
@@ -93,7 +84,7 @@ impl OnnxModel {
 }
 
 impl Inference {
-    fn load(entry: &ModelEntry) -> anyhow::Result<Self> {
+    fn load(entry: &OnnxEntry) -> anyhow::Result<Self> {
         let mut onnx = tract_onnx::onnx();
         ops::register(&mut onnx.op_register);
         if !entry.path.is_file() {

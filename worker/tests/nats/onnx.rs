@@ -7,7 +7,7 @@ use std::process::Command;
 
 use serde_json::{Map, Value, json};
 use test_support::example_models::{manifest, models_dir, references};
-use worker::onnx::load_manifest;
+use worker::load_manifest;
 
 use crate::{gather, header, request_owned, start};
 
