@@ -2,12 +2,14 @@
 //! against a real nats-server: [`requests`] (answers, errors, deadlines,
 //! heartbeats, hostile payloads), [`service`] (registration, stats, health
 //! checks, stopping), [`capacity`] (concurrency, queue, backlog redirects,
-//! stopping with requests held) and [`onnx`] (ONNX models).
+//! stopping with requests held), [`onnx`] (ONNX models) and [`streams`]
+//! (generative models: whole answers, streams, cancellations).
 
 mod capacity;
 mod onnx;
 mod requests;
 mod service;
+mod streams;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
