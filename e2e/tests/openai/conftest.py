@@ -132,11 +132,13 @@ class Stack:
         self.worker_metrics.append(f"http://127.0.0.1:{port}/metrics")
         return process, self.worker_metrics[-1]
 
-    def python_worker(self, module: Path) -> subprocess.Popen[bytes]:
-        """A worker of the Python library serving the models `module` defines."""
+    def python_worker(self, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        """A worker of the Python library serving the models of
+        `python_models.py`."""
         return self.spawn(
             "python-worker",
-            [sys.executable, str(module), "--nats-url", self.nats_url],
+            [sys.executable, "-m", "prediction_worker", "python_models:worker", "--nats-url", self.nats_url],
+            {"PYTHONPATH": str(Path(__file__).parent), **(env or {})},
         )
 
     def gateway(self, *args: str) -> str:

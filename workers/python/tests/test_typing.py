@@ -59,6 +59,16 @@ def f(batch: list[dict[str, Any]]) -> list[int]:
 def f(inp: dict[str, Any]) -> int:
     return 0
 """,
+    "chat_model_that_returns_a_string": """
+@worker.chat_model("m", version="1")
+def f(request: dict[str, Any]) -> str:
+    return ""
+""",
+    "embedding_model_of_one_text": """
+@worker.embedding_model("m", version="1")
+def f(text: str) -> list[float]:
+    return []
+""",
     "no_version": """
 @worker.model("m")
 def f(inp: dict[str, Any]) -> int:

@@ -15,7 +15,8 @@
     worker.run()
 """
 
+from .generation import Usage
 from .model import InvalidInput
-from .worker import Input, Worker, __version__
+from .worker import Delta, Input, Worker, __version__
 
-__all__ = ["Input", "InvalidInput", "Worker", "__version__"]
+__all__ = ["Delta", "Input", "InvalidInput", "Usage", "Worker", "__version__"]

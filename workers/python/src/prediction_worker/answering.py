@@ -1,6 +1,7 @@
 """Answering one request: admitted or refused, computed with heartbeats
 meanwhile, and replied to, as JSON or as an error in the NATS Services
-convention."""
+convention; a chat model's answer, when the caller asks for a stream, as its
+chunks then an end, unless the caller cancels it."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from contextlib import aclosing
 from typing import Any
 
 from nats.aio.client import Client
@@ -17,7 +19,16 @@ from nats.micro.service import Service
 
 from . import contract, tracing
 from .admission import Admission
-from .contract import BAD_INPUT, BUSY, MODEL_FAILED, RequestMetadata
+from .contract import (
+    BAD_INPUT,
+    BUSY,
+    CHUNK,
+    END,
+    MODEL_FAILED,
+    REPLY_KIND,
+    WORKER_ID,
+    RequestMetadata,
+)
 from .nats_internals import EndpointStatsAdapter, reply_subject
 from .runner import PredictionError, Runner
 
@@ -30,9 +41,12 @@ def handler(
     admission: Admission,
     in_flight: set[asyncio.Task[None]],
     service: Service,
+    streams: dict[str, asyncio.Task[None]],
 ) -> Callable[[Request], Any]:
     """The endpoint's handler. nats-py calls it for one message at a time, so
-    it hands each admitted request to a task of its own and returns at once."""
+    it hands each admitted request to a task of its own and returns at once;
+    a stream's task is kept in ``streams`` by its reply subject, for its
+    cancellation."""
     endpoint_stats = EndpointStatsAdapter(service, runner.spec.name)
 
     async def handle(request: Request) -> None:
@@ -42,13 +56,19 @@ def handler(
             endpoint_stats.record(0, refusal)
             await request.respond_error(str(BUSY), refusal)
             return
+        streamed = metadata.stream and runner.spec.kind == "chat"
         task = asyncio.get_running_loop().create_task(
-            _answer(client, runner, request, metadata, endpoint_stats)
+            _answer(client, runner, request, metadata, endpoint_stats, service.id, streamed)
         )
         in_flight.add(task)
+        reply = reply_subject(request) if streamed else None
+        if reply is not None:
+            streams[reply] = task
 
         def done(task: asyncio.Task[None]) -> None:
             in_flight.discard(task)
+            if reply is not None:
+                streams.pop(reply, None)
             admission.release()
 
         task.add_done_callback(done)
@@ -62,17 +82,89 @@ async def _answer(
     request: Request,
     metadata: RequestMetadata,
     stats: EndpointStatsAdapter,
+    worker_id: str,
+    streamed: bool,
 ) -> None:
-    """Computes and sends one reply, in a span continuing the caller's trace,
-    with heartbeats meanwhile if the caller asked for them. Never raises: every
-    problem becomes an error reply, or a log line when even that cannot be
-    sent."""
-    heartbeats = _Heartbeats(client, reply_subject(request), metadata.heartbeat_interval)
+    """Computes and sends one reply (or stream), in a span continuing the
+    caller's trace, with heartbeats meanwhile if the caller asked for them.
+    Never raises but when cancelled: every problem becomes an error reply, or
+    a log line when even that cannot be sent."""
+    heartbeats = _Heartbeats(
+        client,
+        reply_subject(request),
+        metadata.heartbeat_interval,
+        worker_id if streamed else None,
+    )
     try:
         with tracing.request_span(runner.spec.name, request.headers) as span_context:
-            await _answer_in_span(runner, request, metadata, stats, span_context)
+            if streamed:
+                await _stream(client, runner, request, metadata, stats, worker_id)
+            else:
+                await _answer_in_span(runner, request, metadata, stats, span_context)
+    except asyncio.CancelledError:
+        log.debug(
+            "the caller cancelled the stream",
+            extra={"model": runner.spec.name, "request_id": metadata.request_id},
+        )
     finally:
         heartbeats.stop()
+
+
+async def _stream(
+    client: Client,
+    runner: Runner,
+    request: Request,
+    metadata: RequestMetadata,
+    stats: EndpointStatsAdapter,
+    worker_id: str,
+) -> None:
+    """Sends a chat model's chunks as they come, then the end (the reply's
+    metadata, or the error that ended the answer)."""
+    spec = runner.spec
+    started = time.perf_counter()
+    reply = reply_subject(request)
+    error: PredictionError | None = None
+    try:
+        if reply is None:
+            raise PredictionError(BAD_INPUT, "a stream needs a reply subject")
+        chunk_headers = contract.stream_headers(CHUNK, worker_id)
+        generation = runner.generate(_parse_input(request.data), metadata)
+        async with aclosing(generation) as chunks:
+            async for chunk in chunks:
+                payload = _to_json(spec.name, chunk, metadata.request_id)
+                await client.publish(reply, payload, headers=chunk_headers)
+    except PredictionError as err:
+        error = err
+    except Exception:
+        log.exception("unexpected", extra={"model": spec.name, "request_id": metadata.request_id})
+        error = PredictionError(MODEL_FAILED, f"model {spec.name} failed")
+    compute_seconds = time.perf_counter() - started
+    headers = contract.reply_headers(spec.version, spec.freshness_ttl, compute_seconds)
+    headers[REPLY_KIND] = END
+    headers[WORKER_ID] = worker_id
+    await _send(request, b"", error, headers, metadata)
+    stats.record(compute_seconds, None if error is None else error.message)
+
+
+async def _send(
+    request: Request,
+    payload: bytes,
+    error: PredictionError | None,
+    headers: dict[str, str],
+    metadata: RequestMetadata,
+) -> None:
+    """Sends the reply, or logs why it could not be."""
+    try:
+        if error is None:
+            await request.respond(payload, headers=headers)
+        else:
+            await request.respond_error(str(error.code), error.message, headers=headers)
+    except Exception as err:  # the connection is gone: nothing else to do
+        log.warning(
+            "could not send the reply: %s",
+            err,
+            extra={"request_id": metadata.request_id},
+        )
 
 
 class _Heartbeats:
@@ -80,17 +172,25 @@ class _Heartbeats:
     holds its request (waiting for a slot or computing), so the caller sends
     it again only if they stop, never because the model is slow."""
 
-    def __init__(self, client: Client, reply: str | None, interval: float | None) -> None:
+    def __init__(
+        self, client: Client, reply: str | None, interval: float | None, worker_id: str | None
+    ) -> None:
         self._task: asyncio.Task[None] | None = None
+        headers = contract.heartbeat_headers()
+        if worker_id is not None:
+            # A stream's heartbeats tell the caller where to cancel it.
+            headers[WORKER_ID] = worker_id
         if reply and interval:
-            self._task = asyncio.get_running_loop().create_task(self._beat(client, reply, interval))
+            self._task = asyncio.get_running_loop().create_task(
+                self._beat(client, reply, interval, headers)
+            )
 
     @staticmethod
-    async def _beat(client: Client, reply: str, interval: float) -> None:
+    async def _beat(client: Client, reply: str, interval: float, headers: dict[str, str]) -> None:
         while True:
             await asyncio.sleep(interval)
             try:
-                await client.publish(reply, b"", headers=contract.heartbeat_headers())
+                await client.publish(reply, b"", headers=headers)
             except Exception as err:  # the connection is gone; the reply will tell
                 log.debug("could not send a heartbeat: %s", err)
 
@@ -125,17 +225,7 @@ async def _answer_in_span(
         error = PredictionError(MODEL_FAILED, f"model {spec.name} failed")
     compute_seconds = time.perf_counter() - started
     headers = contract.reply_headers(spec.version, spec.freshness_ttl, compute_seconds)
-    try:
-        if error is None:
-            await request.respond(payload, headers=headers)
-        else:
-            await request.respond_error(str(error.code), error.message, headers=headers)
-    except Exception as err:  # the connection is gone: nothing else to do
-        log.warning(
-            "could not send the reply: %s",
-            err,
-            extra={"model": spec.name, "request_id": metadata.request_id},
-        )
+    await _send(request, payload, error, headers, metadata)
     stats.record(time.perf_counter() - started, None if error is None else error.message)
     log.debug(
         "prediction request",

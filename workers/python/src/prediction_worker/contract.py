@@ -14,6 +14,9 @@ SERVICE_NAME = "prediction-worker"
 QUEUE_GROUP = "q"
 #: Requests for model ``m`` arrive on ``predict.m``.
 PREDICT_SUBJECT_PREFIX = "predict"
+#: A worker with service id ``w`` takes cancellations of its streams on
+#: ``worker.cancel.w``: the payload is the stream's reply subject.
+CANCEL_SUBJECT_PREFIX = "worker.cancel"
 
 # Gateway -> worker.
 REQUEST_ID = "Request-Id"
@@ -23,6 +26,11 @@ AVOID_BACKLOG = "Avoid-Backlog"
 #: request is held, so the caller tells a slow model from a dead worker.
 HEARTBEAT_MS = "Heartbeat-Ms"
 TRACEPARENT = "traceparent"
+#: Send a generative model's answer as a stream of chunks, then an end.
+REPLY_STREAM = "Reply-Stream"
+#: The OpenAI API a generative request speaks: chat.completions, completions,
+#: embeddings; without it, told by the request's fields.
+OPENAI_API = "Openai-Api"
 
 # Worker -> gateway.
 MODEL_VERSION = "Model-Version"
@@ -32,8 +40,20 @@ COMPUTE_TIME_MS = "Compute-Time-Ms"
 REPLY_KIND = "Reply-Kind"
 #: The ``Reply-Kind`` of a heartbeat (an empty payload).
 HEARTBEAT = "heartbeat"
+#: The ``Reply-Kind`` of a stream's chunk, and of its last message.
+CHUNK = "chunk"
+END = "end"
+#: On a stream's messages: the worker's service id, where cancellations go.
+WORKER_ID = "Worker-Id"
 #: Endpoint metadata key by which a worker says it sends heartbeats ("true").
 HEARTBEATS_METADATA = "heartbeats"
+#: Endpoint metadata of a generative model: it streams ("true"), its bounds in
+#: milliseconds, and whether answers of sampled requests may be cached.
+STREAMS_METADATA = "streams"
+TIMEOUT_MS_METADATA = "timeout_ms"
+FIRST_CHUNK_MS_METADATA = "first_chunk_ms"
+CHUNK_GAP_MS_METADATA = "chunk_gap_ms"
+CACHE_SAMPLED_METADATA = "cache_sampled"
 
 #: ``Nats-Service-Error-Code`` values.
 BAD_INPUT = 400
@@ -51,6 +71,10 @@ class RequestMetadata:
     avoid_backlog: bool = False
     #: Seconds between heartbeats the caller asked for; ``None``: none.
     heartbeat_interval: float | None = None
+    #: Whether a generative model's answer goes back as a stream.
+    stream: bool = False
+    #: The OpenAI API the request speaks, if the caller said.
+    api: str | None = None
 
     @classmethod
     def from_headers(cls, headers: Mapping[str, str] | None) -> RequestMetadata:
@@ -72,6 +96,8 @@ class RequestMetadata:
             deadline_unix_ms=deadline,
             avoid_backlog=AVOID_BACKLOG in headers,
             heartbeat_interval=heartbeat,
+            stream=REPLY_STREAM in headers,
+            api=headers.get(OPENAI_API),
         )
 
     def deadline_passed(self, now_unix_ms: int) -> bool:
@@ -81,6 +107,11 @@ class RequestMetadata:
 def heartbeat_headers() -> dict[str, str]:
     """The headers of a heartbeat."""
     return {REPLY_KIND: HEARTBEAT}
+
+
+def stream_headers(kind: str, worker_id: str) -> dict[str, str]:
+    """The headers of a stream's chunk (``kind`` CHUNK) or heartbeat."""
+    return {REPLY_KIND: kind, WORKER_ID: worker_id}
 
 
 def reply_headers(

@@ -40,6 +40,15 @@ class ModelSpec:
     #: Whether the function takes a list of inputs (registered with
     #: ``batch_model``) rather than one.
     batches: bool = False
+    #: ``predict`` (a function of one input or a batch), ``chat`` (a generator
+    #: of deltas, for chat and completions) or ``embed`` (a function of texts).
+    kind: str = "predict"
+    #: A generative model's bounds, in seconds: the whole answer, its first
+    #: chunk, the gap between two chunks.
+    bounds: tuple[float, float, float] | None = None
+    #: Whether answers of sampled requests (temperature above 0, no seed) may
+    #: be cached.
+    cache_sampled: bool = True
 
     @property
     def is_async(self) -> bool:
@@ -62,3 +71,7 @@ class ModelSpec:
             raise ValueError(f"model {self.name}: max_batch must be at least 1")
         if self.batch_window < 0:
             raise ValueError(f"model {self.name}: batch_window must be >= 0 seconds")
+        if self.kind not in ("predict", "chat", "embed"):
+            raise ValueError(f"model {self.name}: unknown kind {self.kind!r}")
+        if self.bounds is not None and min(self.bounds) <= 0:
+            raise ValueError(f"model {self.name}: timeouts must be above 0 seconds")

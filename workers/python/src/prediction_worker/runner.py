@@ -8,12 +8,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncGenerator, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import aclosing, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import tracing
+from . import generation, tracing
 from .contract import BAD_INPUT, DEADLINE_EXCEEDED, MODEL_FAILED, RequestMetadata
 from .model import InvalidInput, ModelSpec
 
@@ -95,6 +96,19 @@ class Runner:
         self, input: dict[str, Any], metadata: RequestMetadata, span_context: Any = None
     ) -> Any:
         """The prediction for ``input``, or a :class:`PredictionError`."""
+        if self.spec.kind == "chat":
+            api = generation.api_of(input, metadata.api)
+            async with aclosing(self.generate(input, metadata)) as chunks:
+                return generation.assemble(api, [chunk async for chunk in chunks])
+        if self.spec.kind == "embed":
+            async with self._slots:
+                if metadata.deadline_passed(_now_ms()):
+                    raise _deadline_passed()
+                self.stats.record(1)
+                with self._model_errors(metadata):
+                    return await generation.embeddings(
+                        self.spec.name, self.spec.function, input, self._executor
+                    )
         if self.spec.batches:
             answer: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
             self._pending.append(_Pending(input, metadata, answer, span_context))
@@ -105,16 +119,44 @@ class Runner:
             if metadata.deadline_passed(_now_ms()):
                 raise _deadline_passed()
             self.stats.record(1)
-            try:
+            with self._model_errors(metadata):
                 return await self._call(input)
-            except InvalidInput as err:
-                raise PredictionError(BAD_INPUT, str(err)) from None
-            except Exception:
-                log.exception(
-                    "the model failed",
-                    extra={"model": self.spec.name, "request_id": metadata.request_id},
+
+    async def generate(
+        self, input: dict[str, Any], metadata: RequestMetadata
+    ) -> AsyncGenerator[dict[str, Any], None]:
+        """A chat model's answer chunk by chunk, holding a slot throughout; a
+        :class:`PredictionError` ends it."""
+        with self._model_errors(metadata):
+            api = generation.api_of(input, metadata.api)
+        async with self._slots:
+            if metadata.deadline_passed(_now_ms()):
+                raise _deadline_passed()
+            self.stats.record(1)
+            with self._model_errors(metadata):
+                pieces = generation.chunks(
+                    self.spec.name, self.spec.function, api, input, self._executor
                 )
-                raise _failed(self.spec, metadata.request_id) from None
+                async with aclosing(pieces) as chunks:
+                    async for chunk in chunks:
+                        yield chunk
+
+    @contextmanager
+    def _model_errors(self, metadata: RequestMetadata) -> Iterator[None]:
+        """Turns what the model raises into the reply's error: its message for
+        an :class:`InvalidInput`, else a logged failure."""
+        try:
+            yield
+        except (InvalidInput, PredictionError, GeneratorExit, asyncio.CancelledError) as err:
+            if isinstance(err, InvalidInput):
+                raise PredictionError(BAD_INPUT, str(err)) from None
+            raise
+        except Exception:
+            log.exception(
+                "the model failed",
+                extra={"model": self.spec.name, "request_id": metadata.request_id},
+            )
+            raise _failed(self.spec, metadata.request_id) from None
 
     async def close(self) -> None:
         """Waits for the batches in flight; the worker calls it once no request

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any, TypeVar
@@ -20,6 +20,7 @@ from .admission import Admission
 from .answering import handler
 from .config import settings_from_environment, validated
 from .connection import Stopping, connect_unless_stopped, within
+from .generation import Usage
 from .model import ModelSpec
 from .runner import Runner
 
@@ -37,6 +38,21 @@ OneInput = TypeVar("OneInput", bound=Callable[[Input], Any])
 #: A batch function: ``def f(batch: list[dict]) -> answers`` (or ``async def``),
 #: one answer per input, in order (a list, or an array with a row per input).
 ManyInputs = TypeVar("ManyInputs", bound=Callable[[list[Input]], Any])
+#: What a chat model yields: text, a chat delta (``{"tool_calls": [...]}``,
+#: ``{"reasoning_content": "..."}``), or its token counts, last.
+Delta = str | dict[str, Any] | Usage
+#: A chat model: ``def f(request: dict) -> Iterator[Delta]`` (a generator), or
+#: an ``async def`` generator.
+ChatFunction = TypeVar(
+    "ChatFunction", bound=Callable[[Input], Iterator[Delta] | AsyncIterator[Delta]]
+)
+#: An embedding model: ``def f(texts: list[str]) -> vectors`` (or ``async
+#: def``), one vector per text, in order.
+EmbedFunction = TypeVar("EmbedFunction", bound=Callable[[list[str]], Any])
+
+#: A generative model's bounds unless given: the whole answer, its first chunk,
+#: the gap between two chunks (seconds).
+DEFAULT_BOUNDS = (600.0, 60.0, 30.0)
 
 
 class Worker:
@@ -140,6 +156,74 @@ class Worker:
 
         return register
 
+    def chat_model(
+        self,
+        name: str,
+        *,
+        version: str,
+        freshness_ttl: float | None = None,
+        cache_sampled: bool = True,
+        timeout: float = DEFAULT_BOUNDS[0],
+        first_chunk_timeout: float = DEFAULT_BOUNDS[1],
+        chunk_gap_timeout: float = DEFAULT_BOUNDS[2],
+    ) -> Callable[[ChatFunction], ChatFunction]:
+        """Registers the decorated generator as the chat model ``name``,
+        answering the OpenAI API's chat completions and completions. It takes
+        the request (a ``dict``: ``messages`` or ``prompt``, and every other
+        field the client sent) and yields the answer as it is produced: ``str``
+        pieces of text, or chat deltas as dicts; optionally a :class:`Usage`
+        last. Called once per choice (``n``). Streamed to callers that ask for
+        a stream, assembled for the others; stopped when every caller has gone.
+
+        ``cache_sampled``: whether answers of sampled requests (a temperature
+        above 0 and no seed) may be cached. The timeouts (seconds) bound the
+        whole answer, its first piece, and the gap between two pieces: the
+        gateway holds the model to them. The other arguments are
+        :meth:`model`'s.
+        """
+
+        def register(function: ChatFunction) -> ChatFunction:
+            self._register(
+                ModelSpec(
+                    name=name,
+                    version=version,
+                    freshness_ttl=freshness_ttl,
+                    function=function,
+                    max_batch=1,
+                    batch_window=0.0,
+                    kind="chat",
+                    bounds=(timeout, first_chunk_timeout, chunk_gap_timeout),
+                    cache_sampled=cache_sampled,
+                )
+            )
+            return function
+
+        return register
+
+    def embedding_model(
+        self, name: str, *, version: str, freshness_ttl: float | None = None
+    ) -> Callable[[EmbedFunction], EmbedFunction]:
+        """Registers the decorated function as the embedding model ``name``,
+        answering the OpenAI API's embeddings: it takes the request's texts (a
+        ``list[str]``) and returns one vector per text, in order (lists, or an
+        array with a row per text). The arguments are :meth:`model`'s."""
+
+        def register(function: EmbedFunction) -> EmbedFunction:
+            self._register(
+                ModelSpec(
+                    name=name,
+                    version=version,
+                    freshness_ttl=freshness_ttl,
+                    function=function,
+                    max_batch=1,
+                    batch_window=0.0,
+                    kind="embed",
+                )
+            )
+            return function
+
+        return register
+
     def _register(self, spec: ModelSpec) -> None:
         if spec.name in self._specs:
             raise ValueError(f"model {spec.name} is registered twice")
@@ -208,16 +292,21 @@ class Worker:
                 stats_handler=lambda stats: _stats_data(runners, stats),
             )
             self.service_id = service.id
+            streams: dict[str, asyncio.Task[None]] = {}
+
+            async def cancel(message: Any) -> None:
+                task = streams.get(message.data.decode(errors="replace"))
+                if task is not None:
+                    task.cancel()
+
+            await client.subscribe(f"{contract.CANCEL_SUBJECT_PREFIX}.{service.id}", cb=cancel)
             group = service.add_group(name=contract.PREDICT_SUBJECT_PREFIX)
             for name, runner in runners.items():
                 await group.add_endpoint(
                     name=name,
                     subject=name,
-                    handler=handler(client, runner, admission, in_flight, service),
-                    metadata={
-                        "model_version": runner.spec.version,
-                        contract.HEARTBEATS_METADATA: "true",
-                    },
+                    handler=handler(client, runner, admission, in_flight, service, streams),
+                    metadata=_endpoint_metadata(runner.spec),
                 )
             await client.flush()
             log.info(
@@ -242,6 +331,20 @@ class Worker:
                 await client.close()
             executor.shutdown(wait=False, cancel_futures=True)
             log.info("stopped")
+
+
+def _endpoint_metadata(spec: ModelSpec) -> dict[str, str]:
+    """What ``nats micro info`` shows of an endpoint, and the gateway reads:
+    the version, heartbeats, and a generative model's streams and bounds."""
+    metadata = {"model_version": spec.version, contract.HEARTBEATS_METADATA: "true"}
+    if spec.kind != "predict":
+        metadata[contract.STREAMS_METADATA] = "true"
+        total, first_chunk, chunk_gap = spec.bounds or DEFAULT_BOUNDS
+        metadata[contract.TIMEOUT_MS_METADATA] = str(round(total * 1000))
+        metadata[contract.FIRST_CHUNK_MS_METADATA] = str(round(first_chunk * 1000))
+        metadata[contract.CHUNK_GAP_MS_METADATA] = str(round(chunk_gap * 1000))
+        metadata[contract.CACHE_SAMPLED_METADATA] = "true" if spec.cache_sampled else "false"
+    return metadata
 
 
 def _stats_data(runners: dict[str, Runner], stats: EndpointStats) -> Any:
