@@ -54,7 +54,10 @@ fn the_python_librarys_constants_are_this_crates() {
         ("END", reply_kinds::END.to_owned()),
         ("WORKER_ID", headers::WORKER_ID.to_owned()),
         ("STREAMS_METADATA", headers::STREAMS_METADATA.to_owned()),
-        ("TIMEOUT_MS_METADATA", headers::TIMEOUT_MS_METADATA.to_owned()),
+        (
+            "TIMEOUT_MS_METADATA",
+            headers::TIMEOUT_MS_METADATA.to_owned(),
+        ),
         (
             "FIRST_CHUNK_MS_METADATA",
             headers::FIRST_CHUNK_MS_METADATA.to_owned(),

@@ -11,6 +11,7 @@ use serde_json::Value;
 use test_support::{PrometheusServer, eventually};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::oneshot;
+use worker::builtin::tiny_chat::TinyChat;
 use worker::{Model, Worker, WorkerConfig};
 
 use crate::helpers::{StubModel, TestApp, spawn_app};
@@ -316,13 +317,24 @@ async fn every_dashboard_panel_query_answers_from_a_real_prometheus() {
     let app = spawn_app(&[]).await;
     let (worker_metrics, _stop) = start_worker_with_metrics(
         &app.nats.url(),
-        vec![StubModel::slow(METERED, Duration::from_millis(200))],
+        vec![
+            StubModel::slow(METERED, Duration::from_millis(200)),
+            Arc::new(TinyChat::new(Duration::ZERO)),
+        ],
         &[],
     )
     .await;
     let prometheus = prometheus_scraping(&app, worker_metrics);
     wait_for_fresh_scrapes(&prometheus, 2).await;
     mixed_traffic(&app).await;
+    // An LLM answer, then the same from the cache: tokens saved, and times to
+    // the first token of a miss and of a hit.
+    let chat = r#"{"model":"tiny-chat","messages":[{"role":"user","content":"count my tokens"}],"seed":1}"#;
+    for expected in ["MISS", "HIT"] {
+        let response = app.post("/v1/chat/completions", chat).await;
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["x-cache"], expected);
+    }
     // Identical requests at once: one computes, the others join it (coalesced).
     let path = format!("/v1/models/{METERED}/predict");
     futures::future::join_all((0..3).map(|_| app.post(&path, r#"{"together":1}"#))).await;
@@ -330,7 +342,7 @@ async fn every_dashboard_panel_query_answers_from_a_real_prometheus() {
     wait_for_fresh_scrapes(&prometheus, 2).await;
     wait_for_fresh_scrapes(&prometheus, 2).await;
     let queries = dashboard_queries();
-    assert!(queries.len() >= 10, "{queries:?}");
+    assert!(queries.len() >= 13, "{queries:?}");
     // Each must be valid PromQL and return a series (it fails the test after
     // 30 s otherwise): a panel that shows nothing is a broken panel.
     for (panel, query) in queries {
