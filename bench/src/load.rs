@@ -128,6 +128,8 @@ pub struct Load {
     /// Count 5xx responses apart from 4xx ones (slows wrk a little: it then looks
     /// at every response).
     pub count_server_errors: bool,
+    /// A JSON body: the requests are `POST`s of it (else `GET`s).
+    pub body: Option<String>,
 }
 
 /// Runs wrk against `port` and returns what it measured.
@@ -149,6 +151,14 @@ end
     } else {
         "0"
     };
+    let request = match &load.body {
+        // A Lua long string: the JSON as it is, quotes and all.
+        Some(body) => format!(
+            r#"wrk.format("POST", {}, {{["Content-Type"] = "application/json"}}, [==[{body}]==])"#,
+            load.path
+        ),
+        None => format!(r#"wrk.format("GET", {})"#, load.path),
+    };
     let script = format!(
         r#"
 math.randomseed(os.time())
@@ -156,7 +166,7 @@ local n = 0
 {counting}
 request = function()
   n = n + 1
-  return wrk.format("GET", {path})
+  return {request}
 end
 done = function(summary, latency, requests)
   local e = summary.errors
@@ -164,8 +174,7 @@ done = function(summary, latency, requests)
     summary.requests, summary.duration, e.connect + e.read + e.write + e.timeout, e.status, {server_errors},
     latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max))
 end
-"#,
-        path = load.path
+"#
     );
     let script_path = std::env::temp_dir().join(format!("bench-{}.lua", std::process::id()));
     std::fs::write(&script_path, script)?;

@@ -10,13 +10,14 @@
 //!
 //! The scenario groups, one file each, in the order of the table: [`hits`]
 //! (noise floor, hot key, Redis only), [`traced`], [`cluster`], [`misses`],
-//! [`memory`], [`demo`] (the original demo and the stampede), [`scale_out`]
+//! [`llm`] (the OpenAI API), [`memory`], [`demo`] (the original demo and the stampede), [`scale_out`]
 //! and [`inference`] (the ONNX worker). They run on [`stack`] (the release
 //! binaries and their servers) with [`load`] (wrk) and [`traffic`] (warm-ups,
 //! counters, the NATS floor), and [`report`] writes the table.
 //!
 //! `bench soak` (`make soak`) runs the long mixed load instead; see [`soak`].
-//! `bench inference` runs only the ONNX worker's scenarios.
+//! `bench inference` runs only the ONNX worker's scenarios, `bench llm` only
+//! the OpenAI API's.
 //! `bench callgrind` (`make callgrind`) counts the gateway's instructions per
 //! request instead; see [`callgrind`].
 
@@ -25,6 +26,7 @@ mod cluster;
 mod demo;
 mod hits;
 mod inference;
+mod llm;
 mod load;
 mod memory;
 mod misses;
@@ -69,6 +71,14 @@ async fn dispatch() -> anyhow::Result<()> {
             println!("{}", report::markdown("## ONNX scenarios", &rows));
             Ok(())
         }
+        // Only the OpenAI API's scenarios.
+        Some("llm") => {
+            let run = Run::from_env()?;
+            let system = stack::System::start().await?;
+            let rows = llm::rows(&run, &system).await?;
+            println!("{}", report::markdown("## OpenAI API scenarios", &rows));
+            Ok(())
+        }
         _ => bench().await,
     }
 }
@@ -91,6 +101,7 @@ async fn bench() -> anyhow::Result<()> {
     rows.extend(cluster::rows(&run, &system, redis_port).await?);
     drop(redis_only);
     rows.extend(misses::rows(&run, &system).await?);
+    rows.extend(llm::rows(&run, &system).await?);
     let (wide, memory) = memory::measure(&run, &system, &healthz).await?;
     rows.push(wide);
     drop(system);

@@ -32,6 +32,7 @@ pub async fn measure(
                 run.id
             ),
             count_server_errors: false,
+            body: None,
         },
     )?;
     check_clean("256 connections", &wide)?;

@@ -64,6 +64,7 @@ pub async fn rows(run: &Run) -> anyhow::Result<Vec<Row>> {
                     run.id
                 ),
                 count_server_errors: false,
+                body: None,
             },
         )?;
         check_clean("scale-out", &measured)?;

@@ -61,6 +61,7 @@ impl Run {
             duration: self.seconds,
             path: path.to_owned(),
             count_server_errors: false,
+            body: None,
         }
     }
 

@@ -49,6 +49,7 @@ pub async fn run() -> anyhow::Result<()> {
                 duration: Duration::from_secs(60),
                 path: path.to_owned(),
                 count_server_errors: true,
+                body: None,
             },
         )?;
         requests += measured.requests;

@@ -22,6 +22,7 @@ use crate::nats::Nats;
 use crate::prediction::Predictor;
 use crate::purge;
 use crate::request_log::{drop_unusable_request_id, log_request};
+use crate::routes::openai::ReadRequests;
 use crate::routes::router;
 use crate::state::App;
 use prediction_runtime::http_server::{self as server, ConnectionLimits};
@@ -80,6 +81,7 @@ impl Application {
             nats,
             metrics: metrics.clone(),
             settings: (&config).into(),
+            openai_requests: ReadRequests::default(),
         });
         let router = router(Arc::clone(&state), tokens)
             .layer(DefaultBodyLimit::max(config.max_body))

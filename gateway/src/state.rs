@@ -11,6 +11,7 @@ use crate::discovery::ModelDirectory;
 use crate::metrics::Metrics;
 use crate::nats::Nats;
 use crate::prediction::Predictor;
+use crate::routes::openai::ReadRequests;
 
 /// axum clones the state for every request, so it is one `Arc`.
 pub type AppState = Arc<App>;
@@ -24,6 +25,8 @@ pub struct App {
     pub nats: Nats,
     pub metrics: Metrics,
     pub settings: Settings,
+    /// The OpenAI API's requests read recently.
+    pub openai_requests: ReadRequests,
 }
 
 /// The parts of the configuration handlers read.

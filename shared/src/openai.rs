@@ -16,6 +16,8 @@
 
 use std::collections::BTreeMap;
 
+use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 
 /// The OpenAI API a generative request speaks (the `Openai-Api` header).
@@ -316,6 +318,67 @@ pub fn chunks_of(answer: &Value) -> Vec<Value> {
     chunks
 }
 
+/// A generation's answer as the cache keeps it, made once when it is stored
+/// so that a hit is answered without assembling anything:
+/// `{"chunks":[...],"usage":{...}|null,"whole":{...}}`: the chunks as the
+/// model produced them, without their token counts; the last counts given;
+/// and the complete answer they make ([`assemble`]).
+pub fn stored_answer(api: Api, chunks: &[Value]) -> Vec<u8> {
+    let whole = assemble(api, chunks);
+    let mut usage = Value::Null;
+    let mut kept = Vec::with_capacity(chunks.len());
+    for chunk in chunks {
+        let Value::Object(fields) = chunk else {
+            continue;
+        };
+        let mut fields = fields.clone();
+        if let Some(counts) = fields.remove("usage").filter(Value::is_object) {
+            usage = counts;
+        }
+        let has_choices = fields
+            .get("choices")
+            .and_then(Value::as_array)
+            .is_some_and(|choices| !choices.is_empty());
+        if has_choices || fields.keys().any(|key| key != "choices") {
+            kept.push(Value::Object(fields));
+        }
+    }
+    serde_json::to_vec(&json!({"chunks": kept, "usage": usage, "whole": whole}))
+        .expect("a JSON value serializes")
+}
+
+/// A stored answer ([`stored_answer`]) read without parsing its parts: each
+/// is the JSON text as stored.
+#[derive(Debug, Deserialize)]
+pub struct StoredAnswer<'a> {
+    #[serde(borrow)]
+    pub chunks: Vec<&'a RawValue>,
+    #[serde(borrow)]
+    pub usage: Option<&'a RawValue>,
+    #[serde(borrow)]
+    pub whole: &'a RawValue,
+}
+
+#[derive(Debug, Deserialize)]
+struct TokenCounts {
+    #[serde(default)]
+    prompt_tokens: u64,
+    #[serde(default)]
+    completion_tokens: u64,
+}
+
+impl<'a> StoredAnswer<'a> {
+    pub fn read(stored: &'a [u8]) -> Result<Self, serde_json::Error> {
+        serde_json::from_slice(stored)
+    }
+
+    /// Its prompt and completion tokens, if counted.
+    pub fn tokens(&self) -> Option<(u64, u64)> {
+        let counts: TokenCounts = serde_json::from_str(self.usage?.get()).ok()?;
+        Some((counts.prompt_tokens, counts.completion_tokens))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -408,5 +471,27 @@ mod tests {
         assert_eq!(infer(json!({"prompt": "x"})), Some(Api::Completions));
         assert_eq!(infer(json!({"input": "x"})), Some(Api::Embeddings));
         assert_eq!(infer(json!({"product_id": "x"})), None);
+    }
+
+    #[test]
+    fn a_stored_answer_keeps_the_chunks_apart_from_their_counts_and_the_whole_answer() {
+        let stream = chunks(&[
+            json!({"choices":[{"index":0,"delta":{"role":"assistant","content":"Hi"}}],"usage":{"prompt_tokens":1,"completion_tokens":1}}),
+            json!({"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}),
+            json!({"choices":[],"usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}}),
+        ]);
+        let stored = stored_answer(Api::ChatCompletions, &stream);
+        let read = StoredAnswer::read(&stored).unwrap();
+        assert_eq!(
+            read.chunks.len(),
+            2,
+            "the usage-only chunk is kept as the usage"
+        );
+        assert!(!read.chunks[0].get().contains("usage"));
+        assert_eq!(read.tokens(), Some((1, 2)));
+        let whole: Value = serde_json::from_str(read.whole.get()).unwrap();
+        assert_eq!(whole, assemble(Api::ChatCompletions, &stream));
+        let no_usage = stored_answer(Api::Completions, &stream[1..2]);
+        assert_eq!(StoredAnswer::read(&no_usage).unwrap().tokens(), None);
     }
 }

@@ -185,7 +185,7 @@ async fn follow_stream(
                 }
                 return Ok(ModelReply {
                     metadata: ReplyMetadata::read(header),
-                    prediction: chunk_array(&chunks),
+                    prediction: stored(live.api, &chunks),
                 });
             }
             // A worker that answered whole after all (it does not stream):
@@ -201,26 +201,21 @@ async fn follow_stream(
                 }
                 return Ok(ModelReply {
                     metadata: whole.metadata,
-                    prediction: chunk_array(&chunks),
+                    prediction: stored(live.api, &chunks),
                 });
             }
         }
     }
 }
 
-/// The JSON array of `chunks`: a streamed answer's entry.
-fn chunk_array(chunks: &[Bytes]) -> Bytes {
-    let mut array =
-        Vec::with_capacity(chunks.iter().map(|chunk| chunk.len() + 1).sum::<usize>() + 2);
-    array.push(b'[');
-    for (index, chunk) in chunks.iter().enumerate() {
-        if index > 0 {
-            array.push(b',');
-        }
-        array.extend_from_slice(chunk);
-    }
-    array.push(b']');
-    array.into()
+/// A streamed answer's entry: its chunks, their counts and the complete
+/// answer (see `openai::stored_answer`).
+fn stored(api: openai::Api, chunks: &[Bytes]) -> Bytes {
+    let chunks: Vec<serde_json::Value> = chunks
+        .iter()
+        .filter_map(|chunk| serde_json::from_slice(chunk).ok())
+        .collect();
+    openai::stored_answer(api, &chunks).into()
 }
 
 /// The error a worker's error reply means.

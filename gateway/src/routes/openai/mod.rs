@@ -26,7 +26,7 @@ use prediction_contract::openai::Api;
 use serde_json::json;
 
 pub use error::OpenAiError;
-use request::OpenAiRequest;
+pub use request::{READ_REQUESTS_BYTES, ReadRequests};
 use response::Reply;
 
 use super::extract::{PredictionHeaders, read_body};
@@ -129,28 +129,21 @@ async fn serve(
     api: Api,
     partition: &str,
     headers: &PredictionHeaders,
-    body: &[u8],
+    body: &Bytes,
 ) -> Response {
     let arrived = Instant::now();
-    let request = match OpenAiRequest::read(api, body, partition) {
+    let request = match state.openai_requests.read(api, body, partition) {
         Ok(request) => request,
         Err(err) => return err.into_response(),
     };
-    let OpenAiRequest {
-        model,
-        api,
-        stream,
-        include_usage,
-        encoding,
-        sampled,
-        input,
-    } = request;
+    let (model, stream) = (request.model.clone(), request.stream);
+    let (include_usage, encoding) = (request.include_usage, request.encoding);
     let prediction = PredictionRequest {
         model: &model,
-        input,
+        input: request.input.clone(),
         directives: &headers.directives,
         request_id: headers.request_id(),
-        sampled,
+        sampled: request.sampled,
     };
     let reply = Reply::new(state, &model, api, include_usage, encoding, arrived);
     let (cache, mut response) = match api {

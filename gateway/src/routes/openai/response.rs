@@ -18,7 +18,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::{BufMut, Bytes, BytesMut};
 use futures::stream;
 use prediction_contract::ModelName;
-use prediction_contract::openai::{self, Api};
+use prediction_contract::openai::{Api, StoredAnswer};
 use prometheus::Histogram;
 use serde_json::{Map, Value, json};
 
@@ -64,11 +64,7 @@ impl Envelope {
         {
             return None;
         }
-        let object = match self.api {
-            Api::ChatCompletions => "chat.completion.chunk",
-            Api::Completions | Api::Embeddings => "text_completion",
-        };
-        self.wrap(&mut fields, object);
+        self.wrap(&mut fields, self.chunk_object());
         let mut event = b"data: ".to_vec();
         serde_json::to_writer(&mut event, &fields).ok()?;
         event.extend_from_slice(b"\n\n");
@@ -83,13 +79,63 @@ impl Envelope {
         fields.insert("model".into(), Value::String(self.model.clone()));
     }
 
-    /// Every event of an answer made of `chunks`, then `[DONE]`.
-    fn events(&self, chunks: Vec<Value>) -> BytesMut {
-        let mut body = BytesMut::new();
-        for chunk in chunks {
-            if let Some(event) = self.event(chunk) {
-                body.put(event);
-            }
+    /// Writes `{"id":..,"object":..,"created":..,"model":..,` (the id and the
+    /// model name need no escaping: hex, and a model name's characters).
+    fn open(&self, out: &mut BytesMut, object: &str) {
+        let mut created = itoa::Buffer::new();
+        for part in [
+            r#"{"id":""#,
+            &self.id,
+            r#"","object":""#,
+            object,
+            r#"","created":"#,
+            created.format(self.created),
+            r#","model":""#,
+            &self.model,
+            r#"","#,
+        ] {
+            out.put_slice(part.as_bytes());
+        }
+    }
+
+    /// `object` (a JSON object's text, as stored) with the envelope's fields
+    /// first: spliced, not parsed.
+    fn splice(&self, out: &mut BytesMut, object: &str, stored: &str) {
+        self.open(out, object);
+        let rest = stored.trim_start().strip_prefix('{').unwrap_or("}");
+        if rest.trim_start().starts_with('}') {
+            // An empty object: no field after the envelope's.
+            out.truncate(out.len() - 1);
+        }
+        out.put_slice(rest.as_bytes());
+    }
+
+    fn chunk_object(&self) -> &'static str {
+        match self.api {
+            Api::ChatCompletions => "chat.completion.chunk",
+            Api::Completions | Api::Embeddings => "text_completion",
+        }
+    }
+
+    /// Every event of a stored answer, then `[DONE]`.
+    fn events(&self, stored: &StoredAnswer<'_>) -> BytesMut {
+        let size: usize = stored
+            .chunks
+            .iter()
+            .map(|chunk| chunk.get().len() + 128)
+            .sum();
+        let mut body = BytesMut::with_capacity(size + 256);
+        for chunk in &stored.chunks {
+            body.put_slice(b"data: ");
+            self.splice(&mut body, self.chunk_object(), chunk.get());
+            body.put_slice(b"\n\n");
+        }
+        if let Some(usage) = stored.usage.filter(|_| self.include_usage) {
+            body.put_slice(b"data: ");
+            self.open(&mut body, self.chunk_object());
+            body.put_slice(br#""choices":[],"usage":"#);
+            body.put_slice(usage.get().as_bytes());
+            body.put_slice(b"}\n\n");
         }
         body.put_slice(DONE);
         body
@@ -104,9 +150,9 @@ fn error_event(error: &OpenAiError) -> Bytes {
     event.into()
 }
 
-/// An answer's chunks, as its entry holds them (a JSON array).
-fn chunks_of(answer: &Answer) -> Result<Vec<Value>, OpenAiError> {
-    serde_json::from_slice(&answer.entry.prediction)
+/// An answer as its entry holds it (see `openai::stored_answer`).
+fn stored(answer: &Answer) -> Result<StoredAnswer<'_>, OpenAiError> {
+    StoredAnswer::read(&answer.entry.prediction)
         .map_err(|_| OpenAiError::from(ApiError::Upstream(Arc::new(PublicFailure::internal()))))
 }
 
@@ -159,12 +205,12 @@ impl Reply {
         self.metrics.time_to_first_token.with_label_values(&[label])
     }
 
-    /// Counts the tokens of `chunks`, an answer served from the cache.
-    fn count_cached_tokens(&self, outcome: CacheOutcome, chunks: &[Value]) {
+    /// Counts the tokens of `stored`, an answer served from the cache.
+    fn count_cached_tokens(&self, outcome: CacheOutcome, stored: &StoredAnswer<'_>) {
         if !matches!(outcome, CacheOutcome::Hit | CacheOutcome::Stale) {
             return;
         }
-        if let Some((prompt, completion)) = openai::usage(chunks) {
+        if let Some((prompt, completion)) = stored.tokens() {
             let counter = &self.metrics.cached_tokens;
             counter
                 .with_label_values(&[self.model_label.as_str(), "prompt"])
@@ -175,42 +221,46 @@ impl Reply {
         }
     }
 
-    /// A complete chat or completion answer.
+    /// A complete chat or completion answer: the stored one, in its envelope.
     pub fn whole(&self, answer: &Answer) -> Response {
-        let chunks = match chunks_of(answer) {
-            Ok(chunks) => chunks,
+        let stored = match stored(answer) {
+            Ok(stored) => stored,
             Err(err) => return err.into_response(),
         };
-        self.count_cached_tokens(answer.outcome, &chunks);
-        let Value::Object(mut body) = openai::assemble(self.envelope.api, &chunks) else {
-            unreachable!("assemble makes an object")
-        };
+        self.count_cached_tokens(answer.outcome, &stored);
         let object = match self.envelope.api {
             Api::ChatCompletions => "chat.completion",
             Api::Completions | Api::Embeddings => "text_completion",
         };
-        self.envelope.wrap(&mut body, object);
-        body.insert(
-            "system_fingerprint".into(),
-            Value::String(answer.entry.model_version.to_string()),
-        );
+        let whole = stored.whole.get();
+        let mut body = BytesMut::with_capacity(whole.len() + 256);
+        self.envelope.open(&mut body, object);
+        body.put_slice(br#""system_fingerprint":"#);
+        let fingerprint = serde_json::to_vec(answer.entry.model_version.as_ref() as &str)
+            .expect("a string serializes");
+        body.put_slice(&fingerprint);
+        body.put_slice(b",");
+        let rest = whole.trim_start().strip_prefix('{').unwrap_or("}");
+        if rest.trim_start().starts_with('}') {
+            body.truncate(body.len() - 1);
+        }
+        body.put_slice(rest.as_bytes());
         self.first_token(answer.outcome)
             .observe(self.arrived.elapsed().as_secs_f64());
         let mut headers = HeaderMap::with_capacity(8);
         headers.insert(header::CONTENT_TYPE, JSON);
         insert_cache_headers(answer, &mut headers);
-        let body = serde_json::to_vec(&body).expect("a JSON value serializes");
-        (headers, body).into_response()
+        (headers, body.freeze()).into_response()
     }
 
     /// A cached answer as a stream: every event at once.
     pub fn replayed_stream(&self, answer: &Answer) -> Response {
-        let chunks = match chunks_of(answer) {
-            Ok(chunks) => chunks,
+        let stored = match stored(answer) {
+            Ok(stored) => stored,
             Err(err) => return err.into_response(),
         };
-        self.count_cached_tokens(answer.outcome, &chunks);
-        let body = self.envelope.events(chunks).freeze();
+        self.count_cached_tokens(answer.outcome, &stored);
+        let body = self.envelope.events(&stored).freeze();
         self.first_token(answer.outcome)
             .observe(self.arrived.elapsed().as_secs_f64());
         let mut headers = stream_headers();
@@ -354,9 +404,10 @@ impl Live {
                     self.ended = true;
                     // A generation that streamed nothing here (an entry
                     // another gateway computed): its chunks from the entry.
-                    if !self.sent_any {
-                        let chunks = serde_json::from_slice(&entry.prediction).unwrap_or_default();
-                        let events = self.envelope.events(chunks).freeze();
+                    if !self.sent_any
+                        && let Ok(stored) = StoredAnswer::read(&entry.prediction)
+                    {
+                        let events = self.envelope.events(&stored).freeze();
                         self.sent(&events);
                         return Some(events);
                     }
@@ -430,12 +481,41 @@ mod tests {
     }
 
     #[test]
-    fn a_replay_ends_with_done() {
-        let body = envelope(false).events(vec![
-            json!({"choices":[{"index":0,"delta":{"content":"a"}}]}),
-        ]);
-        assert!(body.ends_with(DONE));
-        assert_eq!(body.iter().filter(|&&byte| byte == b'\n').count(), 4);
+    fn a_replay_splices_the_envelope_into_each_stored_chunk_and_ends_with_done() {
+        let stored = prediction_contract::openai::stored_answer(
+            Api::ChatCompletions,
+            &[
+                json!({"choices":[{"index":0,"delta":{"content":"a"}}]}),
+                json!({"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}),
+                json!({"choices":[],"usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}}),
+            ],
+        );
+        let stored = StoredAnswer::read(&stored).unwrap();
+        for (include_usage, events) in [(false, 2), (true, 3)] {
+            let body = envelope(include_usage).events(&stored);
+            assert!(body.ends_with(DONE));
+            let text = std::str::from_utf8(&body[..body.len() - DONE.len()]).unwrap();
+            let chunks: Vec<Value> = text
+                .split_terminator("\n\n")
+                .map(|e| parse(format!("{e}\n\n").as_bytes()))
+                .collect();
+            assert_eq!(chunks.len(), events);
+            assert!(
+                chunks
+                    .iter()
+                    .all(|chunk| chunk["id"] == "chatcmpl-1" && chunk["model"] == "tiny-chat")
+            );
+            assert_eq!(chunks[0]["choices"][0]["delta"]["content"], "a");
+            assert_eq!(chunks.last().unwrap().get("usage").is_some(), include_usage);
+        }
+    }
+
+    #[test]
+    fn an_empty_object_gets_just_the_envelope() {
+        let mut out = BytesMut::new();
+        envelope(false).splice(&mut out, "x", "{ }");
+        let spliced: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(spliced["object"], "x");
     }
 
     #[test]
