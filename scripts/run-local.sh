@@ -79,8 +79,9 @@ for _ in $(seq 50); do reachable "$NATS_URL" && reachable "$REDIS_URL" && break;
 
 for i in $(seq "$WORKERS"); do
   say "starting worker $i (logs: $RUN_DIR/worker-$i.log)"
-  # The stand-in `price` model and the example ONNX models of models/.
-  WORKER_MODELS=${WORKER_MODELS:-price} WORKER_MODEL_CONFIG=${WORKER_MODEL_CONFIG:-models/models.toml} \
+  # The stand-in `price` model, the LLM stand-ins `tiny-chat` and `tiny-embed`,
+  # and the example ONNX models of models/.
+  WORKER_MODELS=${WORKER_MODELS:-price,tiny-chat,tiny-embed} WORKER_MODEL_CONFIG=${WORKER_MODEL_CONFIG:-models/models.toml} \
     target/release/worker >"$RUN_DIR/worker-$i.log" 2>&1 &
   pids+=($!)
 done
@@ -113,6 +114,8 @@ Ready. Try (the first answer takes the model's second, the next comes from the c
   curl -i http://127.0.0.1:$port/v1/models/price-gbt/predict -H 'content-type: application/json' \
        -d '{"features":[2001.5,2002.1,2001.8,2003.0,2004.2,2003.9,2005.1,2006.0,2005.5,2007.3]}'
   curl -s http://127.0.0.1:$port/v1/models    # what the workers serve, with versions
+  curl -N http://127.0.0.1:$port/v1/chat/completions -H 'content-type: application/json' \
+       -d '{"model":"tiny-chat","messages":[{"role":"user","content":"hello"}],"seed":1,"stream":true}'   # the OpenAI API
 TXT
 if [ "$PYTHON_WORKERS" -gt 0 ]; then cat <<TXT
   curl -i http://127.0.0.1:$port/v1/models/iris/predict -H 'content-type: application/json' \

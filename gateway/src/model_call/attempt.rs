@@ -14,7 +14,7 @@ use prediction_contract::{ReplyMetadata, RequestMetadata, ServiceError};
 use prediction_runtime::{nats_headers, traces};
 use serde_json::value::RawValue;
 
-use super::{LiveCall, ModelCall, ModelCallError};
+use super::{LiveCall, MAX_GENERATION_BYTES, ModelCall, ModelCallError};
 use crate::nats::{Nats, Next, Replies, SendError};
 
 /// How often a worker that supports heartbeats is asked to send one while it
@@ -122,6 +122,7 @@ async fn follow_stream(
     let mut chunks: Vec<Bytes> = Vec::new();
     let mut last_chunk = began;
     let mut worker_id: Option<String> = None;
+    let mut produced = 0;
     loop {
         let left = call.time_left();
         let silence = match listening {
@@ -175,6 +176,13 @@ async fn follow_stream(
             ReplyKind::Chunk => {
                 serde_json::from_slice::<&RawValue>(&message.payload)
                     .map_err(ModelCallError::InvalidReply)?;
+                produced += message.payload.len();
+                if produced > MAX_GENERATION_BYTES {
+                    if let Some(worker_id) = &worker_id {
+                        nats.cancel(worker_id, replies.subject()).await;
+                    }
+                    return Err(ModelCallError::AnswerTooLarge);
+                }
                 live.generation.push(message.payload.clone());
                 chunks.push(message.payload.clone());
                 last_chunk = Instant::now();

@@ -56,6 +56,7 @@ impl From<&ModelCallError> for PublicFailure {
             M::Cancelled => (StatusCode::SERVICE_UNAVAILABLE, "cancelled"),
             M::Failed { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "model_failed"),
             M::InvalidReply(_) | M::Nats(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            M::AnswerTooLarge => (StatusCode::BAD_GATEWAY, "answer_too_large"),
         };
         let message = match err {
             M::Failed { .. } => "the model failed to compute this prediction".to_owned(),

@@ -46,6 +46,9 @@ use prediction_contract::openai::Api;
 
 /// The longest a generation may take, whatever its model declares.
 pub const MAX_GENERATION_TIME: Duration = Duration::from_secs(3600);
+/// The most bytes of chunks one generation may produce: they are kept in
+/// memory for everyone who listens, until it ends.
+pub const MAX_GENERATION_BYTES: usize = 16 * 1024 * 1024;
 
 /// How many times a model call is handed on at once to another (random) worker
 /// because the one NATS picked had requests waiting; the next attempt waits in
@@ -174,6 +177,9 @@ pub enum ModelCallError {
     /// repeating what its listeners already got.
     #[error("the model stopped producing its answer ({0})")]
     Stalled(String),
+    /// A generation's chunks came to more than [`MAX_GENERATION_BYTES`].
+    #[error("the model's answer is larger than {} MiB", MAX_GENERATION_BYTES >> 20)]
+    AnswerTooLarge,
 }
 
 impl ModelCallError {

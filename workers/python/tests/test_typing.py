@@ -14,6 +14,7 @@ REPOSITORY = Path(__file__).resolve().parents[3]
 DOCUMENTS = [
     REPOSITORY / "README.md",
     REPOSITORY / "docs" / "models.md",
+    REPOSITORY / "docs" / "llm.md",
     REPOSITORY / "workers" / "python" / "README.md",
 ]
 
