@@ -91,3 +91,23 @@ def test_a_worker_killed_mid_stream_ends_it_with_an_error_and_stores_nothing(sta
         return response.parse().choices[0].message.content == EXPECTED
 
     eventually(computed_anew, "the next request computes the answer anew")
+
+
+def test_identical_streams_on_two_gateways_make_one_generation(stack: Stack) -> None:
+    _, worker_metrics = stack.worker("--model", "tiny-chat", "--token-interval-ms", "30")
+    first = stack.gateway()
+    second = stack.gateway()
+    stack.wait_for_models("tiny-chat")
+    clients = [
+        openai.OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0, timeout=30) for url in (first, second)
+    ]
+
+    def streamed(client: openai.OpenAI) -> str:
+        chunks = client.chat.completions.create(model="tiny-chat", messages=LONG, seed=1, stream=True)
+        return text_of(list(chunks))
+
+    with ThreadPoolExecutor(4) as pool:
+        texts = list(pool.map(streamed, clients * 2))
+    assert texts == [EXPECTED] * 4
+    # The second gateway waited for the first one's entry (the Redis lock).
+    assert stack.metric("worker_requests_total", worker_metrics, model="tiny-chat") == 1
