@@ -54,16 +54,59 @@ pub enum RawInput {
         /// What the cache key is made of.
         key: CanonicalInput,
     },
+    /// Tensors (the Open Inference Protocol), already read: the request in
+    /// its binary form for the worker, and the key's material.
+    Tensors {
+        request: Bytes,
+        header_length: usize,
+        key: CanonicalInput,
+    },
+}
+
+/// What a worker is sent.
+#[derive(Debug, Clone)]
+pub enum ModelInput {
+    /// A JSON object, canonical.
+    Json(CanonicalInput),
+    /// An inference request in the binary form (see
+    /// `prediction_contract::tensors`), its JSON header `header_length` long.
+    Tensors { request: Bytes, header_length: usize },
+}
+
+impl ModelInput {
+    /// The message's payload.
+    pub fn payload(&self) -> Bytes {
+        match self {
+            Self::Json(input) => Bytes::copy_from_slice(input.as_str().as_bytes()),
+            Self::Tensors { request, .. } => request.clone(),
+        }
+    }
+
+    /// The length of a tensor request's JSON header, for the message's
+    /// `Inference-Header-Content-Length`.
+    pub fn tensor_header_length(&self) -> Option<usize> {
+        match self {
+            Self::Json(_) => None,
+            Self::Tensors { header_length, .. } => Some(*header_length),
+        }
+    }
+}
+
+/// An input read: its cache key's material and what its worker is sent.
+#[derive(Debug)]
+pub struct ReadInput {
+    pub key_material: CanonicalInput,
+    pub for_worker: ModelInput,
 }
 
 impl RawInput {
-    /// How its bytes are read; `None` for a prepared input, whose key is not
-    /// remembered (it is made without parsing anything).
+    /// How its bytes are read; `None` for an input a door has read, whose key
+    /// is not remembered here (it is made without parsing anything).
     fn form(&self) -> Option<Form> {
         match self {
             Self::Json(_) => Some(Form::Json),
             Self::Query(_) => Some(Form::Query),
-            Self::Prepared { .. } => None,
+            Self::Prepared { .. } | Self::Tensors { .. } => None,
         }
     }
 
@@ -72,22 +115,43 @@ impl RawInput {
             Self::Json(body) => body,
             Self::Query(uri) => uri.query().unwrap_or_default().as_bytes(),
             Self::Prepared { payload, .. } => payload.as_str().as_bytes(),
+            Self::Tensors { request, .. } => request,
         }
     }
 
-    /// What its cache key is made of: its canonical form, or a prepared
-    /// input's key.
-    pub fn key_material(&self) -> Result<CanonicalInput, InputError> {
-        match self {
-            Self::Prepared { key, .. } => Ok(key.clone()),
-            _ => self.canonical(),
-        }
+    /// Reads the input once: its key's material and what the worker gets.
+    pub fn read(&self) -> Result<ReadInput, InputError> {
+        Ok(match self {
+            Self::Prepared { payload, key } => ReadInput {
+                key_material: key.clone(),
+                for_worker: ModelInput::Json(payload.clone()),
+            },
+            Self::Tensors {
+                request,
+                header_length,
+                key,
+            } => ReadInput {
+                key_material: key.clone(),
+                for_worker: ModelInput::Tensors {
+                    request: request.clone(),
+                    header_length: *header_length,
+                },
+            },
+            Self::Json(_) | Self::Query(_) => {
+                let canonical = self.canonical()?;
+                ReadInput {
+                    key_material: canonical.clone(),
+                    for_worker: ModelInput::Json(canonical),
+                }
+            }
+        })
     }
 
     /// Parses the input into its canonical form, or says what is wrong with it.
     pub fn canonical(&self) -> Result<CanonicalInput, InputError> {
         match self {
             Self::Prepared { payload, .. } => Ok(payload.clone()),
+            Self::Tensors { key, .. } => Ok(key.clone()),
             Self::Json(body) => Ok(CanonicalInput::from_json_slice(body)?),
             Self::Query(uri) => {
                 let pairs = query_pairs(uri.query().unwrap_or_default())?;

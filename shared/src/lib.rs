@@ -16,6 +16,8 @@
 //!   freshness, compute time), a heartbeat or an error the other way;
 //! - [`openai`]: the chunks a generative model streams and the answer they
 //!   assemble into;
+//! - [`tensors`]: the Open Inference Protocol's tensors, requests and responses,
+//!   in JSON and binary form;
 //! - [`time`]: durations and instants in the protocol's milliseconds;
 //! - [`error_body`]: the JSON error body every HTTP error uses.
 
@@ -26,6 +28,7 @@ pub mod headers;
 pub mod model_name;
 pub mod openai;
 pub mod subjects;
+pub mod tensors;
 pub mod time;
 
 pub use cache_key::{CacheKey, KeySpace};

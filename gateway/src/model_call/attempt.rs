@@ -9,6 +9,7 @@ use bytes::Bytes;
 
 use prediction_contract::headers::{ReplyKind, WORKER_ID, error_codes};
 use prediction_contract::openai;
+use prediction_contract::tensors::INFERENCE_HEADER_CONTENT_LENGTH;
 use prediction_contract::time::{millis, unix_now_ms};
 use prediction_contract::{ReplyMetadata, RequestMetadata, ServiceError};
 use prediction_runtime::{nats_headers, traces};
@@ -62,13 +63,16 @@ pub async fn attempt(
         api: call.live.as_ref().map(|live| live.api),
     };
     let mut headers = nats_headers::written(|put| metadata.write(put));
+    if let Some(length) = call.input.tensor_header_length() {
+        headers.insert(INFERENCE_HEADER_CONTENT_LENGTH, length.to_string().as_str());
+    }
     if traces::enabled() {
         // The worker's span continues the model call's.
         for (name, value) in traces::trace_headers(&tracing::Span::current()) {
             headers.insert(name.as_str(), value.as_str());
         }
     }
-    let payload = Bytes::copy_from_slice(call.input.as_str().as_bytes());
+    let payload = call.input.payload();
     let mut replies =
         nats.request(&call.model, headers, payload)
             .await

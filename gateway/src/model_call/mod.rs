@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use futures::future::{self, Either};
 use prediction_contract::time::unix_now_ms;
-use prediction_contract::{CanonicalInput, ModelName};
+use prediction_contract::ModelName;
 use prediction_runtime::telemetry::LogBudget;
 use prediction_runtime::traces;
 use tokio::sync::Semaphore;
@@ -39,6 +39,7 @@ pub use failure::PublicFailure;
 
 use crate::cache::CachedPrediction;
 use crate::discovery::{ModelDirectory, ModelView};
+use crate::input::ModelInput;
 use crate::metrics::Metrics;
 use crate::nats::Nats;
 use generation::Generation;
@@ -79,7 +80,7 @@ static RESENT_LINES: LogBudget = LogBudget::new();
 #[derive(Debug, Clone)]
 pub struct ModelCall {
     pub model: ModelName,
-    pub input: CanonicalInput,
+    pub input: ModelInput,
     /// What the model directory said of the model when the request arrived.
     pub view: ModelView,
     /// The HTTP request's id, for the worker's log.
@@ -104,7 +105,7 @@ impl ModelCall {
     /// A call that may take `timeout` from now.
     pub fn new(
         model: ModelName,
-        input: CanonicalInput,
+        input: ModelInput,
         view: ModelView,
         request_id: String,
         timeout: Duration,
@@ -560,7 +561,7 @@ mod tests {
     fn a_call_knows_its_time_left_and_how_long_it_waited() {
         let call = ModelCall::new(
             ModelName::parse("m").unwrap(),
-            CanonicalInput::from_json_slice(b"{}").unwrap(),
+            ModelInput::Json(prediction_contract::CanonicalInput::from_json_slice(b"{}").unwrap()),
             ModelView::unknown(),
             "r".into(),
             Duration::from_secs(60),

@@ -322,7 +322,7 @@ mod tests {
         let key = KeySpace::new("unit:").key(&model, &input);
         let call = ModelCall::new(
             model,
-            input,
+            crate::input::ModelInput::Json(input),
             ModelView::unknown(),
             "r".into(),
             Duration::from_secs(1),

@@ -28,14 +28,14 @@ use std::time::{Duration, Instant};
 
 use prediction_contract::openai::Api;
 use prediction_contract::time::unix_now_ms;
-use prediction_contract::{CanonicalInput, ModelName};
+use prediction_contract::ModelName;
 use prediction_runtime::traces;
 use tracing::{Instrument, warn};
 
 use crate::cache::{CacheKey, CachedPrediction, Lookup, OnMiss, PredictionCache};
 use crate::discovery::ModelDirectory;
 use crate::freshness::RequestDirectives;
-use crate::input::{InputError, KeyMemo, RawInput};
+use crate::input::{InputError, KeyMemo, ModelInput, RawInput};
 use crate::metrics::Metrics;
 use crate::model_call::generation::{Generation, Listener};
 use crate::model_call::{ModelCall, ModelCaller, PublicFailure};
@@ -218,12 +218,13 @@ impl Predictor {
         // of its entry is in this gateway's memory as it arrives: it was read
         // moments ago. (Remembering every input served from the cache churned
         // the memo under 100 000 keys: +8 MiB peak RSS.)
-        let (key, canonical, hot) = match self.keys.get(model, &input) {
+        let (key, for_worker, hot) = match self.keys.get(model, &input) {
             Some(key) => (key, None, false),
             None => {
-                let key = self.cache.keys().key(model, &input.key_material()?);
+                let read = input.read()?;
+                let key = self.cache.keys().key(model, &read.key_material);
                 let hot = self.cache.holds_locally(&key);
-                (key, input.canonical().ok(), hot)
+                (key, Some(read.for_worker), hot)
             }
         };
         let view = self.directory.view(model);
@@ -268,11 +269,11 @@ impl Predictor {
             self.cache.stale_ttl(),
         );
         // The model call a stale answer's refresh or a computation makes; the
-        // input parsed at most once: above, or here when the model is asked.
-        let model_call = |canonical: Option<CanonicalInput>| {
-            let input = match canonical {
-                Some(canonical) => canonical,
-                None => input.canonical()?,
+        // input read at most once: above, or here when the model is asked.
+        let model_call = |for_worker: Option<ModelInput>| {
+            let input = match for_worker {
+                Some(for_worker) => for_worker,
+                None => input.read()?.for_worker,
             };
             Ok::<_, PredictionError>(ModelCall::new(
                 model.clone(),
@@ -291,12 +292,12 @@ impl Predictor {
                 whole(entry, CacheOutcome::Hit)
             }
             (Decision::Stale, Some(Lookup::Found(entry))) => {
-                self.refresh_in_background(key, model_call(canonical)?, live);
+                self.refresh_in_background(key, model_call(for_worker)?, live);
                 whole(entry, CacheOutcome::Stale)
             }
             (Decision::NotCached, _) => Err(PredictionError::NotCached),
             (Decision::Compute { fresh_only }, lookup) => {
-                let call = model_call(canonical)?;
+                let call = model_call(for_worker)?;
                 let job = Job::for_request(key, call, directives, fresh_only, lookup);
                 let not_before = fresh_only.then_some(arrived);
                 match live {
