@@ -70,7 +70,10 @@ pub enum ModelInput {
     Json(CanonicalInput),
     /// An inference request in the binary form (see
     /// `prediction_contract::tensors`), its JSON header `header_length` long.
-    Tensors { request: Bytes, header_length: usize },
+    Tensors {
+        request: Bytes,
+        header_length: usize,
+    },
 }
 
 impl ModelInput {

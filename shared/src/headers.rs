@@ -69,6 +69,10 @@ pub const CHUNK_GAP_MS_METADATA: &str = "chunk_gap_ms";
 /// (`temperature` above 0 and no `seed`) may be cached; `"true"` or `"false"`
 /// (absent: `true`).
 pub const CACHE_SAMPLED_METADATA: &str = "cache_sampled";
+/// Endpoint metadata key: the tensors the model takes and gives (the Open
+/// Inference Protocol), a JSON `tensors::TensorSignature`. A model without it
+/// takes JSON inputs only.
+pub const TENSORS_METADATA: &str = "tensors";
 /// Gateway → worker: the W3C Trace Context of the model call, so the worker's
 /// span continues the gateway's trace (with `tracestate`, when traces are on).
 pub const TRACEPARENT: &str = "traceparent";

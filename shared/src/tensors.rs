@@ -15,6 +15,7 @@
 //! [`INFERENCE_HEADER_CONTENT_LENGTH`].
 
 use half::{bf16, f16};
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Number, Value, json};
 use sha2::{Digest, Sha256};
 
@@ -89,7 +90,9 @@ impl Datatype {
     }
 
     pub fn parse(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|datatype| datatype.as_str() == name)
+        Self::ALL
+            .into_iter()
+            .find(|datatype| datatype.as_str() == name)
     }
 
     /// The size of one element; `None` for BYTES, whose elements vary.
@@ -137,7 +140,12 @@ fn elements_of(name: &str, shape: &[u64]) -> Result<u64, TensorError> {
         .iter()
         .try_fold(1u64, |count, &dim| count.checked_mul(dim))
         .filter(|&count| count <= MAX_ELEMENTS)
-        .ok_or_else(|| tensor_error(name, format!("shape {shape:?} holds more than {MAX_ELEMENTS} elements")))
+        .ok_or_else(|| {
+            tensor_error(
+                name,
+                format!("shape {shape:?} holds more than {MAX_ELEMENTS} elements"),
+            )
+        })
 }
 
 fn flatten<'a>(value: &'a Value, into: &mut Vec<&'a Value>) {
@@ -167,7 +175,10 @@ impl Tensor {
         if values.len() as u64 != count {
             return Err(tensor_error(
                 name,
-                format!("shape {shape:?} holds {count} elements, but `data` has {}", values.len()),
+                format!(
+                    "shape {shape:?} holds {count} elements, but `data` has {}",
+                    values.len()
+                ),
             ));
         }
         let mut bytes = Vec::with_capacity(values.len() * datatype.size().unwrap_or(8));
@@ -216,18 +227,28 @@ impl Tensor {
                 for index in 0..count {
                     let length = data
                         .get(at..at + 4)
-                        .map(|prefix| u32::from_le_bytes(prefix.try_into().expect("4 bytes")) as usize)
-                        .ok_or_else(|| tensor_error(name, format!("the data ends before element {index}")))?;
+                        .map(|prefix| {
+                            u32::from_le_bytes(prefix.try_into().expect("4 bytes")) as usize
+                        })
+                        .ok_or_else(|| {
+                            tensor_error(name, format!("the data ends before element {index}"))
+                        })?;
                     at += 4;
                     if data.len() - at < length {
-                        return Err(tensor_error(name, format!("element {index} runs past the data")));
+                        return Err(tensor_error(
+                            name,
+                            format!("element {index} runs past the data"),
+                        ));
                     }
                     at += length;
                 }
                 if at != data.len() {
                     return Err(tensor_error(
                         name,
-                        format!("{} bytes are left after its {count} elements", data.len() - at),
+                        format!(
+                            "{} bytes are left after its {count} elements",
+                            data.len() - at
+                        ),
                     ));
                 }
             }
@@ -254,7 +275,8 @@ impl Tensor {
             None => {
                 let mut at = 0;
                 while at + 4 <= self.data.len() {
-                    let length = u32::from_le_bytes(self.data[at..at + 4].try_into().ok()?) as usize;
+                    let length =
+                        u32::from_le_bytes(self.data[at..at + 4].try_into().ok()?) as usize;
                     at += 4;
                     let bytes = self.data.get(at..at + length)?;
                     at += length;
@@ -283,13 +305,19 @@ impl Tensor {
         let mut parameters = self.parameters.clone();
         let mut object = Map::new();
         object.insert("name".into(), Value::String(self.name.clone()));
-        object.insert("datatype".into(), Value::String(self.datatype.as_str().into()));
+        object.insert(
+            "datatype".into(),
+            Value::String(self.datatype.as_str().into()),
+        );
         object.insert("shape".into(), json!(self.shape));
         if binary {
             parameters.insert(BINARY_DATA_SIZE.into(), json!(self.data.len()));
         } else {
             let data = self.json_data().ok_or_else(|| {
-                tensor_error(&self.name, "holds a value JSON cannot carry (NaN or infinity); ask for it as binary data")
+                tensor_error(
+                    &self.name,
+                    "holds a value JSON cannot carry (NaN or infinity); ask for it as binary data",
+                )
             })?;
             object.insert("data".into(), data);
         }
@@ -301,7 +329,11 @@ impl Tensor {
 }
 
 /// Writes one JSON element of `datatype`; on a mismatch, what was expected.
-fn write_json_element(datatype: Datatype, value: &Value, out: &mut Vec<u8>) -> Result<(), &'static str> {
+fn write_json_element(
+    datatype: Datatype,
+    value: &Value,
+    out: &mut Vec<u8>,
+) -> Result<(), &'static str> {
     macro_rules! integer {
         ($type:ty) => {{
             let number = value
@@ -415,7 +447,10 @@ pub struct InferenceRequest {
 
 /// The JSON header and the binary part of a body; `header_length` from
 /// [`INFERENCE_HEADER_CONTENT_LENGTH`], none for a JSON body.
-fn split(body: &[u8], header_length: Option<usize>) -> Result<(Map<String, Value>, &[u8]), TensorError> {
+fn split(
+    body: &[u8],
+    header_length: Option<usize>,
+) -> Result<(Map<String, Value>, &[u8]), TensorError> {
     let (header, binary) = match header_length {
         Some(length) if length > body.len() => {
             return Err(TensorError::Body(format!(
@@ -428,30 +463,49 @@ fn split(body: &[u8], header_length: Option<usize>) -> Result<(Map<String, Value
     };
     match serde_json::from_slice(header) {
         Ok(Value::Object(header)) => Ok((header, binary)),
-        Ok(_) => Err(TensorError::Body("the JSON header must be an object".into())),
-        Err(err) => Err(TensorError::Body(format!("the JSON header is not valid JSON: {err}"))),
+        Ok(_) => Err(TensorError::Body(
+            "the JSON header must be an object".into(),
+        )),
+        Err(err) => Err(TensorError::Body(format!(
+            "the JSON header is not valid JSON: {err}"
+        ))),
     }
 }
 
-fn parameters_of(object: &Map<String, Value>, what: &str) -> Result<Map<String, Value>, TensorError> {
+fn parameters_of(
+    object: &Map<String, Value>,
+    what: &str,
+) -> Result<Map<String, Value>, TensorError> {
     match object.get("parameters") {
         None | Some(Value::Null) => Ok(Map::new()),
         Some(Value::Object(parameters)) => Ok(parameters.clone()),
-        Some(_) => Err(TensorError::Body(format!("{what}: `parameters` must be an object"))),
+        Some(_) => Err(TensorError::Body(format!(
+            "{what}: `parameters` must be an object"
+        ))),
     }
 }
 
 /// The tensors of a header's `inputs` or `outputs`, binary ones taken from
 /// `binary` in order; every byte of it must be used.
-fn tensors(list: Option<&Value>, field: &str, mut binary: &[u8]) -> Result<Vec<Tensor>, TensorError> {
+fn tensors(
+    list: Option<&Value>,
+    field: &str,
+    mut binary: &[u8],
+) -> Result<Vec<Tensor>, TensorError> {
     let items = match list {
         Some(Value::Array(items)) => items,
-        _ => return Err(TensorError::Body(format!("`{field}` must be an array of tensors"))),
+        _ => {
+            return Err(TensorError::Body(format!(
+                "`{field}` must be an array of tensors"
+            )));
+        }
     };
     let mut tensors = Vec::with_capacity(items.len());
     for (index, item) in items.iter().enumerate() {
         let Value::Object(item) = item else {
-            return Err(TensorError::Body(format!("{field}[{index}] must be an object")));
+            return Err(TensorError::Body(format!(
+                "{field}[{index}] must be an object"
+            )));
         };
         let name = item
             .get("name")
@@ -461,8 +515,12 @@ fn tensors(list: Option<&Value>, field: &str, mut binary: &[u8]) -> Result<Vec<T
             .get("datatype")
             .and_then(Value::as_str)
             .ok_or_else(|| tensor_error(name, "has no `datatype`"))?;
-        let datatype = Datatype::parse(datatype)
-            .ok_or_else(|| tensor_error(name, format!("datatype {datatype:?} is not one of the protocol's")))?;
+        let datatype = Datatype::parse(datatype).ok_or_else(|| {
+            tensor_error(
+                name,
+                format!("datatype {datatype:?} is not one of the protocol's"),
+            )
+        })?;
         let shape = item
             .get("shape")
             .and_then(Value::as_array)
@@ -471,13 +529,16 @@ fn tensors(list: Option<&Value>, field: &str, mut binary: &[u8]) -> Result<Vec<T
         let mut parameters = parameters_of(item, name)?;
         let tensor = match parameters.remove(BINARY_DATA_SIZE) {
             Some(size) => {
-                let size = size
-                    .as_u64()
-                    .ok_or_else(|| tensor_error(name, "`binary_data_size` must be a whole number"))?;
+                let size = size.as_u64().ok_or_else(|| {
+                    tensor_error(name, "`binary_data_size` must be a whole number")
+                })?;
                 if size > binary.len() as u64 {
                     return Err(tensor_error(
                         name,
-                        format!("`binary_data_size` is {size}, but only {} bytes of binary data are left", binary.len()),
+                        format!(
+                            "`binary_data_size` is {size}, but only {} bytes of binary data are left",
+                            binary.len()
+                        ),
                     ));
                 }
                 let (data, rest) = binary.split_at(size as usize);
@@ -485,9 +546,9 @@ fn tensors(list: Option<&Value>, field: &str, mut binary: &[u8]) -> Result<Vec<T
                 Tensor::from_binary(name, datatype, shape, parameters, data)?
             }
             None => {
-                let data = item
-                    .get("data")
-                    .ok_or_else(|| tensor_error(name, "has neither `data` nor `binary_data_size`"))?;
+                let data = item.get("data").ok_or_else(|| {
+                    tensor_error(name, "has neither `data` nor `binary_data_size`")
+                })?;
                 Tensor::from_json(name, datatype, shape, parameters, data)?
             }
         };
@@ -529,11 +590,17 @@ impl InferenceRequest {
         let binary_output = match parameters.remove(BINARY_DATA_OUTPUT) {
             None => false,
             Some(Value::Bool(binary)) => binary,
-            Some(_) => return Err(TensorError::Body(format!("`{BINARY_DATA_OUTPUT}` must be true or false"))),
+            Some(_) => {
+                return Err(TensorError::Body(format!(
+                    "`{BINARY_DATA_OUTPUT}` must be true or false"
+                )));
+            }
         };
         let inputs = tensors(header.get("inputs"), "inputs", binary)?;
         if inputs.is_empty() {
-            return Err(TensorError::Body("`inputs` must name at least one tensor".into()));
+            return Err(TensorError::Body(
+                "`inputs` must name at least one tensor".into(),
+            ));
         }
         let mut names: Vec<&str> = inputs.iter().map(|input| input.name.as_str()).collect();
         names.sort_unstable();
@@ -546,15 +613,17 @@ impl InferenceRequest {
                 .iter()
                 .enumerate()
                 .map(|(index, item)| {
-                    let name = item
-                        .get("name")
-                        .and_then(Value::as_str)
-                        .ok_or_else(|| TensorError::Body(format!("outputs[{index}] has no `name`")))?;
-                    let mut parameters = parameters_of(item.as_object().unwrap_or(&Map::new()), name)?;
+                    let name = item.get("name").and_then(Value::as_str).ok_or_else(|| {
+                        TensorError::Body(format!("outputs[{index}] has no `name`"))
+                    })?;
+                    let mut parameters =
+                        parameters_of(item.as_object().unwrap_or(&Map::new()), name)?;
                     let binary = match parameters.remove(BINARY_DATA) {
                         None => None,
                         Some(Value::Bool(binary)) => Some(binary),
-                        Some(_) => return Err(tensor_error(name, "`binary_data` must be true or false")),
+                        Some(_) => {
+                            return Err(tensor_error(name, "`binary_data` must be true or false"));
+                        }
                     };
                     Ok(RequestedOutput {
                         name: name.to_owned(),
@@ -625,7 +694,10 @@ impl InferenceRequest {
                     let mut object = Map::new();
                     object.insert("name".into(), Value::String(output.name.clone()));
                     if !output.parameters.is_empty() {
-                        object.insert("parameters".into(), Value::Object(output.parameters.clone()));
+                        object.insert(
+                            "parameters".into(),
+                            Value::Object(output.parameters.clone()),
+                        );
                     }
                     Value::Object(object)
                 })
@@ -676,7 +748,10 @@ impl InferenceResponse {
 
     /// The body, each output binary where `binary` says so; and the header's
     /// length if any output is binary.
-    pub fn write(&self, binary: impl Fn(&Tensor) -> bool) -> Result<(Vec<u8>, Option<usize>), TensorError> {
+    pub fn write(
+        &self,
+        binary: impl Fn(&Tensor) -> bool,
+    ) -> Result<(Vec<u8>, Option<usize>), TensorError> {
         let mut header = Map::new();
         header.insert("model_name".into(), Value::String(self.model_name.clone()));
         if let Some(version) = &self.model_version {
@@ -699,6 +774,102 @@ impl InferenceResponse {
         }
         header.insert("outputs".into(), Value::Array(outputs));
         Ok(write_body(&Value::Object(header), &binaries))
+    }
+}
+
+/// One tensor a model takes or gives: its shape with `-1` for a dimension of
+/// any size.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TensorSpec {
+    pub name: String,
+    pub datatype: String,
+    pub shape: Vec<i64>,
+}
+
+/// The tensors a model takes and gives, as its workers declare them (endpoint
+/// metadata [`TENSORS_METADATA`](crate::headers::TENSORS_METADATA)): what the
+/// protocol's model metadata answers, and what a request is checked against.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TensorSignature {
+    /// The framework, as the protocol names it (`onnxruntime_onnx`, ...).
+    pub platform: String,
+    pub inputs: Vec<TensorSpec>,
+    pub outputs: Vec<TensorSpec>,
+}
+
+fn shape_fits(declared: &[i64], given: &[u64]) -> bool {
+    declared.len() == given.len()
+        && declared
+            .iter()
+            .zip(given)
+            .all(|(&declared, &given)| declared < 0 || declared as u64 == given)
+}
+
+impl TensorSignature {
+    /// Whether `request` gives every input the model takes, with its datatype
+    /// and shape, and nothing else, and asks only for outputs it gives.
+    pub fn check(&self, request: &InferenceRequest) -> Result<(), TensorError> {
+        let names = |specs: &[TensorSpec]| {
+            specs
+                .iter()
+                .map(|spec| spec.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        for spec in &self.inputs {
+            let Some(input) = request.inputs.iter().find(|input| input.name == spec.name) else {
+                return Err(tensor_error(
+                    &spec.name,
+                    "is missing: the model takes this input",
+                ));
+            };
+            if input.datatype.as_str() != spec.datatype {
+                return Err(tensor_error(
+                    &spec.name,
+                    format!(
+                        "the model takes {}, not {}",
+                        spec.datatype,
+                        input.datatype.as_str()
+                    ),
+                ));
+            }
+            if !shape_fits(&spec.shape, &input.shape) {
+                return Err(tensor_error(
+                    &spec.name,
+                    format!(
+                        "the model takes shape {:?} (-1: any size), not {:?}",
+                        spec.shape, input.shape
+                    ),
+                ));
+            }
+        }
+        if let Some(extra) = request
+            .inputs
+            .iter()
+            .find(|input| !self.inputs.iter().any(|spec| spec.name == input.name))
+        {
+            return Err(tensor_error(
+                &extra.name,
+                format!(
+                    "the model has no such input (its inputs: {})",
+                    names(&self.inputs)
+                ),
+            ));
+        }
+        if let Some(unknown) = request
+            .outputs
+            .iter()
+            .find(|output| !self.outputs.iter().any(|spec| spec.name == output.name))
+        {
+            return Err(tensor_error(
+                &unknown.name,
+                format!(
+                    "the model has no such output (its outputs: {})",
+                    names(&self.outputs)
+                ),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -749,10 +920,16 @@ mod tests {
             let tensor = Tensor::from_json("t", datatype, vec![2], Map::new(), &data).unwrap();
             let back = tensor.json_data().unwrap();
             let numbers = |value: &Value| -> Vec<String> {
-                value.as_array().unwrap().iter().map(|v| v.to_string().trim_end_matches(".0").to_owned()).collect()
+                value
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.to_string().trim_end_matches(".0").to_owned())
+                    .collect()
             };
             assert_eq!(numbers(&back), numbers(&data), "{datatype:?}");
-            let binary = Tensor::from_binary("t", datatype, vec![2], Map::new(), &tensor.data).unwrap();
+            let binary =
+                Tensor::from_binary("t", datatype, vec![2], Map::new(), &tensor.data).unwrap();
             assert_eq!(binary, tensor);
         }
     }
@@ -812,17 +989,68 @@ mod tests {
             model_version: Some("1".into()),
             id: Some("7".into()),
             parameters: Map::new(),
-            outputs: vec![Tensor::from_json("o", Datatype::Fp32, vec![2], Map::new(), &json!([0.25, 1])).unwrap()],
+            outputs: vec![
+                Tensor::from_json("o", Datatype::Fp32, vec![2], Map::new(), &json!([0.25, 1]))
+                    .unwrap(),
+            ],
         };
         let (json_body, none) = response.write(|_| false).unwrap();
         assert_eq!(none, None);
-        assert_eq!(InferenceResponse::parse(&json_body, None).unwrap(), response);
+        assert_eq!(
+            InferenceResponse::parse(&json_body, None).unwrap(),
+            response
+        );
         let (binary_body, header) = response.write(|_| true).unwrap();
         assert_eq!(binary_body.len(), header.unwrap() + 8);
-        assert_eq!(InferenceResponse::parse(&binary_body, header).unwrap(), response);
-        let nan = Tensor::from_binary("n", Datatype::Fp32, vec![1], Map::new(), &f32::NAN.to_le_bytes()).unwrap();
-        let with_nan = InferenceResponse { outputs: vec![nan], ..response };
-        assert!(with_nan.write(|_| false).unwrap_err().to_string().contains("binary data"));
+        assert_eq!(
+            InferenceResponse::parse(&binary_body, header).unwrap(),
+            response
+        );
+        let nan = Tensor::from_binary(
+            "n",
+            Datatype::Fp32,
+            vec![1],
+            Map::new(),
+            &f32::NAN.to_le_bytes(),
+        )
+        .unwrap();
+        let with_nan = InferenceResponse {
+            outputs: vec![nan],
+            ..response
+        };
+        assert!(
+            with_nan
+                .write(|_| false)
+                .unwrap_err()
+                .to_string()
+                .contains("binary data")
+        );
         assert!(with_nan.write(|_| true).is_ok());
+    }
+
+    #[test]
+    fn a_request_is_checked_against_what_the_model_declares() {
+        let spec = |name: &str, datatype: &str, shape: &[i64]| TensorSpec {
+            name: name.into(),
+            datatype: datatype.into(),
+            shape: shape.to_vec(),
+        };
+        let signature = TensorSignature {
+            platform: "onnxruntime_onnx".into(),
+            inputs: vec![spec("x", "FP32", &[-1, 2])],
+            outputs: vec![spec("y", "FP32", &[-1, 1])],
+        };
+        let fits = request(br#"{"inputs":[{"name":"x","shape":[3,2],"datatype":"FP32","data":[1,2,3,4,5,6]}],"outputs":[{"name":"y"}]}"#, None).unwrap();
+        assert_eq!(signature.check(&fits), Ok(()));
+        for (body, expected) in [
+            (&br#"{"inputs":[{"name":"z","shape":[1,2],"datatype":"FP32","data":[1,2]}]}"#[..], "tensor \"x\": is missing"),
+            (br#"{"inputs":[{"name":"x","shape":[1,2],"datatype":"FP64","data":[1,2]}]}"#, "the model takes FP32, not FP64"),
+            (br#"{"inputs":[{"name":"x","shape":[2,1],"datatype":"FP32","data":[1,2]}]}"#, "takes shape [-1, 2]"),
+            (br#"{"inputs":[{"name":"x","shape":[1,2],"datatype":"FP32","data":[1,2]},{"name":"w","shape":[1],"datatype":"FP32","data":[1]}]}"#, "tensor \"w\": the model has no such input"),
+            (br#"{"inputs":[{"name":"x","shape":[1,2],"datatype":"FP32","data":[1,2]}],"outputs":[{"name":"q"}]}"#, "no such output (its outputs: y)"),
+        ] {
+            let err = signature.check(&request(body, None).unwrap()).unwrap_err().to_string();
+            assert!(err.contains(expected), "{err:?} lacks {expected:?}");
+        }
     }
 }

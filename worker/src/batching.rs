@@ -31,6 +31,7 @@ use crate::metrics::{ModelGauges, WorkerMetrics};
 use crate::model::{Chunks, Input, Model, ModelError};
 use futures::StreamExt;
 use prediction_contract::openai::Api;
+use prediction_contract::tensors::{InferenceRequest, Tensor};
 
 /// How batches are formed.
 #[derive(Debug, Clone, Copy)]
@@ -66,10 +67,23 @@ impl InferenceStats {
     }
 }
 
+/// What a request asks a model: a prediction of a JSON input, or the outputs
+/// of a tensor request.
+enum Work {
+    Json(Input),
+    Tensors(InferenceRequest),
+}
+
+/// A request's result.
+enum Done {
+    Json(Result<Value, ModelError>),
+    Tensors(Result<Vec<Tensor>, ModelError>),
+}
+
 /// A request waiting in a batcher's queue.
 struct Pending {
-    input: Input,
-    reply: oneshot::Sender<Result<Value, ModelError>>,
+    work: Work,
+    reply: oneshot::Sender<Done>,
     /// The request's span, for the batch's span to link to (tracing on).
     caller: Option<opentelemetry::trace::SpanContext>,
 }
@@ -180,6 +194,24 @@ impl Runner {
 
     /// The prediction for `input`, once a slot (and, batching, a batch) runs it.
     pub async fn predict(&self, input: Input) -> Result<Value, ModelError> {
+        match self.run(Work::Json(input)).await {
+            Ok(Done::Json(result)) => result,
+            Ok(Done::Tensors(_)) => unreachable!("a JSON input gets a JSON result"),
+            Err(err) => Err(err),
+        }
+    }
+
+    /// The outputs for a tensor `request`, checked against the model's
+    /// tensors, once a slot (and, batching, a batch) runs it.
+    pub async fn infer(&self, request: InferenceRequest) -> Result<Vec<Tensor>, ModelError> {
+        match self.run(Work::Tensors(request)).await {
+            Ok(Done::Tensors(result)) => result,
+            Ok(Done::Json(_)) => unreachable!("a tensor request gets tensors"),
+            Err(err) => Err(err),
+        }
+    }
+
+    async fn run(&self, work: Work) -> Result<Done, ModelError> {
         let Some(batcher) = &self.batcher else {
             let waiting = scopeguard::guard(self.gauges.waiting.clone(), |gauge| gauge.dec());
             waiting.inc();
@@ -189,7 +221,10 @@ impl Runner {
             running.inc();
             self.stats.record(1);
             self.gauges.batch_size.observe(1.0);
-            return self.model.predict(&input).await;
+            return Ok(match work {
+                Work::Json(input) => Done::Json(self.model.predict(&input).await),
+                Work::Tensors(request) => Done::Tensors(self.model.infer(&request).await),
+            });
         };
         // Counted as waiting until its batch runs (see `Batcher::form_batches`),
         // even if its caller stops waiting: the batch computes it anyway.
@@ -198,7 +233,7 @@ impl Runner {
         let caller = traces::enabled().then(|| traces::span_context(&tracing::Span::current()));
         if batcher
             .send(Pending {
-                input,
+                work,
                 reply,
                 caller,
             })
@@ -207,11 +242,43 @@ impl Runner {
             self.gauges.waiting.dec();
             return Err(ModelError::Failed("the model's batcher has stopped".into()));
         }
-        result.await.unwrap_or_else(|_| {
-            Err(ModelError::Failed(
-                "the model returned no result for this input".into(),
-            ))
-        })
+        result
+            .await
+            .map_err(|_| ModelError::Failed("the model returned no result for this input".into()))
+    }
+}
+
+/// Runs a batch's JSON inputs as one `predict_batch` and its tensor requests
+/// as one `infer_batch`; each request's result goes back to it.
+async fn run_batch(model: &dyn Model, batch: Vec<(Work, oneshot::Sender<Done>)>) {
+    let mut inputs = Vec::new();
+    let mut input_replies = Vec::new();
+    let mut requests = Vec::new();
+    let mut request_replies = Vec::new();
+    for (work, reply) in batch {
+        match work {
+            Work::Json(input) => {
+                inputs.push(input);
+                input_replies.push(reply);
+            }
+            Work::Tensors(request) => {
+                requests.push(request);
+                request_replies.push(reply);
+            }
+        }
+    }
+    if !inputs.is_empty() {
+        let results = model.predict_batch(&inputs).await;
+        for (reply, result) in input_replies.into_iter().zip(results) {
+            // The caller may have given up; its result is simply dropped.
+            let _ = reply.send(Done::Json(result));
+        }
+    }
+    if !requests.is_empty() {
+        let results = model.infer_batch(&requests).await;
+        for (reply, result) in request_replies.into_iter().zip(results) {
+            let _ = reply.send(Done::Tensors(result));
+        }
     }
 }
 
@@ -270,21 +337,17 @@ impl Batcher {
                 } else {
                     tracing::Span::none()
                 };
-                let (inputs, replies): (Vec<_>, Vec<_>) = batch
+                let batch: Vec<_> = batch
                     .into_iter()
-                    .map(|pending| (pending.input, pending.reply))
-                    .unzip();
-                let size = inputs.len() as i64;
+                    .map(|pending| (pending.work, pending.reply))
+                    .collect();
+                let size = batch.len() as i64;
                 gauges.waiting.sub(size);
                 let running = scopeguard::guard(gauges.in_flight, move |gauge| gauge.sub(size));
                 running.add(size);
                 gauges.batch_size.observe(size as f64);
-                stats.record(inputs.len());
-                let results = model.predict_batch(&inputs).instrument(span).await;
-                for (reply, result) in replies.into_iter().zip(results) {
-                    // The caller may have given up; its result is simply dropped.
-                    let _ = reply.send(result);
-                }
+                stats.record(batch.len());
+                run_batch(model.as_ref(), batch).instrument(span).await;
             });
         }
     }

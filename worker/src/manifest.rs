@@ -65,8 +65,8 @@ struct RawOnnxEntry {
     version: String,
     path: PathBuf,
     freshness_ttl: Option<String>,
-    input: RawInput,
-    output: BTreeMap<String, OutputField>,
+    input: Option<RawInput>,
+    output: Option<BTreeMap<String, OutputField>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -118,6 +118,15 @@ pub struct OnnxEntry {
     /// Resolved against the manifest's directory.
     pub path: PathBuf,
     pub freshness_ttl: Option<Duration>,
+    /// How JSON inputs and predictions map to its tensors; `None`: it takes
+    /// tensors only (the Open Inference Protocol).
+    pub json: Option<JsonMapping>,
+}
+
+/// How a JSON input becomes the model's input tensor, and its outputs a JSON
+/// prediction.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JsonMapping {
     pub input: InputLayout,
     /// JSON field of the prediction → where its value comes from.
     pub output: BTreeMap<String, OutputField>,
@@ -230,7 +239,30 @@ fn check_onnx(raw: RawOnnxEntry, base: &Path) -> anyhow::Result<OnnxEntry> {
         bail!("`version` must not be empty");
     }
     let freshness_ttl = duration("freshness_ttl", raw.freshness_ttl)?;
-    let input = match (raw.input.field, raw.input.fields) {
+    let json = match (raw.input, raw.output) {
+        (None, None) => None,
+        (Some(input), Some(output)) => Some(json_mapping(input, output)?),
+        (None, Some(_)) => bail!(
+            "`output` maps JSON fields but there is no `input`: give both, or neither for a model that takes tensors only"
+        ),
+        (Some(_), None) => bail!(
+            "`input` is mapped but there is no `output`: give both, or neither for a model that takes tensors only"
+        ),
+    };
+    Ok(OnnxEntry {
+        name,
+        version: raw.version,
+        path: base.join(raw.path),
+        freshness_ttl,
+        json,
+    })
+}
+
+fn json_mapping(
+    input: RawInput,
+    output: BTreeMap<String, OutputField>,
+) -> anyhow::Result<JsonMapping> {
+    let input = match (input.field, input.fields) {
         (Some(field), None) if !field.is_empty() => InputLayout::Array { field },
         (None, Some(fields)) if !fields.is_empty() => {
             let mut seen = HashSet::new();
@@ -243,17 +275,10 @@ fn check_onnx(raw: RawOnnxEntry, base: &Path) -> anyhow::Result<OnnxEntry> {
             "`input` needs exactly one of `field` (an array of numbers) or `fields` (a non-empty list of number fields)"
         ),
     };
-    if raw.output.is_empty() {
+    if output.is_empty() {
         bail!("`output` maps no field (e.g. predicted_price = {{ index = 0 }})");
     }
-    Ok(OnnxEntry {
-        name,
-        version: raw.version,
-        path: base.join(raw.path),
-        freshness_ttl,
-        input,
-        output: raw.output,
-    })
+    Ok(JsonMapping { input, output })
 }
 
 fn check_upstream(
@@ -340,14 +365,15 @@ mod tests {
         assert_eq!(entries[0].name.as_str(), "price-gbt");
         assert_eq!(entries[0].path, Path::new("/models/price-gbt.onnx"));
         assert_eq!(entries[0].freshness_ttl, Some(Duration::from_secs(30)));
+        let json = |entry: &OnnxEntry| entry.json.clone().unwrap();
         assert_eq!(
-            entries[0].input,
+            json(&entries[0]).input,
             InputLayout::Array {
                 field: "features".into()
             }
         );
         assert_eq!(
-            entries[0].output["predicted_price"],
+            json(&entries[0]).output["predicted_price"],
             OutputField {
                 tensor: Some("variable".into()),
                 index: Some(0)
@@ -355,7 +381,7 @@ mod tests {
         );
         assert_eq!(entries[1].path, Path::new("/abs/ohlc.onnx"));
         assert_eq!(
-            entries[1].input,
+            json(&entries[1]).input,
             InputLayout::Fields(vec!["open".into(), "close".into()])
         );
         assert_eq!(entries[1].freshness_ttl, None);
@@ -369,7 +395,8 @@ mod tests {
         let output = "output = { y = { index = 0 } }";
         for (text, reason) in [
             (String::new(), "lists no model"),
-            (model(output), "missing field `input`"),
+            (model(output), "there is no `input`"),
+            (model("input = { field = \"x\" }"), "there is no `output`"),
             (model(&format!("input = {{}}\n{output}")), "exactly one of"),
             (
                 model(&format!(

@@ -7,6 +7,7 @@ use futures::stream::{self, BoxStream, StreamExt};
 use prediction_contract::ModelName;
 use prediction_contract::headers::error_codes;
 use prediction_contract::openai::{self, Api};
+use prediction_contract::tensors::{InferenceRequest, Tensor, TensorSignature};
 use serde_json::Value;
 
 /// A prediction input: always a JSON object.
@@ -84,6 +85,31 @@ pub trait Model: Send + Sync + 'static {
     /// Computes a batch: one result per input, in order, each failing on its own.
     async fn predict_batch(&self, inputs: &[Input]) -> Vec<Result<Value, ModelError>> {
         futures::future::join_all(inputs.iter().map(|input| self.predict(input))).await
+    }
+
+    /// The tensors it takes and gives, if it answers the Open Inference
+    /// Protocol's tensor requests through [`infer`](Model::infer).
+    fn tensors(&self) -> Option<&TensorSignature> {
+        None
+    }
+
+    /// Its outputs for `request`, already checked against
+    /// [`tensors`](Model::tensors): every output it gives, or those asked for.
+    async fn infer(&self, request: &InferenceRequest) -> Result<Vec<Tensor>, ModelError> {
+        let _ = request;
+        Err(ModelError::InvalidInput(format!(
+            "model {} takes JSON inputs, not tensors",
+            self.name()
+        )))
+    }
+
+    /// Computes several requests together: one result per request, in order.
+    /// A model that batches overrides it to run them as one call.
+    async fn infer_batch(
+        &self,
+        requests: &[InferenceRequest],
+    ) -> Vec<Result<Vec<Tensor>, ModelError>> {
+        futures::future::join_all(requests.iter().map(|request| self.infer(request))).await
     }
 
     /// Whether it generates: answers OpenAI API requests (chat, completions,

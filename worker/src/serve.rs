@@ -26,6 +26,9 @@ use crate::batching::Runner;
 use crate::model::{Input, ModelError};
 use crate::streaming::{StreamContext, stream_answer};
 use prediction_contract::openai::Api;
+use prediction_contract::tensors::{
+    INFERENCE_HEADER_CONTENT_LENGTH, InferenceRequest, InferenceResponse,
+};
 use serde_json::Value;
 
 /// How long after the stop signal the request streams may take to end. They end
@@ -186,11 +189,31 @@ async fn answer_request(context: &StreamContext, runner: &Runner, request: servi
     let started = Instant::now();
     let metadata = RequestMetadata::read(nats_headers::lookup(request.message.headers.as_ref()));
     let request_id = metadata.request_id.to_owned();
-    let result = if metadata.deadline_passed(unix_now_ms()) {
+    let tensor_header =
+        nats_headers::lookup(request.message.headers.as_ref())(INFERENCE_HEADER_CONTENT_LENGTH)
+            .map(|length| length.trim().parse::<usize>());
+    let heartbeats = metadata
+        .heartbeat_interval
+        .zip(request.message.reply.as_ref());
+    let result: Result<Reply, (u16, String)> = if metadata.deadline_passed(unix_now_ms()) {
         Err((
             error_codes::DEADLINE_EXCEEDED,
             "the caller's deadline passed before the worker started".to_owned(),
         ))
+    } else if let Some(header_length) = tensor_header {
+        let work = async {
+            let header_length = header_length.map_err(|_| {
+                ModelError::InvalidInput(format!(
+                    "{INFERENCE_HEADER_CONTENT_LENGTH} must be a whole number"
+                ))
+            })?;
+            tensors(runner, &request.message.payload, header_length).await
+        };
+        match heartbeats {
+            Some((every, to)) => with_heartbeats(client, to, every, work).await,
+            None => work.await,
+        }
+        .map_err(|err| (err.code(), err.to_string()))
     } else {
         match parse_input(&request.message.payload) {
             Ok(input) => {
@@ -210,14 +233,24 @@ async fn answer_request(context: &StreamContext, runner: &Runner, request: servi
                         Some(api) => Box::pin(whole(runner, api, input)),
                         None => Box::pin(runner.predict(input)),
                     };
-                let heartbeats = metadata
-                    .heartbeat_interval
-                    .zip(request.message.reply.as_ref());
                 match heartbeats {
                     Some((every, to)) => with_heartbeats(client, to, every, prediction).await,
                     None => prediction.await,
                 }
                 .map_err(|err| (err.code(), err.to_string()))
+                .and_then(|prediction| {
+                    serde_json::to_vec(&prediction)
+                        .map(|payload| Reply {
+                            payload: payload.into(),
+                            tensor_header: None,
+                        })
+                        .map_err(|err| {
+                            (
+                                error_codes::MODEL_FAILED,
+                                format!("the prediction could not be serialised: {err}"),
+                            )
+                        })
+                })
             }
             Err(err) => Err((err.code(), err.to_string())),
         }
@@ -237,26 +270,24 @@ async fn answer_request(context: &StreamContext, runner: &Runner, request: servi
             code.to_string()
         }
     };
+    let mut tensor_header = None;
     let reply = match result {
-        Ok(prediction) => match serde_json::to_vec(&prediction) {
-            Ok(payload) => Ok(payload.into()),
-            Err(err) => Err(service::error::Error {
-                status: format!("the prediction could not be serialised: {err}"),
-                code: error_codes::MODEL_FAILED.into(),
-            }),
-        },
+        Ok(reply) => {
+            tensor_header = reply.tensor_header;
+            Ok(reply.payload)
+        }
         Err((code, message)) => Err(service::error::Error {
             status: message,
             code: code.into(),
         }),
     };
-    if let Err(err) = request
-        .respond_with_headers(
-            reply,
-            nats_headers::written(|put| reply_metadata.write(put)),
-        )
-        .await
-    {
+    let headers = nats_headers::written(|put| {
+        reply_metadata.write(&mut *put);
+        if let Some(length) = tensor_header {
+            put(INFERENCE_HEADER_CONTENT_LENGTH, &length.to_string());
+        }
+    });
+    if let Err(err) = request.respond_with_headers(reply, headers).await {
         warn!(model = %model.name(), request_id, error = %err, "could not send the reply");
     }
     runner.record(&outcome, started.elapsed());
@@ -309,6 +340,63 @@ async fn with_heartbeats<F: Future>(
 
 /// A generative model's whole answer in `api`: its chunks assembled (for
 /// embeddings, its one answer), computed in a slot.
+/// A reply's payload, and the length of its JSON header if it holds tensors.
+struct Reply {
+    payload: bytes::Bytes,
+    tensor_header: Option<usize>,
+}
+
+/// The answer to a tensor request (the Open Inference Protocol's binary form):
+/// checked against the tensors the model declares, computed, and written with
+/// every output binary (those asked for, in their order, or all).
+async fn tensors(
+    runner: &Runner,
+    payload: &[u8],
+    header_length: usize,
+) -> Result<Reply, ModelError> {
+    let model = runner.model();
+    let signature = model.tensors().ok_or_else(|| {
+        ModelError::InvalidInput(format!(
+            "model {} takes JSON inputs, not tensors",
+            model.name()
+        ))
+    })?;
+    let request = InferenceRequest::parse(payload, Some(header_length))
+        .and_then(|request| signature.check(&request).map(|()| request))
+        .map_err(|err| ModelError::InvalidInput(err.to_string()))?;
+    let wanted: Vec<String> = request
+        .outputs
+        .iter()
+        .map(|output| output.name.clone())
+        .collect();
+    let mut outputs = runner.infer(request).await?;
+    if !wanted.is_empty() {
+        let mut chosen = Vec::with_capacity(wanted.len());
+        for name in &wanted {
+            let at = outputs
+                .iter()
+                .position(|output| &output.name == name)
+                .ok_or_else(|| ModelError::Failed(format!("the model gave no output {name:?}")))?;
+            chosen.push(outputs.swap_remove(at));
+        }
+        outputs = chosen;
+    }
+    let response = InferenceResponse {
+        model_name: model.name().as_str().to_owned(),
+        model_version: Some(model.version().to_owned()),
+        id: None,
+        parameters: serde_json::Map::new(),
+        outputs,
+    };
+    let (payload, tensor_header) = response
+        .write(|_| true)
+        .map_err(|err| ModelError::Failed(err.to_string()))?;
+    Ok(Reply {
+        payload: payload.into(),
+        tensor_header,
+    })
+}
+
 async fn whole(runner: &Runner, api: Api, input: Input) -> Result<Value, ModelError> {
     let chunks: Vec<Value> = runner
         .generate(api, input)

@@ -10,7 +10,7 @@ use anyhow::{Context, bail};
 use async_nats::service::{Service, ServiceExt, endpoint::Endpoint};
 use prediction_contract::headers::{
     CACHE_SAMPLED_METADATA, CHUNK_GAP_MS_METADATA, FIRST_CHUNK_MS_METADATA, HEARTBEATS_METADATA,
-    STREAMS_METADATA, TIMEOUT_MS_METADATA,
+    STREAMS_METADATA, TENSORS_METADATA, TIMEOUT_MS_METADATA,
 };
 use prediction_contract::subjects::cancel_subject;
 use prediction_contract::subjects::{PREDICT_SUBJECT_PREFIX, QUEUE_GROUP, SERVICE_NAME};
@@ -324,6 +324,12 @@ fn endpoint_metadata(model: &dyn Model) -> std::collections::HashMap<String, Str
         ] {
             metadata.insert(key.to_owned(), millis(bound).to_string());
         }
+    }
+    if let Some(signature) = model.tensors() {
+        metadata.insert(
+            TENSORS_METADATA.to_owned(),
+            serde_json::to_string(signature).expect("a signature serializes"),
+        );
     }
     metadata
 }

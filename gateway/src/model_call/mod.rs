@@ -26,8 +26,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::future::{self, Either};
-use prediction_contract::time::unix_now_ms;
 use prediction_contract::ModelName;
+use prediction_contract::time::unix_now_ms;
 use prediction_runtime::telemetry::LogBudget;
 use prediction_runtime::traces;
 use tokio::sync::Semaphore;

@@ -26,9 +26,9 @@ pub mod policy;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use prediction_contract::ModelName;
 use prediction_contract::openai::Api;
 use prediction_contract::time::unix_now_ms;
-use prediction_contract::ModelName;
 use prediction_runtime::traces;
 use tracing::{Instrument, warn};
 

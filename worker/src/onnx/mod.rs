@@ -1,11 +1,13 @@
 //! ONNX models, served by pure-Rust inference ([tract]).
 //!
-//! The manifest (`crate::manifest`) lists the `.onnx` files; each becomes an [`OnnxModel`]: its
-//! graph checked and optimised once at startup for a batch of any size, its JSON
-//! input read into one row of the input tensor, its outputs mapped back to JSON
-//! fields. Models are loaded in full before the worker subscribes, so a model the
-//! worker cannot run stops it at startup with the model's name and the reason,
-//! never at the first request.
+//! The manifest (`crate::manifest`) lists the `.onnx` files; each becomes an
+//! [`OnnxModel`]: its graph checked and optimised once at startup for a batch
+//! of any size. It answers tensor requests (the Open Inference Protocol) with
+//! the inputs and outputs the file declares ([`tensors`]), and, where the
+//! manifest maps them, JSON inputs read into one row of its input tensor and
+//! its outputs mapped back to JSON fields. Models are loaded in full before the
+//! worker subscribes, so a model the worker cannot run stops it at startup with
+//! the model's name and the reason, never at the first request.
 //!
 //! tract runs the standard operators (MatMul, Gemm, Relu, ...) and some of
 //! `ai.onnx.ml` (LinearRegressor, ...); [`ops`] adds the ones scikit-learn needs
@@ -15,6 +17,7 @@
 
 mod input;
 mod ops;
+mod tensors;
 pub mod tree;
 
 use std::sync::Arc;
@@ -30,8 +33,9 @@ use input::InputReader;
 use tract_onnx::tract_hir::infer::Factoid;
 use tract_onnx::tract_hir::internal::DimLike;
 
-pub use crate::manifest::{InputLayout, OnnxEntry, OutputField};
+pub use crate::manifest::{InputLayout, JsonMapping, OnnxEntry, OutputField};
 use crate::model::{Input, Model, ModelError};
+use prediction_contract::tensors::{InferenceRequest, Tensor as ProtocolTensor, TensorSignature};
 
 /// An ONNX model served under a name and version.
 #[derive(Debug)]
@@ -46,6 +50,15 @@ pub struct OnnxModel {
 #[derive(Debug)]
 struct Inference {
     plan: Arc<TypedRunnableModel>,
+    /// The tensors the file declares, as the protocol names them.
+    signature: TensorSignature,
+    /// How JSON inputs and predictions map to the tensors, if they do.
+    json: Option<JsonIo>,
+}
+
+/// A model's JSON side: one row of its single input, fields of its outputs.
+#[derive(Debug)]
+struct JsonIo {
     input: InputReader,
     /// The model's input element type: f32, or f64 for double-precision models.
     input_type: DatumType,
@@ -75,11 +88,6 @@ impl OnnxModel {
             freshness_ttl: entry.freshness_ttl,
             inference: Arc::new(inference),
         })
-    }
-
-    /// The width of the model's input rows.
-    pub fn input_width(&self) -> usize {
-        self.inference.input.width
     }
 }
 
@@ -112,9 +120,26 @@ impl Inference {
             );
         }
 
+        let Some(mapping) = &entry.json else {
+            // Tensors only: the file's own inputs and outputs.
+            let model = model
+                .into_optimized()
+                .map_err(|err| anyhow::anyhow!("{err:?}"))
+                .context("tract could not prepare the model (does every input declare its datatype and rank?)")?;
+            let signature = tensors::signature(&model)?;
+            let plan = model
+                .into_runnable()
+                .map_err(|err| anyhow::anyhow!("{err:?}"))
+                .context("tract could not plan the model")?;
+            return Ok(Self {
+                plan,
+                signature,
+                json: None,
+            });
+        };
         ensure!(
             model.inputs.len() == 1,
-            "the model has {} inputs; only models with one input tensor are supported",
+            "the model has {} inputs; a JSON `input` mapping needs one input tensor (leave `input` and `output` out to serve it with tensors only)",
             model.inputs.len()
         );
         let fact = model.input_fact(0)?.clone();
@@ -138,7 +163,7 @@ impl Inference {
             input_type == f32::datum_type() || input_type == f64::datum_type(),
             "the input tensor holds {input_type:?}; only float and double inputs are supported"
         );
-        let input = InputReader::new(entry.input.clone(), width)?;
+        let input = InputReader::new(mapping.input.clone(), width)?;
 
         let output_names: Vec<String> = model
             .outputs
@@ -161,8 +186,8 @@ impl Inference {
             .map_err(|err| anyhow::anyhow!("{err:?}"))
             .context("tract could not prepare the model")?;
 
-        let mut outputs = Vec::with_capacity(entry.output.len());
-        for (field, spec) in &entry.output {
+        let mut outputs = Vec::with_capacity(mapping.output.len());
+        for (field, spec) in &mapping.output {
             let output = match &spec.tensor {
                 None => 0,
                 Some(name) => output_names.iter().position(|n| n == name).with_context(|| {
@@ -202,15 +227,19 @@ impl Inference {
                 index: spec.index,
             });
         }
+        let signature = tensors::signature(&model)?;
         let plan = model
             .into_runnable()
             .map_err(|err| anyhow::anyhow!("{err:?}"))
             .context("tract could not plan the model")?;
         let inference = Self {
             plan,
-            input,
-            input_type,
-            outputs,
+            signature,
+            json: Some(JsonIo {
+                input,
+                input_type,
+                outputs,
+            }),
         };
         // Run it once: a model that loads but cannot run fails here, not later.
         inference
@@ -222,8 +251,9 @@ impl Inference {
     /// Runs the model over `rows` (row-major, `n` rows) and returns one prediction
     /// per row; a row whose outputs are not all finite numbers fails alone.
     fn run(&self, rows: &[f32], n: usize) -> anyhow::Result<Vec<Result<Value, ModelError>>> {
-        let shape = [n, self.input.width];
-        let input = if self.input_type == f64::datum_type() {
+        let json = self.json.as_ref().context("the model takes tensors only")?;
+        let shape = [n, json.input.width];
+        let input = if json.input_type == f64::datum_type() {
             let doubles: Vec<f64> = rows.iter().map(|&v| f64::from(v)).collect();
             Tensor::from_shape(&shape, &doubles)?
         } else {
@@ -234,7 +264,7 @@ impl Inference {
             .run(tvec!(input.into()))
             .map_err(|err| anyhow::anyhow!("{err:?}"))?;
         let mut predictions: Vec<Option<Map<String, Value>>> = vec![Some(Map::new()); n];
-        for writer in &self.outputs {
+        for writer in &json.outputs {
             let tensor = &results[writer.output];
             let columns = if tensor.rank() == 1 {
                 1
@@ -319,10 +349,20 @@ impl OnnxModel {
     /// where the input is valid): a bad input fails alone, the rest run.
     #[allow(clippy::type_complexity)]
     fn read_inputs(&self, inputs: &[Input]) -> (Vec<f32>, Vec<Option<Result<Value, ModelError>>>) {
-        let mut rows = Vec::with_capacity(inputs.len() * self.inference.input.width);
+        let Some(json) = &self.inference.json else {
+            let refused = ModelError::InvalidInput(format!(
+                "model {} takes tensors only: send them to /v2/models/{}/infer",
+                self.name, self.name
+            ));
+            return (
+                Vec::new(),
+                inputs.iter().map(|_| Some(Err(refused.clone()))).collect(),
+            );
+        };
+        let mut rows = Vec::with_capacity(inputs.len() * json.input.width);
         let results = inputs
             .iter()
-            .map(|input| self.inference.input.read(input, &mut rows).err().map(Err))
+            .map(|input| json.input.read(input, &mut rows).err().map(Err))
             .collect();
         (rows, results)
     }
@@ -371,6 +411,35 @@ impl Model for OnnxModel {
 
     fn batches(&self) -> bool {
         true
+    }
+
+    fn tensors(&self) -> Option<&TensorSignature> {
+        Some(&self.inference.signature)
+    }
+
+    async fn infer(&self, request: &InferenceRequest) -> Result<Vec<ProtocolTensor>, ModelError> {
+        self.infer_batch(std::slice::from_ref(request))
+            .await
+            .pop()
+            .expect("one result per request")
+    }
+
+    async fn infer_batch(
+        &self,
+        requests: &[InferenceRequest],
+    ) -> Vec<Result<Vec<ProtocolTensor>, ModelError>> {
+        let inference = Arc::clone(&self.inference);
+        let requests = requests.to_vec();
+        let count = requests.len();
+        let name = self.name.clone();
+        // Inference is CPU work: off the async threads.
+        match tokio::task::spawn_blocking(move || tensors::run(&inference.plan, &requests)).await {
+            Ok(results) => results,
+            Err(err) => {
+                tracing::error!(model = %name, error = %err, "inference panicked");
+                vec![Err(ModelError::Failed("inference failed".into())); count]
+            }
+        }
     }
 
     async fn predict(&self, input: &Input) -> Result<Value, ModelError> {
