@@ -270,6 +270,16 @@ pub async fn require_api_token_openai(
     Ok(guard(&tokens, Access::Predict, request, next).await?)
 }
 
+/// Middleware of the Open Inference Protocol's routes: the prediction routes'
+/// tokens, a refusal in the protocol's error shape.
+pub async fn require_api_token_oip(
+    State(tokens): State<Arc<Tokens>>,
+    request: Request,
+    next: Next,
+) -> Result<Response, crate::routes::oip::OipError> {
+    Ok(guard(&tokens, Access::Predict, request, next).await?)
+}
+
 /// Middleware of `/metrics` and `/openapi.json`.
 pub async fn require_metrics_token(
     State(tokens): State<Arc<Tokens>>,

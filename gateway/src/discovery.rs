@@ -7,7 +7,7 @@
 //! it is looked up again at once (at most every `RESCAN_AFTER`) before it is
 //! declared unserved, so a worker that just started is found without waiting.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -16,9 +16,10 @@ use async_nats::service::Info;
 use prediction_contract::ModelName;
 use prediction_contract::headers::{
     CACHE_SAMPLED_METADATA, CHUNK_GAP_MS_METADATA, FIRST_CHUNK_MS_METADATA, HEARTBEATS_METADATA,
-    STREAMS_METADATA, TIMEOUT_MS_METADATA,
+    STREAMS_METADATA, TENSORS_METADATA, TIMEOUT_MS_METADATA,
 };
 use prediction_contract::subjects::PREDICT_SUBJECT_PREFIX;
+use prediction_contract::tensors::TensorSignature;
 use serde::Serialize;
 use tokio::sync::Mutex;
 use tracing::debug;
@@ -62,6 +63,10 @@ pub struct ServedModel {
     /// otherwise).
     #[serde(skip)]
     pub caches_sampled: bool,
+    /// The tensors it takes and gives (the Open Inference Protocol), as the
+    /// workers of its current version declare them; `None`: JSON inputs only.
+    #[serde(skip)]
+    pub tensors: Option<Arc<TensorSignature>>,
 }
 
 /// How long a generative model's answers may take, as its workers declare.
@@ -155,6 +160,18 @@ impl ModelView {
     }
 
     /// Whether answers of sampled requests may be cached.
+    /// The tensors it takes and gives, if its workers declare them.
+    pub fn tensors(&self) -> Option<&Arc<TensorSignature>> {
+        self.served.as_ref()?.tensors.as_ref()
+    }
+
+    /// Every version some worker serves.
+    pub fn versions(&self) -> impl Iterator<Item = &str> {
+        self.served
+            .iter()
+            .flat_map(|served| served.versions.iter().map(String::as_str))
+    }
+
     pub fn caches_sampled(&self) -> bool {
         self.served
             .as_ref()
@@ -293,6 +310,7 @@ impl ModelDirectory {
         let mut without_heartbeats = HashSet::new();
         let mut without_streams = HashSet::new();
         let mut sampled_not_cached = HashSet::new();
+        let mut signatures: HashMap<(String, String), Arc<TensorSignature>> = HashMap::new();
         for reply in self.nats.ask_every_worker().await {
             let Ok(info) = serde_json::from_slice::<Info>(&reply.payload) else {
                 debug!("ignoring an unreadable service info reply");
@@ -329,6 +347,15 @@ impl ModelDirectory {
                 }
                 if let Some(version) = endpoint.metadata.get("model_version") {
                     served.versions.insert(version.clone());
+                    if let Some(signature) = endpoint
+                        .metadata
+                        .get(TENSORS_METADATA)
+                        .and_then(|text| serde_json::from_str::<TensorSignature>(text).ok())
+                    {
+                        signatures
+                            .entry((name.to_owned(), version.clone()))
+                            .or_insert_with(|| Arc::new(signature));
+                    }
                 }
             }
         }
@@ -341,6 +368,11 @@ impl ModelDirectory {
                 .iter()
                 .max_by(|a, b| compare_versions(a, b))
                 .cloned();
+            served.tensors = served.current_version.as_ref().and_then(|version| {
+                signatures
+                    .get(&(served.name.clone(), version.clone()))
+                    .cloned()
+            });
         }
         models
             .into_iter()

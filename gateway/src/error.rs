@@ -43,6 +43,11 @@ pub enum ApiError {
 }
 
 impl ApiError {
+    /// The HTTP status it answers with.
+    pub fn status(&self) -> StatusCode {
+        self.status_and_code().0
+    }
+
     fn status_and_code(&self) -> (StatusCode, &str) {
         match self {
             Self::InvalidModelName(_) => (StatusCode::BAD_REQUEST, "invalid_model_name"),

@@ -732,6 +732,15 @@ pub struct InferenceResponse {
     pub outputs: Vec<Tensor>,
 }
 
+/// The length of the JSON header at the start of `body`, the binary form's
+/// header: where its first JSON value ends.
+pub fn header_length_of(body: &[u8]) -> Option<usize> {
+    let mut values =
+        serde_json::Deserializer::from_slice(body).into_iter::<serde::de::IgnoredAny>();
+    values.next()?.ok()?;
+    Some(values.byte_offset())
+}
+
 impl InferenceResponse {
     /// Reads a response body (a worker's reply, an upstream server's answer).
     pub fn parse(body: &[u8], header_length: Option<usize>) -> Result<Self, TensorError> {
@@ -1002,6 +1011,7 @@ mod tests {
         );
         let (binary_body, header) = response.write(|_| true).unwrap();
         assert_eq!(binary_body.len(), header.unwrap() + 8);
+        assert_eq!(header_length_of(&binary_body), header);
         assert_eq!(
             InferenceResponse::parse(&binary_body, header).unwrap(),
             response

@@ -7,6 +7,8 @@
 use std::borrow::Cow;
 use std::time::Duration;
 
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
 use prediction_contract::time::millis;
 use serde::{Deserialize, Serialize};
@@ -15,7 +17,8 @@ use serde_json::value::RawValue;
 /// A cached prediction and what the gateway needs to know about it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CachedPrediction {
-    /// The prediction exactly as the worker sent it (valid JSON).
+    /// The prediction exactly as the worker sent it: JSON, or a tensor reply
+    /// (a JSON header and binary data).
     pub prediction: Bytes,
     pub model_version: String,
     /// When the gateway received it, in milliseconds since the Unix epoch.
@@ -24,8 +27,9 @@ pub struct CachedPrediction {
     pub fresh_for: Duration,
 }
 
-/// The stored form. The prediction is embedded as raw JSON, so a hit copies it
-/// into the response without parsing it.
+/// The stored form. A JSON prediction is embedded as raw JSON, so a hit copies
+/// it into the response without parsing it; any other (a tensor reply) as
+/// base64 under `binary`.
 #[derive(Serialize, Deserialize)]
 struct StoredEntry<'a> {
     /// Borrowed unless the JSON string holds escapes (a version with a control
@@ -34,32 +38,51 @@ struct StoredEntry<'a> {
     model_version: Cow<'a, str>,
     computed_at_ms: u64,
     fresh_ms: u64,
-    #[serde(borrow)]
-    prediction: &'a RawValue,
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    prediction: Option<&'a RawValue>,
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    binary: Option<Cow<'a, str>>,
 }
 
 /// A value under a prediction key that is not an entry this gateway wrote.
 #[derive(Debug, thiserror::Error)]
 #[error("the cached value is not a prediction entry: {0}")]
-pub struct CorruptEntry(#[from] serde_json::Error);
+pub struct CorruptEntry(String);
+
+impl From<serde_json::Error> for CorruptEntry {
+    fn from(err: serde_json::Error) -> Self {
+        Self(err.to_string())
+    }
+}
 
 impl CachedPrediction {
     pub fn encode(&self) -> Vec<u8> {
-        let prediction: &RawValue = serde_json::from_slice(&self.prediction)
-            .expect("predictions are validated as JSON before they are cached");
+        let prediction: Option<&RawValue> = serde_json::from_slice(&self.prediction).ok();
+        let binary = prediction
+            .is_none()
+            .then(|| Cow::Owned(BASE64.encode(&self.prediction)));
         serde_json::to_vec(&StoredEntry {
             model_version: Cow::Borrowed(&self.model_version),
             computed_at_ms: self.computed_at_ms,
             fresh_ms: millis(self.fresh_for),
             prediction,
+            binary,
         })
         .expect("an entry always serialises")
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self, CorruptEntry> {
         let stored: StoredEntry<'_> = serde_json::from_slice(bytes)?;
+        let prediction = match (stored.prediction, stored.binary) {
+            (Some(json), None) => Bytes::copy_from_slice(json.get().as_bytes()),
+            (None, Some(binary)) => BASE64
+                .decode(binary.as_bytes())
+                .map_err(|err| CorruptEntry(format!("its binary prediction is not base64: {err}")))?
+                .into(),
+            _ => return Err(CorruptEntry("it holds no prediction, or two".into())),
+        };
         Ok(Self {
-            prediction: Bytes::copy_from_slice(stored.prediction.get().as_bytes()),
+            prediction,
             model_version: stored.model_version.into_owned(),
             computed_at_ms: stored.computed_at_ms,
             fresh_for: Duration::from_millis(stored.fresh_ms),
@@ -112,8 +135,32 @@ mod tests {
     }
 
     #[test]
+    fn a_tensor_reply_round_trips_as_binary() {
+        let mut header = br#"{"outputs":[{"name":"y","datatype":"INT8","shape":[2],"parameters":{"binary_data_size":2}}]}"#.to_vec();
+        header.extend_from_slice(&[1, 255]);
+        let entry = CachedPrediction {
+            prediction: header.into(),
+            ..entry()
+        };
+        let stored = entry.encode();
+        assert!(
+            std::str::from_utf8(&stored)
+                .unwrap()
+                .contains(r#""binary":""#)
+        );
+        assert_eq!(CachedPrediction::decode(&stored).unwrap(), entry);
+    }
+
+    #[test]
     fn foreign_values_are_corrupt_not_panics() {
-        for bytes in [&b"garbage"[..], b"{}", b"\xff\xfe", br#"{"prediction":1}"#] {
+        for bytes in [
+            &b"garbage"[..],
+            b"{}",
+            b"\xff\xfe",
+            br#"{"prediction":1}"#,
+            br#"{"model_version":"1","computed_at_ms":1,"fresh_ms":1}"#,
+            br#"{"model_version":"1","computed_at_ms":1,"fresh_ms":1,"binary":"!!"}"#,
+        ] {
             assert!(CachedPrediction::decode(bytes).is_err());
         }
     }

@@ -249,7 +249,17 @@ fn read_reply(call: &ModelCall, reply: Message) -> Result<ModelReply, ModelCallE
     if let Some(error) = ServiceError::read(&header) {
         return Err(service_error(call, error));
     }
-    serde_json::from_slice::<&RawValue>(&reply.payload).map_err(ModelCallError::InvalidReply)?;
+    // A tensor reply is a JSON header and binary data; its header is checked.
+    let json = match header(INFERENCE_HEADER_CONTENT_LENGTH) {
+        Some(length) => length
+            .trim()
+            .parse::<usize>()
+            .ok()
+            .and_then(|length| reply.payload.get(..length))
+            .unwrap_or_default(),
+        None => &reply.payload[..],
+    };
+    serde_json::from_slice::<&RawValue>(json).map_err(ModelCallError::InvalidReply)?;
     let metadata = ReplyMetadata::read(header);
     Ok(ModelReply {
         metadata,

@@ -5,7 +5,8 @@
 //! (`crate::prediction`): [`native`] (`/v1/models/{model}/predict`) and
 //! [`original`] (`POST /predict`, `GET /health`), both answering through
 //! [`answer`]; [`openai`] (the OpenAI API: chat, completions, embeddings, the
-//! models list). Around them: [`admin`] (purges), [`health`] (liveness and
+//! models list); [`oip`] (the Open Inference Protocol: tensors, as Triton's and
+//! KServe's clients send them). Around them: [`admin`] (purges), [`health`] (liveness and
 //! readiness), [`operations`] (metrics, the models served) and [`openapi`] (the
 //! document of them all); the arguments of all come from [`extract`].
 
@@ -14,6 +15,7 @@ pub mod answer;
 pub mod extract;
 pub mod health;
 pub mod native;
+pub mod oip;
 pub mod openai;
 pub mod openapi;
 pub mod operations;
@@ -43,6 +45,23 @@ pub fn router(state: AppState, tokens: Tokens) -> Router {
         .route("/v1/completions", post(openai::completions))
         .route("/v1/embeddings", post(openai::embeddings))
         .route("/v1/models", get(openai::list_models));
+    let mut oip_api = Router::new()
+        .route("/v2", get(oip::server_metadata))
+        .route("/v2/models/{model}", get(oip::model_metadata))
+        .route(
+            "/v2/models/{model}/versions/{version}",
+            get(oip::model_metadata),
+        )
+        .route("/v2/models/{model}/ready", get(oip::model_ready))
+        .route(
+            "/v2/models/{model}/versions/{version}/ready",
+            get(oip::model_ready),
+        )
+        .route("/v2/models/{model}/infer", post(oip::infer))
+        .route(
+            "/v2/models/{model}/versions/{version}/infer",
+            post(oip::infer),
+        );
     // Without API tokens the guard lets every request through; leaving it out
     // spares the hot path a middleware (a boxed service clone and future) per request.
     if tokens.requires_api_token() {
@@ -51,6 +70,10 @@ pub fn router(state: AppState, tokens: Tokens) -> Router {
         openai_api = openai_api.route_layer(from_fn_with_state(
             tokens.clone(),
             auth::require_api_token_openai,
+        ));
+        oip_api = oip_api.route_layer(from_fn_with_state(
+            tokens.clone(),
+            auth::require_api_token_oip,
         ));
     }
     let purges = Router::new()
@@ -68,10 +91,13 @@ pub fn router(state: AppState, tokens: Tokens) -> Router {
     let health = Router::new()
         .route("/health", get(original::original_health))
         .route("/healthz", get(health::health))
-        .route("/readyz", get(health::ready));
+        .route("/readyz", get(health::ready))
+        .route("/v2/health/live", get(oip::live))
+        .route("/v2/health/ready", get(oip::ready));
     Router::new()
         .merge(predictions)
         .merge(openai_api)
+        .merge(oip_api)
         .merge(purges)
         .merge(operations)
         .merge(health)
