@@ -10,7 +10,7 @@ run: ## build and run the whole system locally (NATS, Redis, 1 gateway on :8080,
 test: test-deps ## the whole test suite (starts its own nats-server and redis-server)
 	PREDICTION_WORKER_PYTHON="$$(scripts/python-env.sh)" cargo test --workspace --locked
 	"$$(scripts/python-env.sh)" -m pytest -q workers/python
-	"$$(scripts/python-env.sh)" -m pytest -q e2e/tests/openai
+	"$$(scripts/python-env.sh)" -m pytest -q e2e/tests/clients
 	scripts/check-compose.sh
 	scripts/check-docs.py
 
@@ -29,8 +29,8 @@ build: ## release binaries in target/release
 lint: ## formatting and clippy, as CI would want them; ruff and mypy --strict on the Python library
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets --locked -- -D warnings
-	"$$(scripts/python-env.sh)" -m ruff check workers/python e2e/tests/python e2e/tests/openai
-	"$$(scripts/python-env.sh)" -m ruff format --check workers/python e2e/tests/openai
+	"$$(scripts/python-env.sh)" -m ruff check workers/python e2e/tests/python e2e/tests/clients
+	"$$(scripts/python-env.sh)" -m ruff format --check workers/python e2e/tests/clients
 	"$$(scripts/python-env.sh)" -m mypy --strict workers/python/src
 
 fmt: ## format the code

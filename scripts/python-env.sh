@@ -14,5 +14,5 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
   -c workers/python/constraints.txt -e 'workers/python[test,examples]' \
-  -r e2e/tests/openai/requirements.txt >&2
+  -r e2e/tests/clients/requirements.txt >&2
 echo "$PWD/$venv/bin/python"

@@ -50,6 +50,11 @@ fn the_python_librarys_constants_are_this_crates() {
         ("REQUEST_ID", headers::REQUEST_ID.to_owned()),
         ("REPLY_STREAM", headers::REPLY_STREAM.to_owned()),
         ("OPENAI_API", headers::OPENAI_API.to_owned()),
+        (
+            "INFERENCE_HEADER_CONTENT_LENGTH",
+            prediction_contract::tensors::INFERENCE_HEADER_CONTENT_LENGTH.to_owned(),
+        ),
+        ("TENSORS_METADATA", headers::TENSORS_METADATA.to_owned()),
         ("CHUNK", reply_kinds::CHUNK.to_owned()),
         ("END", reply_kinds::END.to_owned()),
         ("WORKER_ID", headers::WORKER_ID.to_owned()),

@@ -17,6 +17,7 @@
 
 from .generation import Usage
 from .model import InvalidInput
+from .tensors import TensorSpec
 from .worker import Delta, Input, Worker, __version__
 
-__all__ = ["Delta", "Input", "InvalidInput", "Usage", "Worker", "__version__"]
+__all__ = ["Delta", "Input", "InvalidInput", "TensorSpec", "Usage", "Worker", "__version__"]

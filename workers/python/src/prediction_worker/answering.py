@@ -17,7 +17,7 @@ from nats.aio.client import Client
 from nats.micro.request import Request
 from nats.micro.service import Service
 
-from . import contract, tracing
+from . import contract, tensors, tracing
 from .admission import Admission
 from .contract import (
     BAD_INPUT,
@@ -29,6 +29,7 @@ from .contract import (
     WORKER_ID,
     RequestMetadata,
 )
+from .model import InvalidInput
 from .nats_internals import EndpointStatsAdapter, reply_subject
 from .runner import PredictionError, Runner
 
@@ -210,14 +211,18 @@ async def _answer_in_span(
     started = time.perf_counter()
     error: PredictionError | None = None
     payload = b""
+    tensor_header: int | None = None
     try:
         if metadata.deadline_passed(time.time_ns() // 1_000_000):
             raise PredictionError(
                 contract.DEADLINE_EXCEEDED,
                 "the caller's deadline passed before the worker started",
             )
-        prediction = await runner.predict(_parse_input(request.data), metadata, span_context)
-        payload = _to_json(spec.name, prediction, metadata.request_id)
+        if spec.kind == "tensor" or metadata.tensor_header_length is not None:
+            payload, tensor_header = await _tensors(runner, request.data, metadata, span_context)
+        else:
+            prediction = await runner.predict(_parse_input(request.data), metadata, span_context)
+            payload = _to_json(spec.name, prediction, metadata.request_id)
     except PredictionError as err:
         error = err
     except Exception:
@@ -225,6 +230,8 @@ async def _answer_in_span(
         error = PredictionError(MODEL_FAILED, f"model {spec.name} failed")
     compute_seconds = time.perf_counter() - started
     headers = contract.reply_headers(spec.version, spec.freshness_ttl, compute_seconds)
+    if error is None and tensor_header is not None:
+        headers[contract.INFERENCE_HEADER_CONTENT_LENGTH] = str(tensor_header)
     await _send(request, payload, error, headers, metadata)
     stats.record(time.perf_counter() - started, None if error is None else error.message)
     log.debug(
@@ -236,6 +243,41 @@ async def _answer_in_span(
             "compute_ms": round(compute_seconds * 1000, 3),
         },
     )
+
+
+async def _tensors(
+    runner: Runner, payload: bytes, metadata: RequestMetadata, span_context: Any
+) -> tuple[bytes, int]:
+    """A tensor request's reply: the arrays read and checked, the model run,
+    its outputs written back binary."""
+    spec = runner.spec
+    if spec.kind != "tensor":
+        raise PredictionError(BAD_INPUT, f"model {spec.name} takes JSON inputs, not tensors")
+    if metadata.tensor_header_length is None or metadata.tensor_header_length < 0:
+        raise PredictionError(
+            BAD_INPUT,
+            f"model {spec.name} takes tensors: send them in the binary form with "
+            f"{contract.INFERENCE_HEADER_CONTENT_LENGTH} (or through /v2/models/{spec.name}/infer)",
+        )
+    inputs, outputs = list(spec.tensor_inputs), list(spec.tensor_outputs)
+    try:
+        arrays, wanted = tensors.read_request(
+            payload, metadata.tensor_header_length, inputs, outputs
+        )
+    except InvalidInput as err:
+        raise PredictionError(BAD_INPUT, str(err)) from None
+    results = await runner.predict(arrays, metadata, span_context)
+    try:
+        return tensors.write_response(spec.name, spec.version, results, outputs, wanted)
+    except (TypeError, ValueError) as err:
+        log.error(
+            "the model's outputs cannot be sent: %s",
+            err,
+            extra={"model": spec.name, "request_id": metadata.request_id},
+        )
+        raise PredictionError(
+            MODEL_FAILED, f"model {spec.name} returned outputs it does not declare"
+        ) from None
 
 
 def _to_json(model: str, prediction: Any, request_id: str) -> bytes:

@@ -31,6 +31,9 @@ REPLY_STREAM = "Reply-Stream"
 #: The OpenAI API a generative request speaks: chat.completions, completions,
 #: embeddings; without it, told by the request's fields.
 OPENAI_API = "Openai-Api"
+#: Both ways: the message holds tensors in the binary form (the Open Inference
+#: Protocol's), a JSON header this many bytes long, then the tensors' data.
+INFERENCE_HEADER_CONTENT_LENGTH = "Inference-Header-Content-Length"
 
 # Worker -> gateway.
 MODEL_VERSION = "Model-Version"
@@ -54,6 +57,8 @@ TIMEOUT_MS_METADATA = "timeout_ms"
 FIRST_CHUNK_MS_METADATA = "first_chunk_ms"
 CHUNK_GAP_MS_METADATA = "chunk_gap_ms"
 CACHE_SAMPLED_METADATA = "cache_sampled"
+#: Endpoint metadata of a tensor model: its inputs and outputs (JSON).
+TENSORS_METADATA = "tensors"
 
 #: ``Nats-Service-Error-Code`` values.
 BAD_INPUT = 400
@@ -75,6 +80,8 @@ class RequestMetadata:
     stream: bool = False
     #: The OpenAI API the request speaks, if the caller said.
     api: str | None = None
+    #: For a tensor request, the length of its JSON header.
+    tensor_header_length: int | None = None
 
     @classmethod
     def from_headers(cls, headers: Mapping[str, str] | None) -> RequestMetadata:
@@ -91,6 +98,11 @@ class RequestMetadata:
             heartbeat = max(int(headers[HEARTBEAT_MS].strip()), 1) / 1000
         except (KeyError, ValueError):
             heartbeat = None
+        tensor_header: int | None
+        try:
+            tensor_header = int(headers[INFERENCE_HEADER_CONTENT_LENGTH].strip())
+        except (KeyError, ValueError):
+            tensor_header = -1 if INFERENCE_HEADER_CONTENT_LENGTH in headers else None
         return cls(
             request_id=headers.get(REQUEST_ID, "-"),
             deadline_unix_ms=deadline,
@@ -98,6 +110,7 @@ class RequestMetadata:
             heartbeat_interval=heartbeat,
             stream=REPLY_STREAM in headers,
             api=headers.get(OPENAI_API),
+            tensor_header_length=tensor_header,
         )
 
     def deadline_passed(self, now_unix_ms: int) -> bool:

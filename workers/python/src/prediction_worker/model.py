@@ -41,8 +41,12 @@ class ModelSpec:
     #: ``batch_model``) rather than one.
     batches: bool = False
     #: ``predict`` (a function of one input or a batch), ``chat`` (a generator
-    #: of deltas, for chat and completions) or ``embed`` (a function of texts).
+    #: of deltas, for chat and completions), ``embed`` (a function of texts) or
+    #: ``tensor`` (a function of named arrays).
     kind: str = "predict"
+    #: A tensor model's inputs and outputs (``tensors.TensorSpec``).
+    tensor_inputs: tuple[Any, ...] = ()
+    tensor_outputs: tuple[Any, ...] = ()
     #: A generative model's bounds, in seconds: the whole answer, its first
     #: chunk, the gap between two chunks.
     bounds: tuple[float, float, float] | None = None
@@ -71,7 +75,9 @@ class ModelSpec:
             raise ValueError(f"model {self.name}: max_batch must be at least 1")
         if self.batch_window < 0:
             raise ValueError(f"model {self.name}: batch_window must be >= 0 seconds")
-        if self.kind not in ("predict", "chat", "embed"):
+        if self.kind not in ("predict", "chat", "embed", "tensor"):
             raise ValueError(f"model {self.name}: unknown kind {self.kind!r}")
+        if self.kind == "tensor" and not (self.tensor_inputs and self.tensor_outputs):
+            raise ValueError(f"model {self.name}: a tensor model declares its inputs and outputs")
         if self.bounds is not None and min(self.bounds) <= 0:
             raise ValueError(f"model {self.name}: timeouts must be above 0 seconds")

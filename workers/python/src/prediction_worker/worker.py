@@ -5,6 +5,7 @@ losing one."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import signal
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -23,6 +24,7 @@ from .connection import Stopping, connect_unless_stopped, within
 from .generation import Usage
 from .model import ModelSpec
 from .runner import Runner
+from .tensors import TensorSpec
 
 log = logging.getLogger("prediction_worker")
 
@@ -49,6 +51,10 @@ ChatFunction = TypeVar(
 #: An embedding model: ``def f(texts: list[str]) -> vectors`` (or ``async
 #: def``), one vector per text, in order.
 EmbedFunction = TypeVar("EmbedFunction", bound=Callable[[list[str]], Any])
+
+#: A tensor model: ``def f(inputs: dict[str, np.ndarray]) -> dict[str,
+#: np.ndarray]`` (or ``async def``), the arrays named as its inputs and outputs.
+TensorFunction = TypeVar("TensorFunction", bound=Callable[[dict[str, Any]], Any])
 
 #: A generative model's bounds unless given: the whole answer, its first chunk,
 #: the gap between two chunks (seconds).
@@ -224,6 +230,43 @@ class Worker:
 
         return register
 
+    def tensor_model(
+        self,
+        name: str,
+        *,
+        version: str,
+        inputs: list[TensorSpec],
+        outputs: list[TensorSpec],
+        freshness_ttl: float | None = None,
+    ) -> Callable[[TensorFunction], TensorFunction]:
+        """Registers the decorated function as the tensor model ``name``, served
+        through the Open Inference Protocol (``/v2/models/<name>/infer``, what
+        Triton's and KServe's clients call): it takes a dict of NumPy arrays,
+        one per declared input, and returns a dict of arrays, one per declared
+        output (cast to its datatype). ``inputs`` and ``outputs`` are what
+        the model's metadata shows and every request is checked against;
+        ``-1`` in a shape means any size. The other arguments are
+        :meth:`model`'s.
+        """
+
+        def register(function: TensorFunction) -> TensorFunction:
+            self._register(
+                ModelSpec(
+                    name=name,
+                    version=version,
+                    freshness_ttl=freshness_ttl,
+                    function=function,
+                    max_batch=1,
+                    batch_window=0.0,
+                    kind="tensor",
+                    tensor_inputs=tuple(inputs),
+                    tensor_outputs=tuple(outputs),
+                )
+            )
+            return function
+
+        return register
+
     def _register(self, spec: ModelSpec) -> None:
         if spec.name in self._specs:
             raise ValueError(f"model {spec.name} is registered twice")
@@ -337,7 +380,15 @@ def _endpoint_metadata(spec: ModelSpec) -> dict[str, str]:
     """What ``nats micro info`` shows of an endpoint, and the gateway reads:
     the version, heartbeats, and a generative model's streams and bounds."""
     metadata = {"model_version": spec.version, contract.HEARTBEATS_METADATA: "true"}
-    if spec.kind != "predict":
+    if spec.kind == "tensor":
+        metadata[contract.TENSORS_METADATA] = json.dumps(
+            {
+                "platform": "python",
+                "inputs": [tensor.to_dict() for tensor in spec.tensor_inputs],
+                "outputs": [tensor.to_dict() for tensor in spec.tensor_outputs],
+            }
+        )
+    if spec.kind in ("chat", "embed"):
         metadata[contract.STREAMS_METADATA] = "true"
         total, first_chunk, chunk_gap = spec.bounds or DEFAULT_BOUNDS
         metadata[contract.TIMEOUT_MS_METADATA] = str(round(total * 1000))

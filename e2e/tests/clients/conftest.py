@@ -1,6 +1,7 @@
-"""The OpenAI API as its users call it: the official `openai` SDK against real
-gateway, NATS, Redis and worker processes, each test with servers of its own on
-free ports."""
+"""The gateway's protocols as their users call them, with the standard clients
+(the official `openai` SDK; Triton's `tritonclient`) against real gateway,
+NATS, Redis and worker processes, each test with servers of its own on free
+ports."""
 
 from __future__ import annotations
 

@@ -1,5 +1,7 @@
-"""Generative models served by the Python library, for the tests: an async
-chat model, a plain-generator one, and an embedding model.
+"""Models served by the Python library, for the tests: an async chat model, a
+plain-generator one, an embedding model, and a tensor model of several
+inputs and outputs (FP16, BF16, BYTES, INT32 in; FP32, FP16, BF16, BYTES, INT64
+out).
 
 Run as ``python -m prediction_worker python_models:worker --nats-url ...``.
 ``STOPPED_LOG`` names a file where each generation that stops before its end
@@ -10,8 +12,10 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
-from prediction_worker import Delta, Input, InvalidInput, Usage, Worker
+import numpy as np
+from prediction_worker import Delta, Input, InvalidInput, TensorSpec, Usage, Worker
 
 worker = Worker()
 
@@ -56,3 +60,33 @@ def py_sync_chat(request: Input) -> Iterator[Delta]:
 @worker.embedding_model("py-embed", version="1")
 def py_embed(texts: list[str]) -> list[list[float]]:
     return [[float(len(text)), 1.0, -0.5] for text in texts]
+
+
+@worker.tensor_model(
+    "py-tensors",
+    version="3",
+    inputs=[
+        TensorSpec("a", "FP16", (-1, 2)),
+        TensorSpec("b", "BF16", (-1, 2)),
+        TensorSpec("c", "BYTES", (-1,)),
+        TensorSpec("d", "INT32", (-1, 2)),
+    ],
+    outputs=[
+        TensorSpec("sum", "FP32", (-1, 2)),
+        TensorSpec("twice", "FP16", (-1, 2)),
+        TensorSpec("next", "BF16", (-1, 2)),
+        TensorSpec("upper", "BYTES", (-1,)),
+        TensorSpec("length", "INT64", (-1,)),
+    ],
+)
+def py_tensors(inputs: dict[str, Any]) -> dict[str, Any]:
+    a, b, c, d = inputs["a"], inputs["b"], inputs["c"], inputs["d"]
+    if a.shape[0] != d.shape[0]:
+        raise InvalidInput("a and d must have as many rows")
+    return {
+        "sum": a.astype(np.float32) + b + d,
+        "twice": a * 2,
+        "next": b + 1,
+        "upper": np.array([text.upper() for text in c], dtype=object),
+        "length": np.array([len(text) for text in c], dtype=np.int64),
+    }
