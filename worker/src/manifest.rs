@@ -1,8 +1,10 @@
 //! The model manifest (`--model-config`): the models a worker serves beyond
 //! the built-in ones, each a `[[model]]` table of one kind: `onnx` (the
-//! default: an ONNX file, and how JSON inputs and outputs map to its tensors)
-//! or `openai` (a server that speaks the OpenAI API: vLLM, llama.cpp's
-//! server, Ollama, TGI, OpenAI itself, which the worker forwards to).
+//! default: an ONNX file, and how JSON inputs and outputs map to its tensors,
+//! if they do), `openai` (a server that speaks the OpenAI API: vLLM, llama.cpp's
+//! server, Ollama, TGI, OpenAI itself, which the worker forwards to) or `oip`
+//! (a model server that speaks the Open Inference Protocol: Triton, KServe,
+//! MLServer, OpenVINO Model Server).
 //!
 //! ```toml
 //! [[model]]
@@ -28,6 +30,17 @@
 //! chunk_gap_timeout = "30s"                # between two chunks
 //! cache_sampled = true                     # cache answers of sampled requests
 //! freshness_ttl = "1h"
+//!
+//! [[model]]
+//! name = "iris"
+//! kind = "oip"
+//! version = "iris-2"                       # in the cache key
+//! url = "http://127.0.0.1:8000"            # the server's root, where /v2 is
+//! upstream_model = "iris"                  # default: name
+//! upstream_version = "2"                   # optional: /v2/models/iris/versions/2
+//! binary_data = true                       # tensors in binary form (MLServer: false)
+//! concurrency = 16
+//! timeout = "30s"
 //! ```
 
 use std::collections::{BTreeMap, HashSet};
@@ -40,10 +53,12 @@ use serde::Deserialize;
 
 use crate::model::GenerationBounds;
 
-/// The requests an `openai` model has in flight to its server, unless set.
-pub const DEFAULT_UPSTREAM_CONCURRENCY: usize = 16;
+/// The requests a model has in flight to its server, unless set.
+pub const DEFAULT_CONCURRENCY: usize = 16;
+/// How long an `oip` model's server may take to answer, unless set.
+pub const DEFAULT_OIP_TIMEOUT: Duration = Duration::from_secs(30);
 /// The bounds of an `openai` model's answers, unless set.
-pub const DEFAULT_UPSTREAM_BOUNDS: GenerationBounds = GenerationBounds {
+pub const DEFAULT_OPENAI_BOUNDS: GenerationBounds = GenerationBounds {
     total: Duration::from_secs(600),
     first_chunk: Duration::from_secs(60),
     between_chunks: Duration::from_secs(30),
@@ -78,7 +93,7 @@ struct RawInput {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawUpstreamEntry {
+struct RawOpenAiEntry {
     name: String,
     #[allow(dead_code)]
     kind: String,
@@ -94,18 +109,57 @@ struct RawUpstreamEntry {
     cache_sampled: Option<bool>,
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOipEntry {
+    name: String,
+    #[allow(dead_code)]
+    kind: String,
+    version: String,
+    url: String,
+    upstream_model: Option<String>,
+    upstream_version: Option<String>,
+    binary_data: Option<bool>,
+    api_key_env: Option<String>,
+    concurrency: Option<usize>,
+    freshness_ttl: Option<String>,
+    timeout: Option<String>,
+}
+
+/// A model an Open Inference Protocol server runs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OipEntry {
+    pub name: ModelName,
+    pub version: String,
+    /// The server's root URL (where `/v2` is), without a trailing `/`.
+    pub url: String,
+    pub upstream_model: String,
+    pub upstream_version: Option<String>,
+    /// Whether tensors travel in binary form (Triton, KServe, OVMS) or as
+    /// JSON (MLServer).
+    pub binary_data: bool,
+    /// A bearer token for the server, read at startup from the variable the
+    /// manifest names.
+    pub api_key: Option<String>,
+    pub concurrency: usize,
+    pub freshness_ttl: Option<Duration>,
+    pub timeout: Duration,
+}
+
 /// A model the manifest lists, checked.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ModelEntry {
     Onnx(OnnxEntry),
-    Upstream(UpstreamEntry),
+    OpenAi(OpenAiEntry),
+    Oip(OipEntry),
 }
 
 impl ModelEntry {
     pub fn name(&self) -> &ModelName {
         match self {
             Self::Onnx(entry) => &entry.name,
-            Self::Upstream(entry) => &entry.name,
+            Self::OpenAi(entry) => &entry.name,
+            Self::Oip(entry) => &entry.name,
         }
     }
 }
@@ -134,7 +188,7 @@ pub struct JsonMapping {
 
 /// A model an OpenAI-compatible server runs.
 #[derive(Debug, Clone, PartialEq)]
-pub struct UpstreamEntry {
+pub struct OpenAiEntry {
     pub name: ModelName,
     pub version: String,
     /// The API's base URL, up to and including `/v1`, without a trailing `/`.
@@ -213,11 +267,9 @@ fn check(
 ) -> anyhow::Result<ModelEntry> {
     match table.get("kind").map(|kind| kind.as_str()) {
         None | Some(Some("onnx")) => Ok(ModelEntry::Onnx(check_onnx(table.try_into()?, base)?)),
-        Some(Some("openai")) => Ok(ModelEntry::Upstream(check_upstream(
-            table.try_into()?,
-            env,
-        )?)),
-        _ => bail!("`kind` must be \"onnx\" (the default) or \"openai\""),
+        Some(Some("openai")) => Ok(ModelEntry::OpenAi(check_openai(table.try_into()?, env)?)),
+        Some(Some("oip")) => Ok(ModelEntry::Oip(check_oip(table.try_into()?, env)?)),
+        _ => bail!("`kind` must be \"onnx\" (the default), \"openai\" or \"oip\""),
     }
 }
 
@@ -281,28 +333,70 @@ fn json_mapping(
     Ok(JsonMapping { input, output })
 }
 
-fn check_upstream(
-    raw: RawUpstreamEntry,
+/// What every model a server runs has: a version, the server's URL, its key
+/// and how many requests it takes at once.
+fn check_server(
+    version: &str,
+    url: &str,
+    api_key_env: Option<String>,
+    concurrency: Option<usize>,
     env: &dyn Fn(&str) -> Option<String>,
-) -> anyhow::Result<UpstreamEntry> {
-    let name = name_of(&raw.name)?;
-    if raw.version.trim().is_empty() {
+) -> anyhow::Result<(Option<String>, usize)> {
+    if version.trim().is_empty() {
         bail!("`version` must not be empty");
     }
-    if !(raw.url.starts_with("http://") || raw.url.starts_with("https://")) {
-        bail!("`url` {:?} must be an http:// or https:// URL", raw.url);
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        bail!("`url` {url:?} must be an http:// or https:// URL");
     }
-    let api_key = match raw.api_key_env {
+    let api_key = match api_key_env {
         Some(variable) => Some(env(&variable).filter(|key| !key.is_empty()).with_context(
             || format!("`api_key_env` names {variable}, which is not set (or empty)"),
         )?),
         None => None,
     };
-    let concurrency = raw.concurrency.unwrap_or(DEFAULT_UPSTREAM_CONCURRENCY);
+    let concurrency = concurrency.unwrap_or(DEFAULT_CONCURRENCY);
     if concurrency == 0 {
         bail!("`concurrency` must be at least 1");
     }
-    let defaults = DEFAULT_UPSTREAM_BOUNDS;
+    Ok((api_key, concurrency))
+}
+
+fn check_oip(raw: RawOipEntry, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<OipEntry> {
+    let name = name_of(&raw.name)?;
+    let (api_key, concurrency) = check_server(
+        &raw.version,
+        &raw.url,
+        raw.api_key_env,
+        raw.concurrency,
+        env,
+    )?;
+    Ok(OipEntry {
+        upstream_model: raw.upstream_model.unwrap_or_else(|| raw.name.clone()),
+        name,
+        version: raw.version,
+        url: raw.url.trim_end_matches('/').to_owned(),
+        upstream_version: raw.upstream_version,
+        binary_data: raw.binary_data.unwrap_or(true),
+        api_key,
+        concurrency,
+        freshness_ttl: duration("freshness_ttl", raw.freshness_ttl)?,
+        timeout: duration("timeout", raw.timeout)?.unwrap_or(DEFAULT_OIP_TIMEOUT),
+    })
+}
+
+fn check_openai(
+    raw: RawOpenAiEntry,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> anyhow::Result<OpenAiEntry> {
+    let name = name_of(&raw.name)?;
+    let (api_key, concurrency) = check_server(
+        &raw.version,
+        &raw.url,
+        raw.api_key_env,
+        raw.concurrency,
+        env,
+    )?;
+    let defaults = DEFAULT_OPENAI_BOUNDS;
     let bounds = GenerationBounds {
         total: duration("timeout", raw.timeout)?.unwrap_or(defaults.total),
         first_chunk: duration("first_chunk_timeout", raw.first_chunk_timeout)?
@@ -310,7 +404,7 @@ fn check_upstream(
         between_chunks: duration("chunk_gap_timeout", raw.chunk_gap_timeout)?
             .unwrap_or(defaults.between_chunks),
     };
-    Ok(UpstreamEntry {
+    Ok(OpenAiEntry {
         upstream_model: raw.upstream_model.unwrap_or_else(|| raw.name.clone()),
         name,
         version: raw.version,
@@ -456,15 +550,15 @@ mod tests {
         "#;
         let env = |name: &str| (name == "KEY").then(|| "secret".to_owned());
         let entries = parse(text, Path::new("."), &env).unwrap();
-        let ModelEntry::Upstream(entry) = &entries[0] else {
+        let ModelEntry::OpenAi(entry) = &entries[0] else {
             panic!("{entries:?}")
         };
         assert_eq!(entry.url, "http://127.0.0.1:8000/v1");
         assert_eq!(entry.upstream_model, "llama");
         assert_eq!(entry.api_key.as_deref(), Some("secret"));
-        assert_eq!(entry.concurrency, DEFAULT_UPSTREAM_CONCURRENCY);
+        assert_eq!(entry.concurrency, DEFAULT_CONCURRENCY);
         assert_eq!(entry.bounds.first_chunk, Duration::from_secs(5));
-        assert_eq!(entry.bounds.total, DEFAULT_UPSTREAM_BOUNDS.total);
+        assert_eq!(entry.bounds.total, DEFAULT_OPENAI_BOUNDS.total);
         assert!(!entry.cache_sampled);
         for (body, reason) in [
             ("url = \"ftp://x\"", "must be an http"),
@@ -490,5 +584,34 @@ mod tests {
         )
         .unwrap_err();
         assert!(format!("{err:#}").contains("`kind` must be"));
+    }
+
+    #[test]
+    fn an_oip_model_reads_its_server_and_how_tensors_travel() {
+        let text = r#"
+            [[model]]
+            name = "iris"
+            kind = "oip"
+            version = "2"
+            url = "http://127.0.0.1:8080/"
+            upstream_version = "7"
+            binary_data = false
+        "#;
+        let entries = parse(text, Path::new("."), &no_env).unwrap();
+        let ModelEntry::Oip(entry) = &entries[0] else {
+            panic!("{entries:?}")
+        };
+        assert_eq!(entry.url, "http://127.0.0.1:8080");
+        assert_eq!(entry.upstream_model, "iris");
+        assert_eq!(entry.upstream_version.as_deref(), Some("7"));
+        assert!(!entry.binary_data);
+        assert_eq!(entry.timeout, DEFAULT_OIP_TIMEOUT);
+        let err = parse(
+            &text.replace("http://127.0.0.1:8080/", "tcp://x"),
+            Path::new("."),
+            &no_env,
+        )
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("must be an http"));
     }
 }

@@ -87,6 +87,12 @@ pub trait Model: Send + Sync + 'static {
         futures::future::join_all(inputs.iter().map(|input| self.predict(input))).await
     }
 
+    /// Readies the model before the worker registers it: a model another
+    /// server runs learns from it what it takes. An error stops the worker.
+    async fn start(&self) -> anyhow::Result<()> {
+        Ok(())
+    }
+
     /// The tensors it takes and gives, if it answers the Open Inference
     /// Protocol's tensor requests through [`infer`](Model::infer).
     fn tensors(&self) -> Option<&TensorSignature> {

@@ -28,7 +28,7 @@ use crate::model::Model;
 use crate::onnx::OnnxModel;
 use crate::serve::{Admission, serve};
 use crate::streaming::{Cancellations, StreamContext};
-use crate::upstream::UpstreamModel;
+use crate::upstream::{OipModel, OpenAiModel};
 
 /// How long a stopping worker waits for its last replies to reach NATS, and then
 /// for its connection to finish draining.
@@ -76,7 +76,8 @@ pub fn load_manifest(path: &std::path::Path) -> anyhow::Result<Vec<Arc<dyn Model
         .map(|entry| {
             Ok(match entry {
                 ModelEntry::Onnx(entry) => Arc::new(OnnxModel::load(&entry)?) as Arc<dyn Model>,
-                ModelEntry::Upstream(entry) => Arc::new(UpstreamModel::new(entry)?),
+                ModelEntry::OpenAi(entry) => Arc::new(OpenAiModel::new(entry)?),
+                ModelEntry::Oip(entry) => Arc::new(OipModel::new(entry)?),
             })
         })
         .collect()
@@ -107,6 +108,14 @@ impl Worker {
             .find(|model| !names.insert(model.name().clone()))
         {
             bail!("model {} is configured twice", model.name());
+        }
+        // Each model readies itself (a server it forwards to tells what it
+        // takes) before any endpoint is registered.
+        for model in &models {
+            model
+                .start()
+                .await
+                .with_context(|| format!("model {:?}", model.name().as_str()))?;
         }
         let batching = BatchSettings {
             window: config.batch_window,

@@ -372,3 +372,142 @@ async fn a_random_forest_with_two_targets_matches_onnxruntime() {
         }
     }
 }
+
+/// A tensor request in the binary form for `price-mlp`'s input `X`.
+fn tensor_request(rows: &[[f32; 10]], shape: &[u64]) -> (Vec<u8>, usize) {
+    let mut request = prediction_contract::tensors::InferenceRequest::parse(
+        json!({"inputs": [{"name": "X", "datatype": "FP32", "shape": shape,
+            "data": rows.iter().flatten().collect::<Vec<_>>()}]})
+        .to_string()
+        .as_bytes(),
+        None,
+    )
+    .unwrap();
+    request.id = None;
+    request.for_worker()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tensors_in_binary_form_get_the_same_answers_as_json_and_bad_ones_a_400() {
+    let mut running = start(&["--model-config", &manifest()]).await;
+    let cases: Vec<_> = references()
+        .into_iter()
+        .filter(|reference| reference.model == "price-mlp")
+        .take(4)
+        .collect();
+    let rows: Vec<[f32; 10]> = cases
+        .iter()
+        .map(|case| {
+            let features = case.input["features"].as_array().unwrap();
+            std::array::from_fn(|i| features[i].as_f64().unwrap() as f32)
+        })
+        .collect();
+    let (body, header_length) = tensor_request(&rows, &[rows.len() as u64, 10]);
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(
+        "Inference-Header-Content-Length",
+        header_length.to_string().as_str(),
+    );
+    let reply = running
+        .client
+        .request_with_headers("predict.price-mlp", headers.clone(), body.into())
+        .await
+        .unwrap();
+    assert_eq!(
+        header(&reply, "Nats-Service-Error-Code"),
+        None,
+        "{:?}",
+        reply.headers
+    );
+    let length: usize = header(&reply, "Inference-Header-Content-Length")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let response =
+        prediction_contract::tensors::InferenceResponse::parse(&reply.payload, Some(length))
+            .unwrap();
+    assert_eq!(response.model_version.as_deref(), Some("1.0.0"));
+    let output = &response.outputs[0];
+    assert_eq!(
+        (output.name.as_str(), output.shape.as_slice()),
+        ("variable", &[4u64, 1][..])
+    );
+    let values: Vec<f32> = output
+        .data
+        .chunks_exact(4)
+        .map(|bytes| f32::from_le_bytes(bytes.try_into().unwrap()))
+        .collect();
+    for (case, value) in cases.iter().zip(values) {
+        case.assert_matches(&json!({ "predicted_price": value }));
+    }
+
+    let (bad, bad_length) = tensor_request(&rows[..1], &[10, 1]);
+    let mut bad_headers = async_nats::HeaderMap::new();
+    bad_headers.insert(
+        "Inference-Header-Content-Length",
+        bad_length.to_string().as_str(),
+    );
+    let refused = running
+        .client
+        .request_with_headers("predict.price-mlp", bad_headers, bad.into())
+        .await
+        .unwrap();
+    assert_eq!(header(&refused, "Nats-Service-Error-Code"), Some("400"));
+    let message = header(&refused, "Nats-Service-Error").unwrap();
+    assert!(
+        message.contains("tensor \"X\"") && message.contains("[-1, 10]"),
+        "{message}"
+    );
+    running.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_that_takes_json_refuses_tensors() {
+    let mut running = start(&[]).await;
+    let (body, header_length) = tensor_request(&[[1.0; 10]], &[1, 10]);
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(
+        "Inference-Header-Content-Length",
+        header_length.to_string().as_str(),
+    );
+    let reply = running
+        .client
+        .request_with_headers("predict.price", headers, body.into())
+        .await
+        .unwrap();
+    assert_eq!(header(&reply, "Nats-Service-Error-Code"), Some("400"));
+    assert!(
+        header(&reply, "Nats-Service-Error")
+            .unwrap()
+            .contains("takes JSON inputs, not tensors")
+    );
+    running.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn tensor_requests_stacked_into_one_call_get_what_each_gets_alone() {
+    let models = load_manifest(Path::new(&manifest())).unwrap();
+    let row = |value: f32| [value; 10];
+    let parse = |rows: &[[f32; 10]]| {
+        let (body, length) = tensor_request(rows, &[rows.len() as u64, 10]);
+        prediction_contract::tensors::InferenceRequest::parse(&body, Some(length)).unwrap()
+    };
+    let first = parse(&[row(2000.0), row(2100.0)]);
+    let second = parse(&[row(1900.0)]);
+    let odd = prediction_contract::tensors::InferenceRequest::parse(
+        json!({"inputs": [{"name": "X", "datatype": "FP32", "shape": [10], "data": vec![1.0; 10]}]})
+            .to_string()
+            .as_bytes(),
+        None,
+    )
+    .unwrap();
+    for model in &models {
+        let together = model.infer_batch(&[first.clone(), second.clone()]).await;
+        assert_eq!(together[0], model.infer(&first).await, "{}", model.name());
+        assert_eq!(together[1], model.infer(&second).await, "{}", model.name());
+        assert_eq!(together[0].as_ref().unwrap()[0].shape, [2, 1]);
+        // A request whose tensors do not stack runs alone, and is refused alone.
+        let mixed = model.infer_batch(&[first.clone(), odd.clone()]).await;
+        assert_eq!(mixed[0], model.infer(&first).await);
+    }
+}

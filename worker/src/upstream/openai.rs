@@ -24,29 +24,24 @@ use serde_json::{Value, json};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
-use crate::manifest::UpstreamEntry;
+use super::{clipped, error_message};
+use crate::manifest::OpenAiEntry;
 use crate::model::{Chunks, GenerationBounds, Input, Model, ModelError, whole_answer};
 
-/// How long connecting to the server may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// The most of an error body passed on in a message.
-const MAX_ERROR_TEXT: usize = 512;
 /// The fields of the server's chunks the gateway sets itself.
 const ENVELOPE: &[&str] = &["id", "object", "created", "model", "system_fingerprint"];
 
 /// A model served by an OpenAI-compatible server.
 #[derive(Debug)]
-pub struct UpstreamModel {
-    entry: Arc<UpstreamEntry>,
+pub struct OpenAiModel {
+    entry: Arc<OpenAiEntry>,
     client: reqwest::Client,
     turns: Arc<Semaphore>,
 }
 
-impl UpstreamModel {
-    pub fn new(entry: UpstreamEntry) -> anyhow::Result<Self> {
-        let client = reqwest::Client::builder()
-            .connect_timeout(CONNECT_TIMEOUT)
-            .build()?;
+impl OpenAiModel {
+    pub fn new(entry: OpenAiEntry) -> anyhow::Result<Self> {
+        let client = super::client()?;
         Ok(Self {
             turns: Arc::new(Semaphore::new(entry.concurrency)),
             entry: Arc::new(entry),
@@ -56,7 +51,7 @@ impl UpstreamModel {
 }
 
 #[async_trait]
-impl Model for UpstreamModel {
+impl Model for OpenAiModel {
     fn name(&self) -> &ModelName {
         &self.entry.name
     }
@@ -102,7 +97,7 @@ impl Model for UpstreamModel {
 
 /// One request to the server.
 struct Call {
-    entry: Arc<UpstreamEntry>,
+    entry: Arc<OpenAiEntry>,
     client: reqwest::Client,
     turns: Arc<Semaphore>,
 }
@@ -256,21 +251,7 @@ impl Call {
     /// The error of a request the server answered with `status`: a request it
     /// finds wrong is the caller's to fix; anything else is the model's failure.
     fn refused(&self, status: reqwest::StatusCode, body: &str) -> ModelError {
-        let message = serde_json::from_str::<Value>(body)
-            .ok()
-            .and_then(|body| {
-                body.pointer("/error/message")
-                    .or_else(|| body.get("error"))
-                    .or_else(|| body.get("detail"))
-                    .or_else(|| body.get("message"))
-                    .map(|message| {
-                        message
-                            .as_str()
-                            .map_or_else(|| message.to_string(), str::to_owned)
-                    })
-            })
-            .unwrap_or_else(|| body.to_owned());
-        let message = clipped(&message);
+        let message = error_message(body);
         match status.as_u16() {
             400 | 422 => {
                 ModelError::InvalidInput(format!("the model server refused the request: {message}"))
@@ -278,15 +259,6 @@ impl Call {
             code => self.failed(&format!("answered {code}: {message}")),
         }
     }
-}
-
-/// `text` cut to [`MAX_ERROR_TEXT`] bytes (at a character boundary).
-fn clipped(text: &str) -> &str {
-    let mut end = text.len().min(MAX_ERROR_TEXT);
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    &text[..end]
 }
 
 /// `answer` without the fields the gateway sets, and without a null `usage`.
@@ -314,13 +286,5 @@ mod tests {
             without_envelope(chunk),
             json!({"choices":[{"index":0,"delta":{"content":"a"}}]})
         );
-    }
-
-    #[test]
-    fn error_text_is_clipped_at_a_character_boundary() {
-        let long = "é".repeat(MAX_ERROR_TEXT);
-        let clipped = clipped(&long);
-        assert!(clipped.len() <= MAX_ERROR_TEXT);
-        assert!(clipped.chars().all(|c| c == 'é'));
     }
 }
