@@ -54,8 +54,8 @@ callgrind: ## the gateway's instructions per request (/healthz, hot-key hit, Red
 bench-micro: ## criterion micro-benchmarks of the hot pure functions and of ONNX inference
 	cargo bench --locked -p prediction-contract -p gateway -p worker
 
-bench-model: ## the large bench-only MLP (models/bench/bench-mlp.onnx), trained once
-	@[ -f models/bench/bench-mlp.onnx ] || { $(MAKE) --no-print-directory python-models && python3 models/train.py --bench-only; }
+bench-model: ## the bench-only models (models/bench: a large MLP, a 784-input one), trained once
+	@[ -f models/bench/bench-mlp.onnx ] && [ -f models/bench/bench-784.onnx ] || { $(MAKE) --no-print-directory python-models && python3 models/train.py --bench-only; }
 
 models: python-models ## retrain the example ONNX models and their onnxruntime reference outputs
 	python3 models/train.py

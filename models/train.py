@@ -132,6 +132,20 @@ def write_bench_model(train_x: np.ndarray, train_y: np.ndarray) -> None:
         big.fit(train_x[:2000] / 1000.0, train_y[:2000] / 1000.0)
     path = export(big, "bench-mlp", train_x, bench_dir)
     print(f"bench-mlp (10 -> 2048 -> 2048 -> 1) -> {path.relative_to(HERE)}")
+    write_tensor_bench_model()
+
+
+def write_tensor_bench_model() -> None:
+    """A model of 784 inputs (an MNIST image's size) for the tensor rows of
+    make bench: random data, a small MLP; only its shape matters."""
+    rng = np.random.default_rng(SEED)
+    pixels = rng.random((512, 784), dtype=np.float32)
+    small = MLPRegressor(hidden_layer_sizes=(32,), max_iter=5, random_state=SEED)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        small.fit(pixels, pixels.mean(axis=1))
+    path = export(small, "bench-784", pixels, HERE / "bench")
+    print(f"bench-784 (784 -> 32 -> 1) -> {path.relative_to(HERE)}")
 
 
 if __name__ == "__main__":

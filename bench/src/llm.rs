@@ -11,7 +11,7 @@ use anyhow::{Context, bail};
 use futures::future::join_all;
 use serde_json::Value;
 
-use crate::load::{self, Load};
+use crate::load::{self, Load, RequestBody};
 use crate::report::{Row, paired_row, percentile};
 use crate::settings::Run;
 use crate::stack::{self, Process, System};
@@ -34,7 +34,12 @@ pub async fn rows(run: &Run, system: &System) -> anyhow::Result<Vec<Row>> {
 
     run.say("OpenAI chat, cached, not streamed, alternating with GET /healthz");
     let chat = Load {
-        body: Some(CACHED_CHAT.to_owned()),
+        body: Some(RequestBody::new(
+            "cached-chat",
+            CACHED_CHAT.as_bytes(),
+            "application/json",
+            &[],
+        )?),
         ..run.round_load(r#""/v1/chat/completions""#)
     };
     let cached = load::interleaved(

@@ -128,8 +128,37 @@ pub struct Load {
     /// Count 5xx responses apart from 4xx ones (slows wrk a little: it then looks
     /// at every response).
     pub count_server_errors: bool,
-    /// A JSON body: the requests are `POST`s of it (else `GET`s).
-    pub body: Option<String>,
+    /// A body: the requests are `POST`s of it (else `GET`s).
+    pub body: Option<RequestBody>,
+}
+
+/// The body of every request of a run, from a file (it may be binary), and
+/// the headers that go with it.
+#[derive(Debug, Clone)]
+pub struct RequestBody {
+    pub file: std::path::PathBuf,
+    pub headers: Vec<(String, String)>,
+}
+
+impl RequestBody {
+    /// `body` written to a file of the bench's, with `content_type` and any
+    /// other `headers`.
+    pub fn new(
+        name: &str,
+        body: &[u8],
+        content_type: &str,
+        headers: &[(&str, String)],
+    ) -> anyhow::Result<Self> {
+        let file = std::env::temp_dir().join(format!("bench-{}-{name}.body", std::process::id()));
+        std::fs::write(&file, body)?;
+        let mut all = vec![("Content-Type".to_owned(), content_type.to_owned())];
+        all.extend(
+            headers
+                .iter()
+                .map(|(name, value)| ((*name).to_owned(), value.clone())),
+        );
+        Ok(Self { file, headers: all })
+    }
 }
 
 /// Runs wrk against `port` and returns what it measured.
@@ -151,18 +180,32 @@ end
     } else {
         "0"
     };
-    let request = match &load.body {
-        // A Lua long string: the JSON as it is, quotes and all.
-        Some(body) => format!(
-            r#"wrk.format("POST", {}, {{["Content-Type"] = "application/json"}}, [==[{body}]==])"#,
-            load.path
+    let (prelude, request) = match &load.body {
+        Some(body) => {
+            let headers: Vec<String> = body
+                .headers
+                .iter()
+                .map(|(name, value)| format!("[\"{name}\"] = \"{value}\""))
+                .collect();
+            (
+                format!(
+                    "local file = io.open(\"{}\", \"rb\")\nlocal body = file:read(\"*a\")\nfile:close()\nlocal headers = {{{}}}",
+                    body.file.display(),
+                    headers.join(", ")
+                ),
+                format!(r#"wrk.format("POST", {}, headers, body)"#, load.path),
+            )
+        }
+        None => (
+            String::new(),
+            format!(r#"wrk.format("GET", {})"#, load.path),
         ),
-        None => format!(r#"wrk.format("GET", {})"#, load.path),
     };
     let script = format!(
         r#"
 math.randomseed(os.time())
 local n = 0
+{prelude}
 {counting}
 request = function()
   n = n + 1

@@ -10,14 +10,14 @@
 //!
 //! The scenario groups, one file each, in the order of the table: [`hits`]
 //! (noise floor, hot key, Redis only), [`traced`], [`cluster`], [`misses`],
-//! [`llm`] (the OpenAI API), [`memory`], [`demo`] (the original demo and the stampede), [`scale_out`]
+//! [`llm`] (the OpenAI API), [`tensors`] (the Open Inference Protocol), [`memory`], [`demo`] (the original demo and the stampede), [`scale_out`]
 //! and [`inference`] (the ONNX worker). They run on [`stack`] (the release
 //! binaries and their servers) with [`load`] (wrk) and [`traffic`] (warm-ups,
 //! counters, the NATS floor), and [`report`] writes the table.
 //!
 //! `bench soak` (`make soak`) runs the long mixed load instead; see [`soak`].
 //! `bench inference` runs only the ONNX worker's scenarios, `bench llm` only
-//! the OpenAI API's.
+//! the OpenAI API's, `bench tensors` only the Open Inference Protocol's.
 //! `bench callgrind` (`make callgrind`) counts the gateway's instructions per
 //! request instead; see [`callgrind`].
 
@@ -35,6 +35,7 @@ mod scale_out;
 mod settings;
 mod soak;
 mod stack;
+mod tensors;
 mod traced;
 mod traffic;
 
@@ -79,6 +80,17 @@ async fn dispatch() -> anyhow::Result<()> {
             println!("{}", report::markdown("## OpenAI API scenarios", &rows));
             Ok(())
         }
+        // Only the Open Inference Protocol's scenarios.
+        Some("tensors") => {
+            let run = Run::from_env()?;
+            let system = stack::System::start().await?;
+            let rows = tensors::rows(&run, &system).await?;
+            println!(
+                "{}",
+                report::markdown("## Open Inference Protocol scenarios", &rows)
+            );
+            Ok(())
+        }
         _ => bench().await,
     }
 }
@@ -102,6 +114,7 @@ async fn bench() -> anyhow::Result<()> {
     drop(redis_only);
     rows.extend(misses::rows(&run, &system).await?);
     rows.extend(llm::rows(&run, &system).await?);
+    rows.extend(tensors::rows(&run, &system).await?);
     let (wide, memory) = memory::measure(&run, &system, &healthz).await?;
     rows.push(wide);
     drop(system);

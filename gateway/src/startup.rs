@@ -22,6 +22,8 @@ use crate::nats::Nats;
 use crate::prediction::Predictor;
 use crate::purge;
 use crate::request_log::{drop_unusable_request_id, log_request};
+use crate::routes::memo::BodyMemo;
+use crate::routes::oip::OIP_REQUESTS_BYTES;
 use crate::routes::openai::ReadRequests;
 use crate::routes::router;
 use crate::state::App;
@@ -82,6 +84,7 @@ impl Application {
             metrics: metrics.clone(),
             settings: (&config).into(),
             openai_requests: ReadRequests::default(),
+            oip_requests: BodyMemo::new(OIP_REQUESTS_BYTES),
         });
         let router = router(Arc::clone(&state), tokens)
             .layer(DefaultBodyLimit::max(config.max_body))

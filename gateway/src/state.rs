@@ -11,6 +11,8 @@ use crate::discovery::ModelDirectory;
 use crate::metrics::Metrics;
 use crate::nats::Nats;
 use crate::prediction::Predictor;
+use crate::routes::memo::BodyMemo;
+use crate::routes::oip::ReadInference;
 use crate::routes::openai::ReadRequests;
 
 /// axum clones the state for every request, so it is one `Arc`.
@@ -27,6 +29,8 @@ pub struct App {
     pub settings: Settings,
     /// The OpenAI API's requests read recently.
     pub openai_requests: ReadRequests,
+    /// The Open Inference Protocol's requests read recently.
+    pub oip_requests: BodyMemo<ReadInference>,
 }
 
 /// The parts of the configuration handlers read.

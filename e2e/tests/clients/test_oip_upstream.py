@@ -15,9 +15,10 @@ import joblib
 import numpy as np
 import pytest
 import tritonclient.http as triton
-from conftest import Stack, eventually, free_port
 from sklearn.datasets import load_iris
 from sklearn.linear_model import LogisticRegression
+
+from conftest import Stack, eventually, free_port
 
 SAMPLES = np.array([[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3], [5.9, 3.0, 4.2, 1.5]], np.float64)
 
@@ -41,7 +42,9 @@ def mlserver(tmp_path: Path) -> Iterator[tuple[str, LogisticRegression]]:
     (tmp_path / "settings.json").write_text(json.dumps(server))
     log = open(tmp_path / "mlserver.log", "wb")
     process = subprocess.Popen(
-        [str(Path(sys.executable).parent / "mlserver"), "start", str(tmp_path)], stdout=log, stderr=subprocess.STDOUT
+        [str(Path(sys.executable).parent / "mlserver"), "start", str(tmp_path)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
 
@@ -58,7 +61,9 @@ def mlserver(tmp_path: Path) -> Iterator[tuple[str, LogisticRegression]]:
         process.wait(timeout=30)
 
 
-def test_the_gateways_answers_equal_mlservers_own(stack: Stack, mlserver: tuple[str, LogisticRegression]) -> None:
+def test_the_gateways_answers_equal_mlservers_own(
+    stack: Stack, mlserver: tuple[str, LogisticRegression]
+) -> None:
     url, model = mlserver
     manifest = stack.logs / "models.toml"
     manifest.write_text(

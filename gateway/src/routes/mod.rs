@@ -6,7 +6,8 @@
 //! [`original`] (`POST /predict`, `GET /health`), both answering through
 //! [`answer`]; [`openai`] (the OpenAI API: chat, completions, embeddings, the
 //! models list); [`oip`] (the Open Inference Protocol: tensors, as Triton's and
-//! KServe's clients send them). Around them: [`admin`] (purges), [`health`] (liveness and
+//! KServe's clients send them), which remember the requests they read recently
+//! ([`memo`]). Around them: [`admin`] (purges), [`health`] (liveness and
 //! readiness), [`operations`] (metrics, the models served) and [`openapi`] (the
 //! document of them all); the arguments of all come from [`extract`].
 
@@ -14,6 +15,7 @@ pub mod admin;
 pub mod answer;
 pub mod extract;
 pub mod health;
+pub mod memo;
 pub mod native;
 pub mod oip;
 pub mod openai;

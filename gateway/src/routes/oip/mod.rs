@@ -10,7 +10,8 @@
 //! the request names (if any), each input's name, datatype, shape and data, the
 //! outputs asked for and the parameters; never the request's `id`, nor how its
 //! tensors travel. The worker gets every input binary and answers every output
-//! binary; the client gets each output as it asked.
+//! binary; the client gets each output as it asked. Requests read recently
+//! are remembered by their bytes ([`OIP_REQUESTS_BYTES`], see `routes::memo`).
 
 mod error;
 
@@ -20,7 +21,8 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use prediction_contract::tensors::{
-    INFERENCE_HEADER_CONTENT_LENGTH, InferenceRequest, InferenceResponse, header_length_of,
+    INFERENCE_HEADER_CONTENT_LENGTH, InferenceRequest, InferenceResponse, TensorSignature,
+    header_length_of,
 };
 use prediction_contract::{CanonicalInput, ModelName};
 use serde_json::json;
@@ -32,7 +34,11 @@ use super::extract::{PredictionHeaders, read_body};
 use crate::input::RawInput;
 use crate::prediction::{Answer, PredictionRequest};
 use crate::request_log::PredictionOutcome;
+use crate::routes::memo::Remembered;
 use crate::state::AppState;
+
+/// Memory for the inference requests read recently.
+pub const OIP_REQUESTS_BYTES: u64 = 8 * 1024 * 1024;
 
 const HEADER_LENGTH: HeaderName = HeaderName::from_static("inference-header-content-length");
 
@@ -212,20 +218,26 @@ async fn answer(
                 })?,
         ),
     };
-    let request = InferenceRequest::parse(body, header_length)
-        .map_err(|err| fail(OipError::bad_request(err.to_string())))?;
     let signature = view.tensors().expect("served_model checks");
-    signature
-        .check(&request)
-        .map_err(|err| fail(OipError::bad_request(err.to_string())))?;
-    let key = CanonicalInput::from_value(&request.key_material(version))
-        .map_err(|err| fail(OipError::bad_request(err.to_string())))?;
-    let (for_worker, worker_header_length) = request.for_worker();
+    // What else than the body changes how it reads: the model, the version
+    // its workers serve (their tensors), the version named, the header's length.
+    let scope = format!(
+        "{model}\n{}\n{}\n{header_length:?}",
+        view.current_version().unwrap_or_default(),
+        version.unwrap_or_default(),
+    );
+    let read = state
+        .oip_requests
+        .read(&scope, body, || {
+            ReadInference::read(body, header_length, signature, version)
+        })
+        .map_err(fail)?;
     let input = RawInput::Tensors {
-        request: for_worker.into(),
-        header_length: worker_header_length,
-        key,
+        request: read.for_worker.clone(),
+        header_length: read.worker_header_length,
+        key: read.key.clone(),
     };
+    let request = &read.request;
     let answer = state
         .predictor
         .predict(PredictionRequest {
@@ -237,8 +249,49 @@ async fn answer(
         })
         .await
         .map_err(|err| fail(OipError::from(crate::error::ApiError::from(err))))?;
-    let response = respond(&model, &request, &answer).map_err(fail)?;
+    let response = respond(&model, request, &answer).map_err(fail)?;
     Ok((model, answer.outcome, response))
+}
+
+/// A request read: checked against the model's tensors, its key, and the
+/// request its worker gets.
+#[derive(Debug)]
+pub struct ReadInference {
+    request: InferenceRequest,
+    key: CanonicalInput,
+    for_worker: Bytes,
+    worker_header_length: usize,
+}
+
+impl ReadInference {
+    fn read(
+        body: &[u8],
+        header_length: Option<usize>,
+        signature: &TensorSignature,
+        version: Option<&str>,
+    ) -> Result<Self, OipError> {
+        let request = InferenceRequest::parse(body, header_length)
+            .map_err(|err| OipError::bad_request(err.to_string()))?;
+        signature
+            .check(&request)
+            .map_err(|err| OipError::bad_request(err.to_string()))?;
+        let key = CanonicalInput::from_value(&request.key_material(version))
+            .map_err(|err| OipError::bad_request(err.to_string()))?;
+        let (for_worker, worker_header_length) = request.for_worker();
+        Ok(Self {
+            request,
+            key,
+            for_worker: for_worker.into(),
+            worker_header_length,
+        })
+    }
+}
+
+impl Remembered for ReadInference {
+    fn weight(&self) -> usize {
+        // The tensors twice (read, and for the worker) and the key.
+        2 * self.for_worker.len() + self.key.as_str().len()
+    }
 }
 
 /// The answer as the client asked: each output binary or JSON, its `id`

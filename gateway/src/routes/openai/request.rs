@@ -2,23 +2,19 @@
 //! change the answer set aside (`prediction_contract::openai::NOT_IN_CACHE_KEY`),
 //! and its cache key made of the API, the caller's partition and the rest.
 
-use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use bytes::Bytes;
 use prediction_contract::openai::{self, Api, NOT_IN_CACHE_KEY};
 use prediction_contract::{CanonicalInput, ModelName};
-use quick_cache::{Equivalent, Weighter};
 use serde_json::{Map, Value, json};
 
 use super::OpenAiError;
 use crate::input::RawInput;
+use crate::routes::memo::{BodyMemo, Remembered};
 
 /// Memory for the requests read recently (see [`ReadRequests`]).
 pub const READ_REQUESTS_BYTES: u64 = 4 * 1024 * 1024;
-/// Bodies longer than this are not remembered: parsing is a small part of
-/// their cost, and a few would crowd out many short ones.
-const LONGEST_REMEMBERED: usize = 16 * 1024;
 
 /// The most choices one request may ask for (`n`).
 pub const MAX_CHOICES: u64 = 128;
@@ -132,24 +128,26 @@ impl OpenAiRequest {
     }
 }
 
-/// Requests read recently, by (API, partition, body): an application that
-/// sends the same request again (the cache's reason to be) is answered
-/// without parsing it, putting it in canonical form twice and hashing it, as
-/// the native API's key memo does. Bounded by [`READ_REQUESTS_BYTES`].
+/// Requests read recently, by (API, partition, body): see `routes::memo`.
+/// Bounded by [`READ_REQUESTS_BYTES`].
 #[derive(Debug)]
 pub struct ReadRequests {
-    memo: quick_cache::sync::Cache<Remembered, Arc<OpenAiRequest>, ByWeight>,
+    memo: BodyMemo<OpenAiRequest>,
 }
 
 impl Default for ReadRequests {
     fn default() -> Self {
-        let typical_weight = 1024;
         Self {
-            memo: quick_cache::sync::Cache::with_weighter(
-                usize::try_from(READ_REQUESTS_BYTES / typical_weight).unwrap_or(1),
-                READ_REQUESTS_BYTES,
-                ByWeight,
-            ),
+            memo: BodyMemo::new(READ_REQUESTS_BYTES),
+        }
+    }
+}
+
+impl Remembered for OpenAiRequest {
+    fn weight(&self) -> usize {
+        match &self.input {
+            RawInput::Prepared { payload, key } => payload.as_str().len() + key.as_str().len(),
+            _ => 0,
         }
     }
 }
@@ -163,72 +161,12 @@ impl ReadRequests {
         body: &Bytes,
         partition: &str,
     ) -> Result<Arc<OpenAiRequest>, OpenAiError> {
-        let sought = Sought {
-            api,
-            partition,
-            body,
-        };
-        if let Some(read) = self.memo.get(&sought) {
-            return Ok(read);
-        }
-        let read = Arc::new(OpenAiRequest::read(api, body, partition)?);
-        if body.len() <= LONGEST_REMEMBERED {
-            let remembered = Remembered {
-                api,
-                partition: partition.into(),
-                body: body.clone(),
-            };
-            self.memo.insert(remembered, Arc::clone(&read));
-        }
-        Ok(read)
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Remembered {
-    api: Api,
-    partition: Box<str>,
-    body: Bytes,
-}
-
-/// A lookup of [`Remembered`] without copying the partition or the body.
-struct Sought<'a> {
-    api: Api,
-    partition: &'a str,
-    body: &'a [u8],
-}
-
-// Both hash the same fields the same way, so a lookup finds what was inserted.
-impl Hash for Remembered {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        (self.api, &*self.partition, &self.body[..]).hash(state);
-    }
-}
-
-impl Hash for Sought<'_> {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        (self.api, self.partition, self.body).hash(state);
-    }
-}
-
-impl Equivalent<Remembered> for Sought<'_> {
-    fn equivalent(&self, key: &Remembered) -> bool {
-        self.api == key.api && self.partition == &*key.partition && self.body == &key.body[..]
-    }
-}
-
-#[derive(Debug, Clone, Copy)]
-struct ByWeight;
-
-impl Weighter<Remembered, Arc<OpenAiRequest>> for ByWeight {
-    fn weight(&self, remembered: &Remembered, read: &Arc<OpenAiRequest>) -> u64 {
-        let input = match &read.input {
-            RawInput::Prepared { payload, key } => payload.as_str().len() + key.as_str().len(),
-            _ => 0,
-        };
-        let bytes = remembered.partition.len() + remembered.body.len() + input;
-        // The structs, the Arc and the allocations' rounding.
-        u64::try_from(bytes).unwrap_or(u64::MAX).saturating_add(256)
+        let mut scope = String::with_capacity(partition.len() + 20);
+        scope.push_str(api.as_str());
+        scope.push('/');
+        scope.push_str(partition);
+        self.memo
+            .read(&scope, body, || OpenAiRequest::read(api, body, partition))
     }
 }
 
