@@ -8,6 +8,7 @@ import json
 import struct
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import ml_dtypes
@@ -201,3 +202,31 @@ def test_a_model_that_takes_json_only_is_not_offered_as_tensors(stack: Stack) ->
         client(stack).get_model_metadata("price")
     assert json_only.value.status() == "404" and "JSON inputs" in json_only.value.message()
     eventually(lambda: not client(stack).is_model_ready("price"), "price is not ready for tensors")
+
+
+def test_identical_requests_share_one_call_and_a_purge_reaches_tensor_entries(oip: Stack) -> None:
+    slow = np.array([[1.0, 2.0], [3.0, 4.0]], np.float16)
+
+    def infer(_: int) -> list[int]:
+        inputs = []
+        for name, datatype, value in (
+            ("a", "FP16", slow),
+            ("b", "BF16", slow.astype(ml_dtypes.bfloat16)),
+            ("c", "BYTES", np.array([b"x", b"yy"], dtype=object)),
+            ("d", "INT32", np.array([[1, 1], [2, 2]], np.int32)),
+        ):
+            tensor = triton.InferInput(name, list(value.shape), datatype)
+            tensor.set_data_from_numpy(value)
+            inputs.append(tensor)
+        result = client(oip).infer("py-tensors", inputs, outputs=[triton.InferRequestedOutput("length")])
+        return list(result.as_numpy("length"))
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(infer, range(8)))
+    assert answers == [[1, 2]] * 8
+    assert oip.metric("gateway_model_calls_total", model="py-tensors") == 1
+    request = urllib.request.Request(f"{oip.gateway_url}/v1/models/py-tensors/cache", method="DELETE")
+    with urllib.request.urlopen(request) as response:
+        assert json.loads(response.read())["purged"] == 1
+    assert infer(0) == [1, 2]
+    assert oip.metric("gateway_model_calls_total", model="py-tensors") == 2

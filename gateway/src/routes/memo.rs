@@ -152,6 +152,22 @@ mod tests {
     }
 
     #[test]
+    fn distinct_bodies_at_any_rate_stay_within_the_budget() {
+        let budget = 64 * 1024;
+        let memo = BodyMemo::new(budget);
+        for n in 0..10_000u32 {
+            let body = Bytes::from(format!("{n:01000}"));
+            memo.read("scope", &body, || Ok::<_, ()>(Read(0))).unwrap();
+        }
+        assert!(
+            memo.memo.weight() <= budget,
+            "{} > {budget}",
+            memo.memo.weight()
+        );
+        assert!(memo.memo.len() > 10, "it still remembers some");
+    }
+
+    #[test]
     fn failures_and_long_bodies_are_not_remembered() {
         let memo: BodyMemo<Read> = BodyMemo::new(1 << 20);
         let body = Bytes::from_static(b"x");

@@ -15,6 +15,7 @@ DOCUMENTS = [
     REPOSITORY / "README.md",
     REPOSITORY / "docs" / "models.md",
     REPOSITORY / "docs" / "llm.md",
+    REPOSITORY / "docs" / "oip.md",
     REPOSITORY / "workers" / "python" / "README.md",
 ]
 
@@ -25,7 +26,18 @@ def python_blocks(document: Path) -> list[str]:
 
 def mypy(files: list[Path]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "mypy", "--strict", "--no-incremental", *map(str, files)],
+        # Examples may use clients that ship no types (tritonclient): those
+        # imports are taken as `Any`; this library's own types are checked.
+        [
+            sys.executable,
+            "-m",
+            "mypy",
+            "--strict",
+            "--no-incremental",
+            "--disable-error-code",
+            "import-untyped",
+            *map(str, files),
+        ],
         capture_output=True,
         text=True,
         timeout=300,
