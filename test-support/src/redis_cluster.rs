@@ -97,12 +97,19 @@ impl RedisCluster {
             String::from_utf8_lossy(&output.stderr)
         );
         let known = format!("cluster_known_nodes:{}", cluster.nodes.len());
-        cluster.wait_until("every node agrees on the slots", |cluster| {
-            cluster.live_ports().iter().all(|&port| {
-                let info = cluster.cli(port, &["cluster", "info"]);
-                info.contains("cluster_state:ok") && info.contains(&known)
-            }) && cluster.masters().len() == 3
-        });
+        let replicas = 3 * replicas_per_master;
+        cluster.wait_until(
+            "every node agrees on the slots and the replicas",
+            |cluster| {
+                cluster.live_ports().iter().all(|&port| {
+                    let info = cluster.cli(port, &["cluster", "info"]);
+                    let nodes = cluster.cli(port, &["cluster", "nodes"]);
+                    info.contains("cluster_state:ok")
+                        && info.contains(&known)
+                        && replicas_listed(&nodes) == replicas
+                }) && cluster.masters().len() == 3
+            },
+        );
         cluster
     }
 
@@ -227,4 +234,13 @@ impl Drop for RedisCluster {
         self.nodes.clear();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// How many replicas a `CLUSTER NODES` listing names.
+fn replicas_listed(listing: &str) -> usize {
+    listing
+        .lines()
+        .filter_map(|line| line.split_whitespace().nth(2))
+        .filter(|flags| flags.split(',').any(|flag| flag == "slave"))
+        .count()
 }

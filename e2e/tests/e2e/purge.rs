@@ -24,8 +24,9 @@ async fn a_model_purge_is_seen_by_another_gateway_at_once(mode: RedisMode) {
         .send()
         .await
         .unwrap();
-    assert_eq!(purge.status(), 200);
+    let status = purge.status();
     let body: Value = purge.json().await.unwrap();
+    assert_eq!(status, 200, "{body}");
     assert_eq!(
         body,
         serde_json::json!({"model": "echo", "purged": 2, "gateways": 2}),

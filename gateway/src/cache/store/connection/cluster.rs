@@ -66,7 +66,10 @@ pub(super) async fn open(settings: &RedisSettings, urls: &[&str]) -> anyhow::Res
     Ok(Connection::Cluster(connection))
 }
 
-/// The masters in a `CLUSTER NODES` listing that are not failing.
+/// The masters in a `CLUSTER NODES` listing that are not failing and serve
+/// slots. A master without slots holds no keys, and may be a node still
+/// becoming a replica (just after the cluster is created, before every node
+/// has heard), which the cluster client has no connection to.
 pub(super) fn cluster_masters(listing: &str) -> Vec<(String, u16)> {
     listing
         .lines()
@@ -74,6 +77,10 @@ pub(super) fn cluster_masters(listing: &str) -> Vec<(String, u16)> {
             let fields: Vec<&str> = line.split_whitespace().collect();
             let flags = fields.get(2)?;
             if !flags.split(',').any(|flag| flag == "master") || flags.contains("fail") {
+                return None;
+            }
+            // Fields 8 and on are the slot ranges the node serves.
+            if fields.len() <= 8 {
                 return None;
             }
             // `host:port@cluster-port[,hostname]`
@@ -89,12 +96,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_masters_of_a_cluster_listing_are_the_live_ones() {
+    fn the_masters_to_scan_are_the_live_ones_serving_slots() {
         let listing = "\
 07c37dfeb2352e0b 127.0.0.1:30004@31004 slave e7d1eecce10fd6bb 0 1426238317239 4 connected
 67ed2db8d677e59e 127.0.0.1:30002@31002 master - 0 1426238316232 2 connected 5461-10922
 292f8b365bb7edb5 127.0.0.1:30003@31003 master - 0 1426238318243 3 connected 10923-16383
 6ec23923021cf3ff 127.0.0.1:30005@31005 master,fail - 1426238316232 0 5 connected
+58c8b0e5a8fc2d3e 127.0.0.1:30006@31006 master - 0 1426238316232 6 connected
 e7d1eecce10fd6bb 127.0.0.1:30001@31001 myself,master - 0 0 1 connected 0-5460";
         assert_eq!(
             cluster_masters(listing),
