@@ -9,7 +9,8 @@
 //! default `info`); see [`settings`].
 //!
 //! The scenario groups, one file each, in the order of the table: [`hits`]
-//! (noise floor, hot key, Redis only), [`traced`], [`cluster`], [`misses`],
+//! (noise floor, hot key, Redis only), [`nginx`] (the hit path against nginx's
+//! `proxy_cache`), [`traced`], [`cluster`], [`misses`],
 //! [`llm`] (the OpenAI API), [`tensors`] (the Open Inference Protocol), [`memory`], [`demo`] (the original demo and the stampede), [`scale_out`]
 //! and [`inference`] (the ONNX worker). They run on [`stack`] (the release
 //! binaries and their servers) with [`load`] (wrk) and [`traffic`] (warm-ups,
@@ -17,7 +18,8 @@
 //!
 //! `bench soak` (`make soak`) runs the long mixed load instead; see [`soak`].
 //! `bench inference` runs only the ONNX worker's scenarios, `bench llm` only
-//! the OpenAI API's, `bench tensors` only the Open Inference Protocol's.
+//! the OpenAI API's, `bench tensors` only the Open Inference Protocol's,
+//! `bench nginx` only the comparison with nginx.
 //! `bench callgrind` (`make callgrind`) counts the gateway's instructions per
 //! request instead; see [`callgrind`].
 
@@ -30,6 +32,7 @@ mod llm;
 mod load;
 mod memory;
 mod misses;
+mod nginx;
 mod report;
 mod scale_out;
 mod settings;
@@ -80,6 +83,17 @@ async fn dispatch() -> anyhow::Result<()> {
             println!("{}", report::markdown("## OpenAI API scenarios", &rows));
             Ok(())
         }
+        // Only the comparison with nginx.
+        Some("nginx") => {
+            let run = Run::from_env()?;
+            let system = stack::System::start().await?;
+            let rows = nginx::rows(&run, &system).await?;
+            println!(
+                "{}",
+                report::markdown("## The hit path against nginx", &rows)
+            );
+            Ok(())
+        }
         // Only the Open Inference Protocol's scenarios.
         Some("tensors") => {
             let run = Run::from_env()?;
@@ -107,6 +121,7 @@ async fn bench() -> anyhow::Result<()> {
     let system = stack::System::start().await?;
     let (hit_rows, healthz) = hits::noise_floor_and_hot_key(&run, &system).await?;
     rows.extend(hit_rows);
+    rows.extend(nginx::rows(&run, &system).await?);
     rows.extend(traced::rows(&run, &system).await?);
     let (redis_only, redis_port) = hits::redis_only_gateway(&run, &system).await?;
     rows.push(hits::redis_only(&run, redis_port)?);

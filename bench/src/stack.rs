@@ -34,6 +34,16 @@ pub struct Process {
 }
 
 impl Process {
+    /// Runs `command` (its output discarded) until dropped.
+    pub fn spawn(mut command: Command) -> anyhow::Result<Self> {
+        let child = command
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {:?}", command.get_program()))?;
+        Ok(Self { child })
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }

@@ -14,7 +14,9 @@ use crate::auth::TokenSources;
 use crate::cache::{CacheSettings, RedisMode, RedisSettings};
 use crate::model_call::ModelCallSettings;
 use crate::state::Settings;
-use prediction_runtime::http_server::{ConnectionLimits, default_max_connections};
+use prediction_runtime::http_server::{
+    ConnectionLimits, default_connection_threads, default_max_connections,
+};
 
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -171,6 +173,13 @@ pub struct GatewayConfig {
     #[arg(long, env = "GATEWAY_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
 
+    /// Threads that serve the HTTP connections, each with a runtime of its
+    /// own: a connection stays on one, its requests never moved between
+    /// threads. Default: one per core. 0 serves them on the main runtime's
+    /// threads (tokio's work-stealing scheduler), which NATS and Redis share.
+    #[arg(long, env = "GATEWAY_HTTP_THREADS")]
+    pub http_threads: Option<usize>,
+
     /// How long a Redis command may take before the gateway answers without the cache.
     #[arg(long, env = "GATEWAY_REDIS_TIMEOUT", default_value = "250ms", value_parser = humantime::parse_duration)]
     pub redis_timeout: Duration,
@@ -229,6 +238,9 @@ impl From<&GatewayConfig> for ConnectionLimits {
                 .unwrap_or_else(default_max_connections),
             client_timeout: config.client_timeout,
             idle_timeout: config.idle_timeout,
+            connection_threads: config
+                .http_threads
+                .unwrap_or_else(default_connection_threads),
         }
     }
 }

@@ -8,6 +8,7 @@ use axum::http::HeaderName;
 use axum::middleware::Next;
 use axum::response::Response;
 use prediction_contract::ModelName;
+use prediction_runtime::log_writer::{self, Field};
 use prediction_runtime::traces;
 use tracing::{Instrument, info};
 
@@ -84,17 +85,46 @@ pub async fn log_request(State(state): State<AppState>, request: Request, next: 
             .with_label_values(&[label])
             .observe(elapsed.as_secs_f64());
     }
-    info!(
-        %method,
-        path = uri.path(),
-        status = response.status().as_u16(),
-        // Whole microseconds: exact, and cheaper to write than a float.
-        latency_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
-        model = outcome.map(|o| o.model.as_str()),
-        cache = outcome.and_then(|o| o.cache).map(|c| c.x_cache()),
-        request_id = request_id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("-"),
-        trace_id,
-        "request"
-    );
+    let status = response.status().as_u16();
+    // Whole microseconds: exact, and cheaper to write than a float.
+    let latency_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+    let model = outcome.map(|o| o.model.as_str());
+    let cache = outcome.and_then(|o| o.cache).map(|c| c.x_cache());
+    let request_id = request_id
+        .as_ref()
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-");
+    // The line of every request: written by hand into the log's buffer
+    // where it can be (see `log_writer::write_info`), else through tracing.
+    if tracing::enabled!(tracing::Level::INFO) {
+        let written = log_writer::write_info(
+            module_path!(),
+            "request",
+            &[
+                ("method", Some(Field::Bare(method.as_str()))),
+                ("path", Some(Field::Text(uri.path()))),
+                ("status", Some(Field::Number(u64::from(status)))),
+                ("latency_us", Some(Field::Number(latency_us))),
+                ("model", model.map(Field::Text)),
+                ("cache", cache.map(Field::Text)),
+                ("request_id", Some(Field::Text(request_id))),
+                ("trace_id", trace_id.as_deref().map(Field::Text)),
+            ],
+        );
+        if !written {
+            info!(
+                %method,
+                path = uri.path(),
+                status,
+                latency_us,
+                model,
+                cache,
+                request_id,
+                trace_id,
+                "request"
+            );
+        }
+    }
     response
 }
+

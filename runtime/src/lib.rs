@@ -6,6 +6,7 @@
 //! - [`nats_headers`]: the contract's headers read from and written to NATS
 //!   messages;
 //! - [`telemetry`]: log setup, URLs redacted for logs, log budgets;
+//! - [`log_writer`]: log lines buffered and written by a thread of their own;
 //! - [`traces`]: OpenTelemetry traces over OTLP, off unless asked for;
 //! - [`metrics`]: the latency buckets and the Prometheus exposition;
 //! - [`renamed_env`]: environment variables renamed, still read under their
@@ -15,6 +16,7 @@
 //!   (how many, how long silent or idle, how slow a request may arrive).
 
 pub mod http_server;
+pub mod log_writer;
 pub mod metrics;
 pub mod nats_connection;
 pub mod nats_headers;

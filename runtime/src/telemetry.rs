@@ -6,6 +6,7 @@ use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::prelude::*;
 use tracing_subscriber::{EnvFilter, Layer, Registry};
 
+use crate::log_writer::{BufferedLines, FlushGuard};
 use crate::traces::{TraceArgs, TracerGuard, otel_layer};
 
 /// How log lines are written.
@@ -23,15 +24,16 @@ pub enum LogFormat {
 pub struct LogGuard {
     // Dropped in this order: the spans' export may log.
     _traces: TracerGuard,
-    _lines: tracing_appender::non_blocking::WorkerGuard,
+    _lines: FlushGuard,
 }
 
 /// Installs the global subscriber: log lines, and traces when `traces` names
 /// an OTLP endpoint (spans named `service_name` unless it says otherwise). The
 /// level comes from `RUST_LOG` (default `info`) and filters only the lines.
-/// Lines are written to stdout by a thread of their own, so a request never
-/// waits for a write to the terminal or a pipe; keep the returned guard until
-/// exit so the last lines and spans go out. Safe to call more than once: later
+/// Lines are buffered and written to stdout by a thread of their own (see
+/// [`log_writer`](crate::log_writer)), so a request never waits for a write to
+/// the terminal or a pipe; keep the returned guard until exit so the last
+/// lines and spans go out. Safe to call more than once: later
 /// calls leave the first subscriber in place. Call within a tokio runtime.
 pub fn init_tracing(
     format: LogFormat,
@@ -41,12 +43,10 @@ pub fn init_tracing(
 ) -> anyhow::Result<LogGuard> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let is_terminal = std::io::IsTerminal::is_terminal(&std::io::stdout());
-    // Not lossy: under a flood of lines requests slow down rather than lose logs;
-    // and a short queue, so a flood costs little memory.
-    let (writer, lines) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        .buffered_lines_limit(4_096)
-        .finish(std::io::stdout());
+    let (writer, lines) = BufferedLines::new(std::io::stdout());
+    if !is_terminal {
+        crate::log_writer::install_fast_lines(writer.clone(), format == LogFormat::Json);
+    }
     // Colours only for a person at a terminal; escape codes cost time and clutter files.
     let fmt = tracing_subscriber::fmt::layer()
         .with_writer(writer)

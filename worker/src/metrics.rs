@@ -136,6 +136,7 @@ pub struct ModelGauges {
 /// What bounds the connections to `/metrics`: a few scrapers, each done within
 /// seconds, so that no client can hold the worker's sockets.
 const METRICS_CONNECTION_LIMITS: ConnectionLimits = ConnectionLimits {
+    connection_threads: 0,
     max_connections: 64,
     client_timeout: std::time::Duration::from_secs(10),
     idle_timeout: std::time::Duration::from_secs(75),

@@ -70,7 +70,7 @@ impl Deployment {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_model_names_add_no_metric_series_and_few_log_lines() {
     let deployment = Deployment::start().await;
-    let gateway = deployment.gateway(&[]).await;
+    let mut gateway = deployment.gateway(&[]).await;
     let http = reqwest::Client::new();
     assert_eq!(
         http.post(format!("{}/v1/models/echo/predict", gateway.url))
@@ -112,7 +112,7 @@ async fn unknown_model_names_add_no_metric_series_and_few_log_lines() {
         before.len(),
         after.len()
     );
-    let logs = gateway.logs();
+    let logs = gateway.stop().await;
     let refused = logs
         .lines()
         .filter(|line| line.contains("model call refused"))
@@ -230,7 +230,7 @@ async fn query_escapes_that_do_not_decode_are_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unusable_request_id_is_replaced_and_never_echoed_or_logged() {
     let deployment = Deployment::start().await;
-    let gateway = deployment.gateway(&[]).await;
+    let mut gateway = deployment.gateway(&[]).await;
     let http = reqwest::Client::new();
     let huge = "r".repeat(10_000);
     for sent in [huge.as_str(), "has space", "tab\there"] {
@@ -250,8 +250,7 @@ async fn an_unusable_request_id_is_replaced_and_never_echoed_or_logged() {
         .await
         .unwrap();
     assert_eq!(header(&kept, "x-request-id"), "client-chosen-id-42");
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let logs = gateway.logs();
+    let logs = gateway.stop().await;
     assert!(!logs.contains(&huge[..200]));
     assert!(logs.contains("client-chosen-id-42"), "{logs}");
 }

@@ -157,7 +157,7 @@ async fn out_of_file_descriptors_the_accept_loop_backs_off_and_recovers() {
     let mut args = deployment.args();
     args.extend(["--max-connections".to_owned(), "100000".to_owned()]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let gateway = GatewayProcess::start_with(with_open_file_limit(64), &args, &[]).await;
+    let mut gateway = GatewayProcess::start_with(with_open_file_limit(64), &args, &[]).await;
     let mut held = Vec::new();
     for _ in 0..150 {
         held.push(TcpStream::connect(address(&gateway.url)).await.unwrap());
@@ -170,7 +170,7 @@ async fn out_of_file_descriptors_the_accept_loop_backs_off_and_recovers() {
         "the gateway recovering",
     )
     .await;
-    let logs = gateway.logs();
+    let logs = gateway.stop().await;
     let failed = logs
         .lines()
         .filter(|line| line.contains("could not accept"))

@@ -171,6 +171,7 @@ mod tests {
 
     fn limits() -> ConnectionLimits {
         ConnectionLimits {
+            connection_threads: 0,
             max_connections: 10,
             client_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(75),

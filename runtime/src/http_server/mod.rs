@@ -18,6 +18,15 @@
 //! hyper's own header timeout is off: it starts when a connection waits for a
 //! request, so it would close idle keep-alive connections at `--client-timeout`,
 //! sooner than a load balancer in front expects; the bounds above replace it.
+//!
+//! **Threads**: with `connection_threads` above 0, each accepted connection is
+//! handed to one of that many threads, each running a single-threaded tokio
+//! runtime of its own (round robin), where it lives until it closes: its
+//! reads, its handler and its writes on one thread, as nginx runs a process
+//! per core, rather than tasks a work-stealing scheduler moves between
+//! threads and wakes across them (a futex and an eventfd write per request
+//! at one request at a time). What a handler awaits from clients made on the
+//! main runtime (NATS, Redis) still runs there.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -53,12 +62,77 @@ use tracked::Tracked;
 static REFUSED_LINES: LogBudget = LogBudget::new();
 static ACCEPT_FAILED_LINES: LogBudget = LogBudget::new();
 
-/// What bounds the server's connections.
+/// What bounds the server's connections, and where they run.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnectionLimits {
     pub max_connections: usize,
     pub client_timeout: Duration,
     pub idle_timeout: Duration,
+    /// Threads the connections run on, each a runtime of its own; 0: the
+    /// caller's runtime.
+    pub connection_threads: usize,
+}
+
+/// The default number of connection threads: one per core.
+pub fn default_connection_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+}
+
+/// Single-threaded runtimes that connections are handed to, round robin;
+/// stopped (their remaining tasks dropped) when this is dropped.
+struct ConnectionThreads {
+    handles: Vec<tokio::runtime::Handle>,
+    next: std::sync::atomic::AtomicUsize,
+    stops: Vec<tokio::sync::oneshot::Sender<()>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl ConnectionThreads {
+    fn start(count: usize) -> std::io::Result<Self> {
+        let mut handles = Vec::with_capacity(count);
+        let mut stops = Vec::with_capacity(count);
+        let mut threads = Vec::with_capacity(count);
+        for index in 0..count {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            handles.push(runtime.handle().clone());
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            stops.push(stop);
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("http-{index}"))
+                    .spawn(move || {
+                        runtime.block_on(async {
+                            let _ = stopped.await;
+                        });
+                    })?,
+            );
+        }
+        Ok(Self {
+            handles,
+            next: std::sync::atomic::AtomicUsize::new(0),
+            stops,
+            threads,
+        })
+    }
+
+    /// The runtime the next connection goes to.
+    fn next(&self) -> &tokio::runtime::Handle {
+        let at = self.next.fetch_add(1, Ordering::Relaxed) % self.handles.len();
+        &self.handles[at]
+    }
+}
+
+impl Drop for ConnectionThreads {
+    fn drop(&mut self) {
+        for stop in self.stops.drain(..) {
+            let _ = stop.send(());
+        }
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
 }
 
 /// The server's connection metrics (made and registered by the caller, which
@@ -128,6 +202,16 @@ pub async fn serve(
     let open = Arc::new(OpenConnections::default());
     COARSE_NOW_MS.store(unix_now_ms(), Ordering::Relaxed);
     let sweeper = tokio::spawn(sweep(Arc::downgrade(&open), limits));
+    let threads = match limits.connection_threads {
+        0 => None,
+        count => match ConnectionThreads::start(count) {
+            Ok(threads) => Some(threads),
+            Err(err) => {
+                warn!(error = %err, "could not start the connection threads; serving on the main runtime");
+                None
+            }
+        },
+    };
     tokio::pin!(shutdown);
     loop {
         let stream = tokio::select! {
@@ -163,31 +247,57 @@ pub async fn serve(
             debug!(error = %err, "could not set TCP_NODELAY");
         }
         let activity = Arc::new(Activity::new());
-        let io = TokioIo::new(WatchedStream {
-            stream,
-            activity: Arc::clone(&activity),
-        });
-        let service = TowerToHyperService::new(Tracked {
-            router: router.clone(),
-            activity: Arc::clone(&activity),
-        });
-        let connection = connections
-            .serve_connection_with_upgrades(io, service)
-            .into_owned();
         let gauge = metrics.as_ref().map(|metrics| metrics.open.clone());
         if let Some(gauge) = &gauge {
             gauge.inc();
         }
         let id = open.add(Arc::clone(&activity));
         let open = Arc::clone(&open);
-        tokio::spawn(async move {
+        let (connections, router) = (connections.clone(), router.clone());
+        let run = move |stream: tokio::net::TcpStream| async move {
+            let io = TokioIo::new(WatchedStream {
+                stream,
+                activity: Arc::clone(&activity),
+            });
+            let service = TowerToHyperService::new(Tracked {
+                router,
+                activity: Arc::clone(&activity),
+            });
+            let connection = connections
+                .serve_connection_with_upgrades(io, service)
+                .into_owned();
             drive(connection, &activity).await;
+        };
+        let ended = move || {
             open.remove(id);
             if let Some(gauge) = gauge {
                 gauge.dec();
             }
             drop(slot);
-        });
+        };
+        match &threads {
+            None => {
+                tokio::spawn(async move {
+                    run(stream).await;
+                    ended();
+                });
+            }
+            // Moved to the thread's runtime: its reactor takes the socket.
+            Some(threads) => match stream.into_std() {
+                Ok(stream) => {
+                    threads.next().spawn(async move {
+                        if let Ok(stream) = tokio::net::TcpStream::from_std(stream) {
+                            run(stream).await;
+                        }
+                        ended();
+                    });
+                }
+                Err(err) => {
+                    debug!(error = %err, "could not hand a connection to its thread");
+                    ended();
+                }
+            },
+        }
     }
     drop(listener);
     info!("stopped accepting connections; finishing the requests in flight");
@@ -200,6 +310,10 @@ pub async fn serve(
         warn!(grace = ?SHUTDOWN_GRACE, "requests still in flight at the end of the grace period");
     }
     sweeper.abort();
+    // Joining the threads blocks: off the async threads.
+    if let Some(threads) = threads {
+        let _ = tokio::task::spawn_blocking(move || drop(threads)).await;
+    }
 }
 
 /// The connections open now, for the sweep and the shutdown.

@@ -52,12 +52,45 @@ impl GatewayProcess {
         };
         let what = format!("the gateway at {} answering", process.url);
         body_when_answered(&format!("{}/healthz", process.url), &what).await;
+        process.logs_containing("gateway ready").await;
         process
     }
 
-    /// What it has logged so far.
+    /// What it has logged so far. Lines reach the file in batches, up to 100 ms
+    /// after they are logged: to read a line, wait for it with
+    /// [`Self::logs_containing`] or stop the gateway with [`Self::stop`].
     pub fn logs(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Its log, once it holds `needle` (within 10 s).
+    pub async fn logs_containing(&self, needle: &str) -> String {
+        let what = format!("the gateway logging {needle:?}");
+        test_support::eventually(Duration::from_secs(10), &what, || async {
+            let logs = self.logs();
+            if logs.contains(needle) {
+                Ok(logs)
+            } else {
+                Err(logs)
+            }
+        })
+        .await
+    }
+
+    /// Stops it with SIGTERM and returns all it logged (its last lines are
+    /// written as it exits).
+    pub async fn stop(&mut self) -> String {
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
+        let child = &mut self.child;
+        test_support::eventually(Duration::from_secs(20), "the gateway exiting", || {
+            std::future::ready(child.try_wait().unwrap().ok_or("running"))
+        })
+        .await;
+        self.logs()
     }
 }
 

@@ -1,0 +1,167 @@
+//! The hit path against nginx: what a team would put in front of a slow model
+//! API instead, nginx's `proxy_cache` keyed on the POST body with
+//! `proxy_cache_lock on` and its access log buffered (as a user would set it
+//! up), in front of the same model, against the gateway's hot-key hit on
+//! `POST /predict`: throughput alternating rounds, and the median latency at
+//! one request at a time.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+
+use crate::load::{self, Load, Measured, RequestBody};
+use crate::report::{Row, versus};
+use crate::settings::Run;
+use crate::stack::{Process, System};
+use crate::traffic::check_clean;
+
+const BODY: &str = r#"{"product_id":"ETH/EUR"}"#;
+
+/// nginx from Debian (`apt-get install nginx-light`), wherever it is.
+fn nginx_binary() -> anyhow::Result<PathBuf> {
+    for candidate in ["/usr/sbin/nginx", "/usr/bin/nginx"] {
+        if Path::new(candidate).is_file() {
+            return Ok(candidate.into());
+        }
+    }
+    bail!(
+        "nginx is not installed: apt-get install -y nginx-light (make bench does this when run as root)"
+    )
+}
+
+/// nginx caching `POST /predict` of the gateway on `upstream`, listening on
+/// `port`, its files in a folder of its own.
+fn start_nginx(upstream: u16, port: u16) -> anyhow::Result<(Process, PathBuf)> {
+    let dir = std::env::temp_dir().join(format!("bench-nginx-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("cache"))?;
+    let d = dir.display();
+    let config = format!(
+        r#"worker_processes auto;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log {d}/access.log combined buffer=64k flush=1s;
+  proxy_cache_path {d}/cache levels=1:2 keys_zone=predictions:10m max_size=100m inactive=10m use_temp_path=off;
+  client_body_temp_path {d}/body;
+  proxy_temp_path {d}/proxy;
+  fastcgi_temp_path {d}/fastcgi;
+  uwsgi_temp_path {d}/uwsgi;
+  scgi_temp_path {d}/scgi;
+  upstream model {{ server 127.0.0.1:{upstream}; keepalive 32; }}
+  server {{
+    listen 127.0.0.1:{port};
+    client_body_buffer_size 16k;
+    location / {{
+      proxy_cache predictions;
+      proxy_cache_methods POST;
+      proxy_cache_key "$request_uri|$request_body";
+      proxy_cache_lock on;
+      proxy_cache_valid 200 60s;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      add_header X-Cache-Status $upstream_cache_status;
+      proxy_pass http://model;
+    }}
+  }}
+}}
+"#
+    );
+    let path = dir.join("nginx.conf");
+    std::fs::write(&path, config)?;
+    let mut command = Command::new(nginx_binary()?);
+    command
+        .arg("-p")
+        .arg(&dir)
+        .arg("-c")
+        .arg(&path)
+        .args(["-g", "daemon off;"]);
+    Ok((Process::spawn(command)?, dir))
+}
+
+pub async fn rows(run: &Run, system: &System) -> anyhow::Result<Vec<Row>> {
+    let nginx_port = test_support::free_port();
+    let (_nginx, dir) = start_nginx(system.port, nginx_port)?;
+    let http = reqwest::Client::new();
+    // nginx's first answer is its miss; the gateway's is warm from the
+    // other scenarios, or from this.
+    let mut cached = false;
+    for _ in 0..100 {
+        let answer = http
+            .post(format!("http://127.0.0.1:{nginx_port}/predict"))
+            .header("content-type", "application/json")
+            .body(BODY)
+            .send()
+            .await;
+        if let Ok(answer) = answer
+            && answer
+                .headers()
+                .get("x-cache-status")
+                .is_some_and(|status| status == "HIT")
+        {
+            cached = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if !cached {
+        bail!(
+            "nginx never answered from its cache (see {})",
+            dir.display()
+        );
+    }
+    let body = RequestBody::new("nginx-predict", BODY.as_bytes(), "application/json", &[])?;
+    let post = |connections: u32, duration: Duration| Load {
+        connections,
+        duration,
+        path: r#""/predict""#.into(),
+        count_server_errors: false,
+        body: Some(body.clone()),
+    };
+
+    run.say("cache hit, hot key, POST /predict: the gateway alternating with nginx's proxy_cache");
+    let load = post(run.connections, run.round_seconds);
+    let paired = load::interleaved_between(
+        (nginx_port, |_| load.clone()),
+        system.port,
+        |_| load.clone(),
+        run.rounds,
+    )?;
+    check_clean("gateway", &paired.scenario)?;
+    check_clean("nginx", &paired.baseline)?;
+    let mut rows = vec![versus(
+        "cache hit, hot key, POST /predict, against nginx proxy_cache",
+        &paired,
+        run.connections,
+        "nginx proxy_cache",
+        ("≥ 1.1×", Some(1.1)),
+    )];
+
+    run.say("cache hit, hot key, POST /predict, one request at a time: the gateway alternating with nginx");
+    let single = post(1, run.round_seconds.max(Duration::from_secs(2)));
+    let one_by_one = load::interleaved_between(
+        (nginx_port, |_| single.clone()),
+        system.port,
+        |_| single.clone(),
+        run.rounds,
+    )?;
+    let (gateway, nginx): (&Measured, &Measured) = (&one_by_one.scenario, &one_by_one.baseline);
+    let mut row = versus(
+        "cache hit, hot key, POST /predict, 1 connection, against nginx",
+        &one_by_one,
+        1,
+        "nginx proxy_cache",
+        ("p50 ≤ nginx's", None),
+    );
+    row.baseline = format!(
+        "nginx proxy_cache: p50 {:.3} ms, {:.0} req/s",
+        nginx.p50_us / 1000.0,
+        nginx.throughput()
+    );
+    row.met = Some(gateway.p50_us <= nginx.p50_us);
+    rows.push(row);
+    let _ = std::fs::remove_dir_all(&dir).context("removing nginx's folder");
+    Ok(rows)
+}
