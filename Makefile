@@ -1,5 +1,5 @@
 # One entry point for everything: `make help` lists the targets.
-.PHONY: help run test test-deps python-worker-test requests build lint fmt compose-check bench bench-micro bench-model models python-models fuzz soak audit callgrind
+.PHONY: help run test test-deps python-worker-test requests build lint fmt compose-check compose-test bench bench-micro bench-model models python-models fuzz soak audit callgrind
 
 help: ## list the targets
 	@awk -F':.*## ' '/^[a-z-]+:.*## / {printf "  make %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -16,6 +16,9 @@ test: test-deps ## the whole test suite (starts its own nats-server and redis-se
 
 test-deps: ## the independent NATS client the tests use and the manifests' checker's YAML parser (from PyPI)
 	@python3 -c 'import nats, yaml' 2>/dev/null || python3 -m pip install --quiet --disable-pip-version-check nats-py pyyaml
+
+compose-test: ## docker-compose.yml and docker-compose.cluster.yml run for real: built, started, scaled, a worker and a Redis master stopped, then `down -v` (needs root or a running Docker daemon; 45 min at most)
+	timeout --foreground 2700 scripts/compose-test.sh
 
 python-worker-test: ## the Python worker library's own tests (pytest, against a real nats-server)
 	"$$(scripts/python-env.sh)" -m pytest -q workers/python
@@ -36,8 +39,9 @@ lint: ## formatting and clippy, as CI would want them; ruff and mypy --strict on
 fmt: ## format the code
 	cargo fmt --all
 
-bench: bench-model ## load benchmarks against same-run baselines (wrk); writes bench/results.md and bench/latency.svg
+bench: bench-model ## load benchmarks against same-run baselines (wrk; nginx for its row); writes bench/results.md and bench/latency.svg
 	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq wrk; } || { echo "install wrk: apt-get install wrk" >&2; exit 1; }
+	@[ -x /usr/sbin/nginx ] || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq nginx-light; } || { echo "install nginx: apt-get install nginx-light" >&2; exit 1; }
 	cargo build --release --locked --bin gateway --bin worker --bin bench
 	ulimit -n 65536 2>/dev/null; target/release/bench
 

@@ -1,5 +1,5 @@
 //! One log line per request: method, path, status, latency, and for predictions the
-//! model and where the answer came from.
+//! model and where the answer came from. Answered probes and scrapes at DEBUG.
 
 use std::time::Instant;
 
@@ -10,7 +10,7 @@ use axum::response::Response;
 use prediction_contract::ModelName;
 use prediction_runtime::log_writer::{self, Field};
 use prediction_runtime::traces;
-use tracing::{Instrument, info};
+use tracing::{Instrument, debug, info};
 
 use crate::prediction::CacheOutcome;
 use crate::state::AppState;
@@ -40,6 +40,23 @@ pub fn drop_unusable_request_id<B>(mut request: axum::http::Request<B>) -> axum:
         request.headers_mut().remove(&X_REQUEST_ID);
     }
     request
+}
+
+/// What probes and scrapers ask every few seconds. Answered, they are logged at
+/// DEBUG, so the default log shows predictions and faults; a probe that fails
+/// is logged like any request.
+const ROUTINE_PATHS: [&str; 6] = [
+    "/healthz",
+    "/readyz",
+    "/health",
+    "/metrics",
+    "/v2/health/live",
+    "/v2/health/ready",
+];
+
+/// Whether the request is a probe or a scrape that was answered.
+fn is_routine(path: &str, status: u16) -> bool {
+    status < 400 && ROUTINE_PATHS.contains(&path)
 }
 
 /// Attached by the prediction routes to each response (success or error) so the
@@ -94,7 +111,18 @@ pub async fn log_request(State(state): State<AppState>, request: Request, next: 
         .as_ref()
         .and_then(|v| v.to_str().ok())
         .unwrap_or("-");
-    // The line of every request: written by hand into the log's buffer
+    if is_routine(uri.path(), status) {
+        debug!(
+            %method,
+            path = uri.path(),
+            status,
+            latency_us,
+            request_id,
+            "request"
+        );
+        return response;
+    }
+    // The line of every other request: written by hand into the log's buffer
     // where it can be (see `log_writer::write_info`), else through tracing.
     if tracing::enabled!(tracing::Level::INFO) {
         let written = log_writer::write_info(
@@ -128,3 +156,18 @@ pub async fn log_request(State(state): State<AppState>, request: Request, next: 
     response
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answered_probes_and_scrapes_are_routine_and_failed_ones_are_not() {
+        for path in ROUTINE_PATHS {
+            assert!(is_routine(path, 200), "{path}");
+            assert!(!is_routine(path, 503), "{path}");
+        }
+        assert!(!is_routine("/predict", 200));
+        assert!(!is_routine("/v1/models/price/predict", 200));
+        assert!(!is_routine("/healthz/x", 200));
+    }
+}

@@ -235,7 +235,7 @@ async fn an_unusable_request_id_is_replaced_and_never_echoed_or_logged() {
     let huge = "r".repeat(10_000);
     for sent in [huge.as_str(), "has space", "tab\there"] {
         let response = http
-            .get(format!("{}/healthz", gateway.url))
+            .get(format!("{}/v1/models", gateway.url))
             .header("x-request-id", sent)
             .send()
             .await
@@ -244,7 +244,7 @@ async fn an_unusable_request_id_is_replaced_and_never_echoed_or_logged() {
         assert_eq!(echoed.len(), 36, "a UUID of the gateway's: {echoed:?}");
     }
     let kept = http
-        .get(format!("{}/healthz", gateway.url))
+        .get(format!("{}/v1/models", gateway.url))
         .header("x-request-id", "client-chosen-id-42")
         .send()
         .await
@@ -286,4 +286,53 @@ async fn a_renamed_variable_still_works_under_its_old_name_with_a_warning() {
         logs.contains("LOG_FORMAT is deprecated; set GATEWAY_LOG_FORMAT instead"),
         "{logs}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probes_and_scrapes_are_logged_at_debug_and_predictions_at_info() {
+    let deployment = Deployment::start().await;
+    let args = deployment.args();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let probe_paths = [
+        "/healthz",
+        "/readyz",
+        "/health",
+        "/metrics",
+        "/v2/health/ready",
+    ];
+    for level in ["info", "debug"] {
+        let mut gateway = GatewayProcess::start(&args, &[("RUST_LOG", level)]).await;
+        let http = reqwest::Client::new();
+        for path in probe_paths {
+            for _ in 0..3 {
+                let response = http
+                    .get(format!("{}{path}", gateway.url))
+                    .header("x-request-id", format!("{path}-probe"))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(response.status(), 200, "{path}");
+            }
+        }
+        let prediction = http
+            .post(format!("{}/v1/models/echo/predict", gateway.url))
+            .json(&serde_json::json!({"x": 1}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(prediction.status(), 200);
+        let logs = gateway.stop().await;
+        assert!(
+            logs.contains(r#"path="/v1/models/echo/predict""#),
+            "{level}: {logs}"
+        );
+        for path in probe_paths {
+            let lines = logs
+                .lines()
+                .filter(|line| line.contains(&format!("{path}-probe")))
+                .count();
+            let expected = if level == "debug" { 3 } else { 0 };
+            assert_eq!(lines, expected, "{level}: lines for {path}");
+        }
+    }
 }
