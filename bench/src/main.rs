@@ -94,6 +94,22 @@ async fn dispatch() -> anyhow::Result<()> {
             );
             Ok(())
         }
+        // Only the memory figures (and a /healthz run for their row's baseline).
+        Some("memory") => {
+            let run = Run::from_env()?;
+            let system = stack::System::start().await?;
+            let healthz = load::run(system.port, &run.load(r#""/healthz""#, run.connections))?;
+            let (wide, memory) = memory::measure(&run, &system, &healthz).await?;
+            println!("{}", report::markdown("## Memory", &[wide]));
+            for (what, bytes, limit) in memory {
+                println!(
+                    "{what}: {:.1} MiB (goal < {} MiB)",
+                    bytes as f64 / 1048576.0,
+                    limit >> 20
+                );
+            }
+            Ok(())
+        }
         // Only the Open Inference Protocol's scenarios.
         Some("tensors") => {
             let run = Run::from_env()?;
@@ -130,6 +146,10 @@ async fn bench() -> anyhow::Result<()> {
     rows.extend(misses::rows(&run, &system).await?);
     rows.extend(llm::rows(&run, &system).await?);
     rows.extend(tensors::rows(&run, &system).await?);
+    drop(system);
+    // Memory on a system of its own: the peak of a gateway that served every
+    // scenario above would count their bodies and memos too.
+    let system = stack::System::start().await?;
     let (wide, memory) = memory::measure(&run, &system, &healthz).await?;
     rows.push(wide);
     drop(system);
