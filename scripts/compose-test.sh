@@ -19,6 +19,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PROJECT=prediction-compose-test
+# The stand-in builder: STANDIN_IMAGES, else beside this checkout, else where
+# these machines keep their shared tools.
+if [ -z "${STANDIN_IMAGES:-}" ]; then
+  for candidate in ../shared/tools/make-standin-images.sh /work/shared/tools/make-standin-images.sh; do
+    if [ -f "$candidate" ]; then STANDIN_IMAGES=$candidate; break; fi
+  done
+fi
 STANDIN_IMAGES=${STANDIN_IMAGES:-../shared/tools/make-standin-images.sh}
 BASE_IMAGES=(debian:bookworm-slim rust:1.95-bookworm nats:2.10-alpine redis:7-alpine prom/prometheus:v2.53.3)
 # How long any one wait may take, in seconds (a cold build has its own bound,
@@ -57,7 +64,8 @@ ensure_docker() {
   if ! docker info >/dev/null 2>&1; then
     [ "$(id -u)" = 0 ] || fail "no Docker daemon runs and only root may start one"
     say "starting the Docker daemon (its log: /var/log/dockerd.log)"
-    setsid dockerd >>/var/log/dockerd.log 2>&1 < /dev/null &
+    # In a subshell, so that it is not one of this script's jobs (`wait`).
+    (setsid dockerd >>/var/log/dockerd.log 2>&1 < /dev/null &)
     local deadline=$((SECONDS + 60))
     until docker info >/dev/null 2>&1; do
       ((SECONDS < deadline)) || fail "the Docker daemon did not start within 60 s (see /var/log/dockerd.log)"
@@ -237,12 +245,13 @@ say "--scale worker=4: in /v1/models and in Prometheus's targets"
 # the rest. (Another twenty when it happens to hold none.)
 in_flight=$(mktemp -d)
 stopped=$(compose ps -q worker | head -1)
-batches=0 held=0
+batches=0 held=0 requests=()
 until ((held > 0)); do
   ((batches < 5)) || fail "the worker to stop was sent none of $((batches * 20)) requests"
   batches=$((batches + 1))
   for i in $(seq 1 20); do
     post "$gateway" /predict "{\"product_id\":\"STOP/$batches/$i\"}" > "$in_flight/$batches-$i" &
+    requests+=($!)
   done
   sleep 0.2
   held=$(docker exec "$stopped" curl -sS --max-time 2 http://127.0.0.1:9100/metrics \
@@ -252,7 +261,7 @@ done
 stop_started=$(date +%s%N)
 docker stop -t 30 "$stopped" >/dev/null
 stop_ms=$((($(date +%s%N) - stop_started) / 1000000))
-wait
+wait "${requests[@]}"
 exit_code=$(docker inspect -f '{{.State.ExitCode}}' "$stopped")
 [ "$exit_code" = 0 ] || fail "the stopped worker exited with $exit_code"
 ((stop_ms < 30000)) || fail "the stopped worker took ${stop_ms} ms, its whole grace period"
@@ -286,10 +295,12 @@ docker exec "$redis_1" redis-cli role | head -1 | grep -qx master || fail "redis
 # Twenty inputs cached (on every master), then four clients asking for them
 # through both gateways while redis-1 is killed and its replica takes over
 # (the node timeout is 5 s).
+warming=()
 for i in $(seq 0 19); do
   post "$GATEWAY_HOST_PORT" /predict "{\"product_id\":\"LOAD/$i\"}" >/dev/null &
+  warming+=($!)
 done
-wait
+wait "${warming[@]}"
 stop_load=$(mktemp -u)
 statuses=$(mktemp -d)
 loaders=()
