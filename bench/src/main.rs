@@ -26,6 +26,7 @@
 mod callgrind;
 mod cluster;
 mod demo;
+mod floor;
 mod hits;
 mod inference;
 mod llm;

@@ -27,6 +27,8 @@ pub async fn measure(
         &Load {
             connections: 256,
             duration: run.seconds,
+            threads: 1,
+            prepared: false,
             path: format!(
                 r#""/v1/models/price/predict?product_id=R{}-" .. math.random(0, 99999)"#,
                 run.id

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 
+use crate::floor;
 use crate::load::{self, Load, Measured, RequestBody};
 use crate::report::{Row, versus};
 use crate::settings::Run;
@@ -112,17 +113,42 @@ pub async fn rows(run: &Run, system: &System) -> anyhow::Result<Vec<Row>> {
             dir.display()
         );
     }
+    // The floor replays the gateway's own hit, byte for byte but for the date
+    // and length hyper writes itself.
+    let hit = http
+        .post(format!("http://127.0.0.1:{}/predict", system.port))
+        .header("content-type", "application/json")
+        .body(BODY)
+        .send()
+        .await?;
+    let mut headers = hit.headers().clone();
+    headers.remove("date");
+    headers.remove("content-length");
+    let recorded = floor::Recorded {
+        status: hit.status(),
+        headers,
+        body: hit.bytes().await?,
+    };
+    let floor_port = test_support::free_port();
+    floor::serve(
+        floor_port,
+        prediction_runtime::http_server::default_connection_threads(),
+        recorded,
+    )?;
     let body = RequestBody::new("nginx-predict", BODY.as_bytes(), "application/json", &[])?;
-    let post = |connections: u32, duration: Duration| Load {
+    // As the comparison was first measured: `wrk -t2 -c32`, one prepared request.
+    let post = |threads: u32, connections: u32, duration: Duration| Load {
         connections,
         duration,
+        threads,
+        prepared: true,
         path: r#""/predict""#.into(),
         count_server_errors: false,
         body: Some(body.clone()),
     };
 
     run.say("cache hit, hot key, POST /predict: the gateway alternating with nginx's proxy_cache");
-    let load = post(run.connections, run.round_seconds);
+    let load = post(2, 32, run.round_seconds);
     let paired = load::interleaved_between(
         (nginx_port, |_| load.clone()),
         system.port,
@@ -134,13 +160,13 @@ pub async fn rows(run: &Run, system: &System) -> anyhow::Result<Vec<Row>> {
     let mut rows = vec![versus(
         "cache hit, hot key, POST /predict, against nginx proxy_cache",
         &paired,
-        run.connections,
+        32,
         "nginx proxy_cache",
         ("≥ 1.1×", Some(1.1)),
     )];
 
     run.say("cache hit, hot key, POST /predict, one request at a time: the gateway alternating with nginx");
-    let single = post(1, run.round_seconds.max(Duration::from_secs(2)));
+    let single = post(1, 1, run.round_seconds.max(Duration::from_secs(2)));
     let one_by_one = load::interleaved_between(
         (nginx_port, |_| single.clone()),
         system.port,
@@ -161,6 +187,41 @@ pub async fn rows(run: &Run, system: &System) -> anyhow::Result<Vec<Row>> {
         nginx.throughput()
     );
     row.met = Some(gateway.p50_us <= nginx.p50_us);
+    rows.push(row);
+
+    run.say("hyper alone (the floor), the gateway's hit replayed: alternating with nginx, 32 connections, then 1");
+    let floor_paired = load::interleaved_between(
+        (nginx_port, |_| load.clone()),
+        floor_port,
+        |_| load.clone(),
+        run.rounds,
+    )?;
+    check_clean("hyper floor", &floor_paired.scenario)?;
+    rows.push(versus(
+        "hyper alone, the same answer replayed (the floor), against nginx proxy_cache",
+        &floor_paired,
+        32,
+        "nginx proxy_cache",
+        ("reported", None),
+    ));
+    let floor_single = load::interleaved_between(
+        (nginx_port, |_| single.clone()),
+        floor_port,
+        |_| single.clone(),
+        run.rounds,
+    )?;
+    let mut row = versus(
+        "hyper alone, the same answer replayed (the floor), 1 connection, against nginx",
+        &floor_single,
+        1,
+        "nginx proxy_cache",
+        ("reported", None),
+    );
+    row.baseline = format!(
+        "nginx proxy_cache: p50 {:.3} ms, {:.0} req/s",
+        floor_single.baseline.p50_us / 1000.0,
+        floor_single.baseline.throughput()
+    );
     rows.push(row);
     let _ = std::fs::remove_dir_all(&dir).context("removing nginx's folder");
     Ok(rows)

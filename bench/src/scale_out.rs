@@ -59,6 +59,8 @@ pub async fn rows(run: &Run) -> anyhow::Result<Vec<Row>> {
             &Load {
                 connections: 16,
                 duration: scale_seconds,
+                threads: 1,
+                prepared: false,
                 path: format!(
                     r#""/v1/models/price/predict?product_id=W{}-{count}-{redirects}-" .. n"#,
                     run.id

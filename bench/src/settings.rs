@@ -59,6 +59,8 @@ impl Run {
         Load {
             connections,
             duration: self.seconds,
+            threads: 1,
+            prepared: false,
             path: path.to_owned(),
             count_server_errors: false,
             body: None,

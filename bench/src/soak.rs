@@ -47,6 +47,8 @@ pub async fn run() -> anyhow::Result<()> {
             &Load {
                 connections: 32,
                 duration: Duration::from_secs(60),
+                threads: 1,
+                prepared: false,
                 path: path.to_owned(),
                 count_server_errors: true,
                 body: None,

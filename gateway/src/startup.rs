@@ -6,10 +6,8 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
 use prediction_runtime::telemetry::redact_url;
 use tokio::net::TcpListener;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tracing::info;
 
 use crate::auth::Tokens;
@@ -21,7 +19,7 @@ use crate::model_call::ModelCaller;
 use crate::nats::Nats;
 use crate::prediction::Predictor;
 use crate::purge;
-use crate::request_log::{drop_unusable_request_id, log_request};
+use crate::request_log::RequestLog;
 use crate::routes::memo::BodyMemo;
 use crate::routes::oip::OIP_REQUESTS_BYTES;
 use crate::routes::openai::ReadRequests;
@@ -33,7 +31,7 @@ use prediction_runtime::http_server::{self as server, ConnectionLimits};
 #[derive(Debug)]
 pub struct Application {
     listener: TcpListener,
-    router: Router,
+    service: RequestLog<Router>,
     local_addr: SocketAddr,
     limits: ConnectionLimits,
     metrics: Metrics,
@@ -86,12 +84,9 @@ impl Application {
             openai_requests: ReadRequests::default(),
             oip_requests: BodyMemo::new(OIP_REQUESTS_BYTES),
         });
-        let router = router(Arc::clone(&state), tokens)
-            .layer(DefaultBodyLimit::max(config.max_body))
-            .layer(axum::middleware::from_fn_with_state(state, log_request))
-            .layer(PropagateRequestIdLayer::x_request_id())
-            .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
-            .layer(tower::util::MapRequestLayer::new(drop_unusable_request_id));
+        // The request log wraps the router whole, once: not a layer on each
+        // route, cloned with it for every request.
+        let service = RequestLog::new(router(Arc::clone(&state), tokens), state);
 
         let listener = TcpListener::bind(config.listen)
             .await
@@ -109,7 +104,7 @@ impl Application {
         );
         Ok(Self {
             listener,
-            router,
+            service,
             local_addr,
             limits,
             metrics,
@@ -137,7 +132,7 @@ impl Application {
     ) -> anyhow::Result<()> {
         server::serve(
             self.listener,
-            self.router,
+            self.service,
             self.limits,
             Some(self.metrics.connections()),
             shutdown,

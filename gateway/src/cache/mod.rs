@@ -136,6 +136,13 @@ impl PredictionCache {
         if let Some(entry) = self.local_entry(key) {
             return Lookup::Found(entry);
         }
+        // Boxed: the Redis round trip's future is large, and without the box
+        // every request's future (a hit's too) would be as large, and moved
+        // and allocated whole.
+        Box::pin(self.lookup_in_redis(key, on_miss)).await
+    }
+
+    async fn lookup_in_redis(&self, key: &CacheKey, on_miss: OnMiss) -> Lookup {
         let fetched = match on_miss {
             OnMiss::JustLook => self
                 .redis

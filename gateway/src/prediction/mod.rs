@@ -302,7 +302,9 @@ impl Predictor {
                 let not_before = fresh_only.then_some(arrived);
                 match live {
                     None => {
-                        let answer = self.compute(job, not_before).await?;
+                        // Boxed: a computation's future is large, and a hit's
+                        // would be as large without the box.
+                        let answer = Box::pin(self.compute(job, not_before)).await?;
                         Ok(Generated::Whole(answer))
                     }
                     Some(api) => Ok(self.compute_live(job, not_before, api, !private)),

@@ -34,7 +34,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::telemetry::LogBudget;
-use axum::Router;
+use axum::body::Body;
+use axum::http::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use prediction_contract::time::unix_now_ms;
@@ -181,11 +182,36 @@ fn raise_open_file_limit() -> u64 {
 /// bounds are kept to within this.
 const SWEEP_EVERY: Duration = Duration::from_millis(100);
 
-/// Serves `router` on `listener` until `shutdown` completes, then lets the
+/// What the server serves: an axum `Router`, or a service around one.
+pub trait HttpService:
+    tower::Service<
+        Request<Body>,
+        Response = Response<Body>,
+        Error = std::convert::Infallible,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + 'static
+{
+}
+
+impl<S> HttpService for S where
+    S: tower::Service<
+            Request<Body>,
+            Response = Response<Body>,
+            Error = std::convert::Infallible,
+            Future: Send + 'static,
+        > + Clone
+        + Send
+        + 'static
+{
+}
+
+/// Serves `service` on `listener` until `shutdown` completes, then lets the
 /// requests in flight finish (at most [`SHUTDOWN_GRACE`]).
-pub async fn serve(
+pub async fn serve<S: HttpService>(
     listener: TcpListener,
-    router: Router,
+    service: S,
     limits: ConnectionLimits,
     metrics: Option<ConnectionMetrics>,
     shutdown: impl Future<Output = ()>,
@@ -253,14 +279,14 @@ pub async fn serve(
         }
         let id = open.add(Arc::clone(&activity));
         let open = Arc::clone(&open);
-        let (connections, router) = (connections.clone(), router.clone());
+        let (connections, service) = (connections.clone(), service.clone());
         let run = move |stream: tokio::net::TcpStream| async move {
             let io = TokioIo::new(WatchedStream {
                 stream,
                 activity: Arc::clone(&activity),
             });
             let service = TowerToHyperService::new(Tracked {
-                router,
+                service,
                 activity: Arc::clone(&activity),
             });
             let connection = connections
@@ -366,17 +392,17 @@ async fn sweep(open: std::sync::Weak<OpenConnections>, limits: ConnectionLimits)
 }
 
 /// A connection as hyper serves it.
-type Connection = hyper_util::server::conn::auto::UpgradeableConnection<
+type Connection<S> = hyper_util::server::conn::auto::UpgradeableConnection<
     'static,
     TokioIo<WatchedStream>,
-    TowerToHyperService<Tracked>,
+    TowerToHyperService<Tracked<S>>,
     TokioExecutor,
 >;
 
 /// Runs one connection until it ends or is asked to close (by the sweep, or
 /// the server's shutdown): then closes it politely, and drops it if it is not
 /// done within the grace the request to close gave.
-async fn drive(connection: Connection, activity: &Activity) {
+async fn drive<S: HttpService>(connection: Connection<S>, activity: &Activity) {
     tokio::pin!(connection);
     tokio::select! {
         biased;

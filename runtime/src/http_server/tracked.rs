@@ -1,30 +1,33 @@
-//! The router as the connection calls it: each request counted in progress on
+//! The service as the connection calls it: each request counted in progress on
 //! its connection's [`Activity`] until its response has been sent whole.
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, Response};
 
 use super::activity::Activity;
 
-/// The router, counting each request in progress on its connection until its
+/// The service, counting each request in progress on its connection until its
 /// response has been sent whole (or abandoned). Its future and body wrap the
-/// router's without boxing: this is on every request.
+/// service's without boxing: this is on every request.
 #[derive(Clone)]
-pub(super) struct Tracked {
-    pub(super) router: Router,
+pub(super) struct Tracked<S> {
+    pub(super) service: S,
     pub(super) activity: Arc<Activity>,
 }
 
-impl tower::Service<Request<hyper::body::Incoming>> for Tracked {
+impl<S> tower::Service<Request<hyper::body::Incoming>> for Tracked<S>
+where
+    S: tower::Service<Request<Body>, Response = Response<Body>, Error = Infallible>,
+{
     type Response = Response<TrackedBody>;
-    type Error = std::convert::Infallible;
-    type Future = TrackedFuture;
+    type Error = Infallible;
+    type Future = TrackedFuture<S::Future>;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         Poll::Ready(Ok(()))
@@ -33,23 +36,26 @@ impl tower::Service<Request<hyper::body::Incoming>> for Tracked {
     fn call(&mut self, request: Request<hyper::body::Incoming>) -> Self::Future {
         self.activity.request_began();
         TrackedFuture {
-            response: tower::Service::call(&mut self.router, request.map(Body::new)),
+            response: self.service.call(request.map(Body::new)),
             in_progress: Some(InProgress(Arc::clone(&self.activity))),
         }
     }
 }
 
 pin_project_lite::pin_project! {
-    /// The router's response, its body tracked.
-    pub(super) struct TrackedFuture {
+    /// The service's response, its body tracked.
+    pub(super) struct TrackedFuture<F> {
         #[pin]
-        response: axum::routing::future::RouteFuture<std::convert::Infallible>,
+        response: F,
         in_progress: Option<InProgress>,
     }
 }
 
-impl Future for TrackedFuture {
-    type Output = Result<Response<TrackedBody>, std::convert::Infallible>;
+impl<F> Future for TrackedFuture<F>
+where
+    F: Future<Output = Result<Response<Body>, Infallible>>,
+{
+    type Output = Result<Response<TrackedBody>, Infallible>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();

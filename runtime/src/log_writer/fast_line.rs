@@ -45,10 +45,64 @@ pub fn write_info(target: &str, message: &str, fields: &[(&str, Option<Field<'_>
     let Some(fast) = FAST_LINES.get() else {
         return false;
     };
-    let timestamp = humantime::format_rfc3339_micros(std::time::SystemTime::now());
-    let line = format_line(fast.json, timestamp, target, message, fields);
-    let _ = fast.lines.make_writer().write_all(line.as_bytes());
+    LINE.with_borrow_mut(|(line, clock)| {
+        line.clear();
+        let timestamp = clock.now();
+        format_line(line, fast.json, timestamp, target, message, fields);
+        let _ = fast.lines.make_writer().write_all(line.as_bytes());
+    });
     true
+}
+
+thread_local! {
+    /// Each thread's line, written and copied into the buffer: no allocation
+    /// per line; and its clock, which formats the date once a second.
+    static LINE: std::cell::RefCell<(String, Rfc3339Clock)> =
+        std::cell::RefCell::new((String::with_capacity(256), Rfc3339Clock::default()));
+}
+
+/// The time as tracing writes it (RFC 3339, UTC, microseconds:
+/// `2026-12-06T13:20:07.330786Z`), its date and time of day formatted once
+/// per second and the microseconds written into them.
+#[derive(Debug, Default)]
+struct Rfc3339Clock {
+    second: u64,
+    /// `2026-12-06T13:20:07.000000Z` of `second`.
+    text: String,
+}
+
+impl Rfc3339Clock {
+    fn now(&mut self) -> &str {
+        self.at(std::time::SystemTime::now())
+    }
+
+    fn at(&mut self, time: std::time::SystemTime) -> &str {
+        let since_epoch = time
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let second = since_epoch.as_secs();
+        if self.text.is_empty() || second != self.second {
+            self.second = second;
+            self.text = humantime::format_rfc3339_micros(
+                std::time::UNIX_EPOCH + std::time::Duration::from_secs(second),
+            )
+            .to_string();
+        }
+        // The six digits before the final `Z`.
+        let micros = since_epoch.subsec_micros();
+        let digits_at = self.text.len() - 7;
+        let mut digits = [b'0'; 6];
+        let mut rest = micros;
+        for digit in digits.iter_mut().rev() {
+            *digit = b'0' + u8::try_from(rest % 10).unwrap_or(0);
+            rest /= 10;
+        }
+        self.text.replace_range(
+            digits_at..digits_at + 6,
+            std::str::from_utf8(&digits).unwrap_or("000000"),
+        );
+        &self.text
+    }
 }
 
 /// Text that needs no escaping, in a JSON string or a quoted field.
@@ -60,21 +114,20 @@ fn is_plain(text: &str) -> bool {
 /// The line as tracing-subscriber's formatter writes it: its `Full` text
 /// format, or its JSON with the event's fields flattened.
 fn format_line(
+    line: &mut String,
     json: bool,
-    timestamp: impl std::fmt::Display,
+    timestamp: &str,
     target: &str,
     message: &str,
     fields: &[(&str, Option<Field<'_>>)],
-) -> String {
+) {
     use std::fmt::Write as _;
-    let mut line = String::with_capacity(256);
     let mut numbers = itoa::Buffer::new();
     if json {
-        let _ = write!(
-            line,
-            r#"{{"timestamp":"{timestamp}","level":"INFO","message":"#
-        );
-        json_string(&mut line, message);
+        line.push_str(r#"{"timestamp":""#);
+        line.push_str(timestamp);
+        line.push_str(r#"","level":"INFO","message":"#);
+        json_string(line, message);
         for (name, value) in fields
             .iter()
             .filter_map(|(name, value)| Some((name, (*value)?)))
@@ -83,15 +136,19 @@ fn format_line(
             line.push_str(name);
             line.push_str("\":");
             match value {
-                Field::Text(text) | Field::Bare(text) => json_string(&mut line, text),
+                Field::Text(text) | Field::Bare(text) => json_string(line, text),
                 Field::Number(number) => line.push_str(numbers.format(number)),
             }
         }
         line.push_str(",\"target\":");
-        json_string(&mut line, target);
+        json_string(line, target);
         line.push_str("}\n");
     } else {
-        let _ = write!(line, "{timestamp}  INFO {target}: {message}");
+        line.push_str(timestamp);
+        line.push_str("  INFO ");
+        line.push_str(target);
+        line.push_str(": ");
+        line.push_str(message);
         for (name, value) in fields
             .iter()
             .filter_map(|(name, value)| Some((name, (*value)?)))
@@ -114,7 +171,6 @@ fn format_line(
         }
         line.push('\n');
     }
-    line
 }
 
 /// `text` as a JSON string, onto `out`.
@@ -189,23 +245,52 @@ mod tests {
 
     #[test]
     fn the_text_line_is_tracings_own() {
-        let ours = format_line(false, "T", "gateway::request_log", "request", FIELDS);
+        let mut ours = String::new();
+        format_line(
+            &mut ours,
+            false,
+            "T",
+            "gateway::request_log",
+            "request",
+            FIELDS,
+        );
         let theirs = tracing_writes(false);
         assert_eq!(ours.strip_prefix("T ").unwrap(), theirs);
     }
 
     #[test]
     fn the_json_line_holds_what_tracings_holds() {
-        let ours: serde_json::Value = serde_json::from_str(&format_line(
+        let mut line = String::new();
+        format_line(
+            &mut line,
             true,
             "T",
             "gateway::request_log",
             "request",
             FIELDS,
-        ))
-        .unwrap();
+        );
+        let ours: serde_json::Value = serde_json::from_str(&line).unwrap();
         let mut theirs: serde_json::Value = serde_json::from_str(&tracing_writes(true)).unwrap();
         theirs["timestamp"] = serde_json::json!("T");
         assert_eq!(ours, theirs);
+    }
+
+    #[test]
+    fn the_time_is_humantimes_to_the_microsecond_across_seconds() {
+        let mut clock = Rfc3339Clock::default();
+        let start = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_796_562_060);
+        for offset_us in [
+            0,
+            1,
+            999_999,
+            1_000_000,
+            1_000_007,
+            61_234_567,
+            86_400_000_000,
+        ] {
+            let time = start + std::time::Duration::from_micros(offset_us);
+            let expected = humantime::format_rfc3339_micros(time).to_string();
+            assert_eq!(clock.at(time), expected, "{offset_us} µs after");
+        }
     }
 }

@@ -112,8 +112,12 @@ impl BufferedLines {
 }
 
 fn flush_until_closed(shared: &Shared, mut out: impl Write) {
+    // The buffer written last, emptied, given back to the writers in place
+    // of the one it takes: the two keep their capacity, so a busy log does not
+    // grow a new buffer (reallocating and copying) after every write.
+    let mut spare = Vec::new();
     loop {
-        let (bytes, closed) = {
+        let (mut bytes, closed) = {
             let pending = shared.pending.lock().expect("not poisoned");
             let (mut pending, _) = shared
                 .full
@@ -121,7 +125,7 @@ fn flush_until_closed(shared: &Shared, mut out: impl Write) {
                     pending.bytes.len() < FLUSH_AT && !pending.closed && !pending.urgent
                 })
                 .expect("not poisoned");
-            let bytes = std::mem::take(&mut pending.bytes);
+            let bytes = std::mem::replace(&mut pending.bytes, std::mem::take(&mut spare));
             pending.urgent = false;
             if !bytes.is_empty() {
                 pending.last_write = std::time::Instant::now();
@@ -134,6 +138,8 @@ fn flush_until_closed(shared: &Shared, mut out: impl Write) {
             let _ = out.write_all(&bytes);
             let _ = out.flush();
         }
+        bytes.clear();
+        spare = bytes;
         if closed {
             return;
         }

@@ -155,7 +155,9 @@ impl FromRequest<AppState> for OipBody {
 
     async fn from_request(request: Request, state: &AppState) -> Result<Self, OipError> {
         Ok(Self(
-            read_body(request, state).await.map_err(OipError::from)?,
+            read_body(request.into_body(), state)
+                .await
+                .map_err(OipError::from)?,
         ))
     }
 }

@@ -89,7 +89,7 @@ impl FromRequest<AppState> for OpenAiBody {
     type Rejection = OpenAiError;
 
     async fn from_request(request: Request, state: &AppState) -> Result<Self, OpenAiError> {
-        Ok(Self(read_body(request, state).await?))
+        Ok(Self(read_body(request.into_body(), state).await?))
     }
 }
 
