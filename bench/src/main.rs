@@ -168,7 +168,8 @@ async fn bench() -> anyhow::Result<()> {
         .unwrap_or_else(|| "unknown CPU".into());
     let header = format!(
         "## Benchmark results\n\nMachine: {} cores ({cpu}); {}; {}; {}. Release builds; the services log at `{}`.\n\
-         Load: `wrk -t1 -c<conns> -d{}s` per run (scale-out: {}s, 16 connections), every scenario against a\n\
+         Load: `wrk -t1 -c<conns> -d{}s` per run (scale-out: {}s, 16 connections; the rows against nginx: `wrk -t2 -c32`,\n\
+         one prepared request), every scenario against a\n\
          baseline measured in the same run; each throughput ratio alternates baseline and scenario {} times, {} s each\n\
          (throughputs over all of their runs, latencies of the median run; \"rounds\" gives the lowest and highest\n\
          ratio of one scenario run to the baseline run before it). Whole run: {:.0} s.",
