@@ -123,15 +123,16 @@ fn format_line(
 ) {
     use std::fmt::Write as _;
     let mut numbers = itoa::Buffer::new();
+    // A field without a value is left out, as tracing leaves out a `None`.
+    let present = fields
+        .iter()
+        .filter_map(|(name, value)| Some((*name, (*value)?)));
     if json {
         line.push_str(r#"{"timestamp":""#);
         line.push_str(timestamp);
         line.push_str(r#"","level":"INFO","message":"#);
         json_string(line, message);
-        for (name, value) in fields
-            .iter()
-            .filter_map(|(name, value)| Some((name, (*value)?)))
-        {
+        for (name, value) in present {
             line.push_str(",\"");
             line.push_str(name);
             line.push_str("\":");
@@ -149,10 +150,7 @@ fn format_line(
         line.push_str(target);
         line.push_str(": ");
         line.push_str(message);
-        for (name, value) in fields
-            .iter()
-            .filter_map(|(name, value)| Some((name, (*value)?)))
-        {
+        for (name, value) in present {
             line.push(' ');
             line.push_str(name);
             line.push('=');
