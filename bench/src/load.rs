@@ -136,6 +136,8 @@ pub struct Load {
     /// Count 5xx responses apart from 4xx ones (slows wrk a little: it then looks
     /// at every response).
     pub count_server_errors: bool,
+    /// The cores wrk runs on (`taskset -c`'s list); `None`: any.
+    pub cpus: Option<String>,
     /// A body: the requests are `POST`s of it (else `GET`s).
     pub body: Option<RequestBody>,
 }
@@ -241,7 +243,15 @@ end
     );
     let script_path = std::env::temp_dir().join(format!("bench-{}.lua", std::process::id()));
     std::fs::write(&script_path, script)?;
-    let output = Command::new("wrk")
+    let mut command = match &load.cpus {
+        Some(cpus) => {
+            let mut taskset = Command::new("taskset");
+            taskset.args(["-c", cpus, "wrk"]);
+            taskset
+        }
+        None => Command::new("wrk"),
+    };
+    let output = command
         .args([
             &format!("-t{}", load.threads.max(1)),
             &format!("-c{}", load.connections.max(load.threads)),

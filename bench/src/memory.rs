@@ -34,6 +34,7 @@ pub async fn measure(
                 run.id
             ),
             count_server_errors: false,
+            cpus: None,
             body: None,
         },
     )?;

@@ -84,7 +84,7 @@ http {{
 
 pub async fn rows(run: &Run, system: &System) -> anyhow::Result<Vec<Row>> {
     let nginx_port = test_support::free_port();
-    let (_nginx, dir) = start_nginx(system.port, nginx_port)?;
+    let (nginx, dir) = start_nginx(system.port, nginx_port)?;
     let http = reqwest::Client::new();
     // nginx's first answer is its miss; the gateway's is warm from the
     // other scenarios, or from this.
@@ -144,6 +144,7 @@ pub async fn rows(run: &Run, system: &System) -> anyhow::Result<Vec<Row>> {
         prepared: true,
         path: r#""/predict""#.into(),
         count_server_errors: false,
+        cpus: None,
         body: Some(body.clone()),
     };
 
@@ -178,6 +179,39 @@ pub async fn rows(run: &Run, system: &System) -> anyhow::Result<Vec<Row>> {
         true,
     ));
 
+    // One request at a time, a round trip is mostly two wake-ups, and on a
+    // virtual machine waking an idle core is dear: where the scheduler puts
+    // the server, beside wrk or apart, weighs more than what the server does.
+    // Pinned alike, the two compare on their own work.
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    if cores >= 2 {
+        let servers: Vec<u32> = std::iter::once(system.gateway.pid())
+            .chain(nginx_workers(nginx.pid())?)
+            .collect();
+        for (wrk_core, server_core, placement) in [
+            ("0", "1", "wrk on core 0, gateway and nginx on core 1"),
+            ("0", "0", "wrk, gateway and nginx on core 0"),
+        ] {
+            run.say(&format!(
+                "one request at a time, {placement}: the gateway alternating with nginx"
+            ));
+            pin(&servers, server_core)?;
+            let pinned = Load {
+                cpus: Some(wrk_core.into()),
+                ..single.clone()
+            };
+            let paired = against_nginx(system.port, &pinned);
+            pin(&servers, &format!("0-{}", cores - 1))?;
+            rows.push(one_connection_row(
+                &format!(
+                    "cache hit, hot key, POST /predict, 1 connection, {placement}, against nginx"
+                ),
+                &paired?,
+                false,
+            ));
+        }
+    }
+
     run.say("hyper alone (the floor), the gateway's hit replayed: alternating with nginx, 32 connections, then 1");
     let floor_paired = against_nginx(floor_port, &load)?;
     check_clean("hyper floor", &floor_paired.scenario)?;
@@ -195,6 +229,31 @@ pub async fn rows(run: &Run, system: &System) -> anyhow::Result<Vec<Row>> {
     ));
     let _ = std::fs::remove_dir_all(&dir).context("removing nginx's folder");
     Ok(rows)
+}
+
+/// Pins every thread of each of `pids` to `cores` (a `taskset -c` list).
+fn pin(pids: &[u32], cores: &str) -> anyhow::Result<()> {
+    for pid in pids {
+        let status = Command::new("taskset")
+            .args(["-a", "-p", "-c", cores, &pid.to_string()])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .context("running taskset (util-linux)")?;
+        if !status.success() {
+            bail!("taskset could not pin process {pid} to cores {cores}");
+        }
+    }
+    Ok(())
+}
+
+/// nginx's worker processes: the children of its master process.
+fn nginx_workers(master: u32) -> anyhow::Result<Vec<u32>> {
+    let children = std::fs::read_to_string(format!("/proc/{master}/task/{master}/children"))
+        .context("reading nginx's worker processes")?;
+    Ok(children
+        .split_whitespace()
+        .filter_map(|pid| pid.parse().ok())
+        .collect())
 }
 
 /// The row of a one-connection run against nginx: its latency next to

@@ -66,6 +66,7 @@ pub async fn rows(run: &Run) -> anyhow::Result<Vec<Row>> {
                     run.id
                 ),
                 count_server_errors: false,
+                cpus: None,
                 body: None,
             },
         )?;

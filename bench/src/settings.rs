@@ -63,6 +63,7 @@ impl Run {
             prepared: false,
             path: path.to_owned(),
             count_server_errors: false,
+            cpus: None,
             body: None,
         }
     }

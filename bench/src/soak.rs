@@ -51,6 +51,7 @@ pub async fn run() -> anyhow::Result<()> {
                 prepared: false,
                 path: path.to_owned(),
                 count_server_errors: true,
+                cpus: None,
                 body: None,
             },
         )?;

@@ -3,10 +3,16 @@
 //! Each [`Application`](crate::Application) has a registry of its own, so several
 //! gateways in one process (as in the tests) count separately.
 
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
 use prediction_runtime::http_server::ConnectionMetrics;
 use prediction_runtime::metrics::{LATENCY_BUCKETS, registry_of, render};
 use prometheus::{
-    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
 };
 
 /// The gateway's metrics. Cheap to clone (every field is a shared handle).
@@ -20,6 +26,8 @@ pub struct Metrics {
     pub requests: IntCounterVec,
     /// Whole-request latency of prediction requests, by outcome.
     pub request_duration: HistogramVec,
+    /// What [`Metrics::count_request`] resolved of the two above.
+    resolved: Arc<ResolvedRequestSeries>,
     /// Model calls by model and result (ok, or the error code).
     pub model_calls: IntCounterVec,
     /// Model requests sent again, by model and reason (`silence`: no answer within
@@ -166,6 +174,10 @@ impl Metrics {
             registry,
             requests,
             request_duration,
+            resolved: Arc::new(ResolvedRequestSeries {
+                id: NEXT_METRICS_ID.fetch_add(1, Ordering::Relaxed),
+                durations: Default::default(),
+            }),
             model_calls,
             model_call_retries,
             model_call_duration,
@@ -177,6 +189,42 @@ impl Metrics {
             time_to_first_token,
             connections_open,
             connections_refused,
+        }
+    }
+
+    /// Counts a prediction request of `model` (its metric label) answered with
+    /// `outcome` (the outcome's label, or `error`) in `elapsed`.
+    ///
+    /// On every request, hits included: the series are resolved at their
+    /// first use as before, then kept (the duration's by outcome, the count's
+    /// of the last model and outcome this thread counted), not looked up by
+    /// hashing their labels under a lock on every request.
+    pub fn count_request(&self, model: &str, outcome: &str, elapsed: Duration) {
+        LAST_COUNTED.with_borrow_mut(|last| {
+            let counter = match last {
+                Some(last) if last.is(self.resolved.id, model, outcome) => &last.counter,
+                _ => {
+                    &last
+                        .insert(LastCounted {
+                            metrics_id: self.resolved.id,
+                            model: model.to_owned(),
+                            outcome: outcome.to_owned(),
+                            counter: self.requests.with_label_values(&[model, outcome]),
+                        })
+                        .counter
+                }
+            };
+            counter.inc();
+        });
+        let seconds = elapsed.as_secs_f64();
+        match OUTCOME_LABELS.iter().position(|label| *label == outcome) {
+            Some(at) => self.resolved.durations[at]
+                .get_or_init(|| self.request_duration.with_label_values(&[outcome]))
+                .observe(seconds),
+            None => self
+                .request_duration
+                .with_label_values(&[outcome])
+                .observe(seconds),
         }
     }
 
@@ -194,8 +242,79 @@ impl Metrics {
     }
 }
 
+/// The outcome labels of prediction requests.
+const OUTCOME_LABELS: [&str; 6] = ["hit", "stale", "miss", "coalesced", "bypass", "error"];
+
+/// Tells one [`Metrics`] from another (several gateways in one process).
+static NEXT_METRICS_ID: AtomicU64 = AtomicU64::new(0);
+
+/// The request series of one [`Metrics`], resolved at their first use.
+#[derive(Debug)]
+struct ResolvedRequestSeries {
+    id: u64,
+    durations: [OnceLock<Histogram>; OUTCOME_LABELS.len()],
+}
+
+/// The request counter this thread counted last: under load nearly every
+/// request is of the same model and outcome as the one before it on its
+/// thread (a hot key's hits).
+struct LastCounted {
+    metrics_id: u64,
+    model: String,
+    outcome: String,
+    counter: IntCounter,
+}
+
+impl LastCounted {
+    fn is(&self, metrics_id: u64, model: &str, outcome: &str) -> bool {
+        self.metrics_id == metrics_id && self.model == model && self.outcome == outcome
+    }
+}
+
+thread_local! {
+    static LAST_COUNTED: RefCell<Option<LastCounted>> = const { RefCell::new(None) };
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn counted(metrics: &Metrics, model: &str, outcome: &str) -> u64 {
+        metrics.requests.with_label_values(&[model, outcome]).get()
+    }
+
+    fn timed(metrics: &Metrics, outcome: &str) -> u64 {
+        metrics
+            .request_duration
+            .with_label_values(&[outcome])
+            .get_sample_count()
+    }
+
+    #[test]
+    fn requests_are_counted_by_their_own_gateway_model_and_outcome_in_any_order() {
+        let (one, two) = (Metrics::new(), Metrics::new());
+        let second = Duration::from_secs(1);
+        one.count_request("price", "hit", second);
+        one.count_request("price", "hit", second);
+        two.count_request("price", "hit", second);
+        one.count_request("price", "miss", second);
+        one.count_request("_other", "error", second);
+        one.count_request("price", "hit", second);
+        assert_eq!(counted(&one, "price", "hit"), 3);
+        assert_eq!(counted(&two, "price", "hit"), 1);
+        assert_eq!(counted(&one, "price", "miss"), 1);
+        assert_eq!(counted(&one, "_other", "error"), 1);
+        assert_eq!((timed(&one, "hit"), timed(&two, "hit")), (3, 1));
+        assert_eq!((timed(&one, "miss"), timed(&one, "error")), (1, 1));
+        assert!(
+            !one.render().contains(r#"outcome="stale""#),
+            "a series appears at its first use, not before"
+        );
     }
 }

@@ -197,11 +197,7 @@ impl Seen {
         if let Some(outcome) = outcome {
             let label = outcome.cache.map_or("error", |cache| cache.label());
             let model = self.state.directory.metric_label(&outcome.model);
-            metrics.requests.with_label_values(&[model, label]).inc();
-            metrics
-                .request_duration
-                .with_label_values(&[label])
-                .observe(elapsed.as_secs_f64());
+            metrics.count_request(model, label, elapsed);
         }
         let status = response.status().as_u16();
         // Whole microseconds: exact, and cheaper to write than a float.

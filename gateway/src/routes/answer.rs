@@ -4,6 +4,8 @@
 //! error as `{"error":{"code","message"}}`; and what the request log and the
 //! metrics learn of it.
 
+use std::sync::{Arc, Weak};
+
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
@@ -11,6 +13,7 @@ use bytes::BytesMut;
 use prediction_contract::time::unix_now_ms;
 use prediction_contract::{ErrorBody, ModelName};
 
+use crate::cache::CachedPrediction;
 use crate::error::ApiError;
 use crate::prediction::{Answer, CacheOutcome, PredictionError};
 use crate::request_log::PredictionOutcome;
@@ -71,25 +74,122 @@ pub fn respond(model: ModelName, result: Result<Answer, PredictionError>) -> Res
 /// The cache's headers of `answer`, as of now, into `headers`: for any front
 /// door whose protocol runs over HTTP.
 pub fn insert_cache_headers(answer: &Answer, headers: &mut HeaderMap) {
-    let entry = &answer.entry;
-    let now = unix_now_ms();
-    // RFC 9211: `hit` when served from the cache (a negative ttl: served stale),
-    // `fwd` with the reason when the model was asked.
-    let cache_status = match answer.outcome {
-        CacheOutcome::Hit => numbered("gateway; hit; ttl=", entry.fresh_left(now).as_secs()),
-        CacheOutcome::Stale => numbered("gateway; hit; ttl=-", entry.staleness(now).as_secs()),
-        outcome => forwarded_status(outcome),
-    };
-    let cache_control = if entry.fresh_for.is_zero() {
-        HeaderValue::from_static("no-store")
-    } else {
-        numbered("max-age=", entry.fresh_for.as_secs())
-    };
+    insert_cache_headers_at(answer, unix_now_ms(), headers);
+}
+
+/// [`insert_cache_headers`] as of `now` (ms since the Unix epoch).
+fn insert_cache_headers_at(answer: &Answer, now: u64, headers: &mut HeaderMap) {
+    let values = LAST_ANSWERED.with_borrow_mut(|last| {
+        let memo = match last {
+            Some(memo) if memo.is_of(&answer.entry) => memo,
+            _ => last.insert(EntryHeaders::of(&answer.entry)),
+        };
+        memo.values(answer, now)
+    });
     headers.insert(X_CACHE, HeaderValue::from_static(answer.outcome.x_cache()));
-    headers.insert(header::AGE, HeaderValue::from(entry.age(now).as_secs()));
-    headers.insert(header::CACHE_CONTROL, cache_control);
-    headers.insert(CACHE_STATUS, cache_status);
-    headers.insert(X_MODEL_VERSION, header_value(&entry.model_version));
+    headers.insert(header::AGE, values.age);
+    headers.insert(header::CACHE_CONTROL, values.cache_control);
+    headers.insert(CACHE_STATUS, values.cache_status);
+    headers.insert(X_MODEL_VERSION, values.model_version);
+}
+
+thread_local! {
+    /// The header values of the entry this thread answered from last. A hot key
+    /// is answered thousands of times a second from one entry, whose values
+    /// change once a second at most: they are built once (four allocations and
+    /// their formatting on every hit otherwise) and cloned (a reference count).
+    static LAST_ANSWERED: std::cell::RefCell<Option<EntryHeaders>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// One entry's cache header values, the ones that change with time as of the
+/// whole seconds they were made for.
+struct EntryHeaders {
+    /// Which entry: a weak reference keeps its allocation (not its prediction)
+    /// from being reused, so the same address is the same entry, which never
+    /// changes.
+    entry: Weak<CachedPrediction>,
+    cache_control: HeaderValue,
+    model_version: HeaderValue,
+    /// `Age`, for that many seconds.
+    age: Option<(u64, HeaderValue)>,
+    /// `Cache-Status` of a hit (`false`) or a stale answer (`true`), for that
+    /// many seconds of freshness left or of staleness.
+    served_status: Option<(bool, u64, HeaderValue)>,
+}
+
+/// The cache's header values of one answer.
+struct CacheHeaderValues {
+    age: HeaderValue,
+    cache_control: HeaderValue,
+    cache_status: HeaderValue,
+    model_version: HeaderValue,
+}
+
+impl EntryHeaders {
+    fn of(entry: &Arc<CachedPrediction>) -> Self {
+        let cache_control = if entry.fresh_for.is_zero() {
+            HeaderValue::from_static("no-store")
+        } else {
+            numbered("max-age=", entry.fresh_for.as_secs())
+        };
+        Self {
+            entry: Arc::downgrade(entry),
+            cache_control,
+            model_version: header_value(&entry.model_version),
+            age: None,
+            served_status: None,
+        }
+    }
+
+    fn is_of(&self, entry: &Arc<CachedPrediction>) -> bool {
+        std::ptr::eq(self.entry.as_ptr(), Arc::as_ptr(entry))
+    }
+
+    /// The values of `answer` (from this entry) as of `now`.
+    fn values(&mut self, answer: &Answer, now: u64) -> CacheHeaderValues {
+        let entry = &answer.entry;
+        let age_secs = entry.age(now).as_secs();
+        let age = match &self.age {
+            Some((secs, value)) if *secs == age_secs => value.clone(),
+            _ => self
+                .age
+                .insert((age_secs, HeaderValue::from(age_secs)))
+                .1
+                .clone(),
+        };
+        // RFC 9211: `hit` when served from the cache (a negative ttl: served stale),
+        // `fwd` with the reason when the model was asked.
+        let served = match answer.outcome {
+            CacheOutcome::Hit => Some((false, entry.fresh_left(now).as_secs())),
+            CacheOutcome::Stale => Some((true, entry.staleness(now).as_secs())),
+            _ => None,
+        };
+        let cache_status = match (served, &self.served_status) {
+            (None, _) => forwarded_status(answer.outcome),
+            (Some((stale, secs)), Some((memo_stale, memo_secs, value)))
+                if stale == *memo_stale && secs == *memo_secs =>
+            {
+                value.clone()
+            }
+            (Some((stale, secs)), _) => {
+                let prefix = if stale {
+                    "gateway; hit; ttl=-"
+                } else {
+                    "gateway; hit; ttl="
+                };
+                let value = numbered(prefix, secs);
+                self.served_status = Some((stale, secs, value.clone()));
+                value
+            }
+        };
+        CacheHeaderValues {
+            age,
+            cache_control: self.cache_control.clone(),
+            cache_status,
+            model_version: self.model_version.clone(),
+        }
+    }
 }
 
 /// The cache's headers of an answer still being generated (`outcome` a miss
@@ -144,4 +244,98 @@ fn numbered(prefix: &'static str, number: u64) -> HeaderValue {
 /// odd version string) becomes `invalid`.
 fn header_value(text: &str) -> HeaderValue {
     HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use bytes::Bytes;
+
+    use super::*;
+
+    fn entry(version: &str, computed_at_ms: u64, fresh_secs: u64) -> Arc<CachedPrediction> {
+        Arc::new(CachedPrediction {
+            prediction: Bytes::from_static(b"{}"),
+            model_version: version.into(),
+            computed_at_ms,
+            fresh_for: Duration::from_secs(fresh_secs),
+        })
+    }
+
+    fn headers_at(entry: &Arc<CachedPrediction>, outcome: CacheOutcome, now: u64) -> Vec<String> {
+        let answer = Answer {
+            entry: entry.clone(),
+            outcome,
+        };
+        let mut headers = HeaderMap::new();
+        insert_cache_headers_at(&answer, now, &mut headers);
+        [
+            X_CACHE,
+            header::AGE,
+            header::CACHE_CONTROL,
+            CACHE_STATUS,
+            X_MODEL_VERSION,
+        ]
+        .iter()
+        .map(|name| headers[name].to_str().unwrap().to_owned())
+        .collect()
+    }
+
+    #[test]
+    fn an_entrys_headers_follow_the_clock_across_seconds_whoever_was_answered_between() {
+        let computed = 1_000_000;
+        let a = entry("1.0.0", computed, 60);
+        let b = entry("2.0.0", computed - 5_000, 0);
+        assert_eq!(
+            headers_at(&a, CacheOutcome::Hit, computed + 999),
+            ["HIT", "0", "max-age=60", "gateway; hit; ttl=59", "1.0.0"]
+        );
+        assert_eq!(
+            headers_at(&a, CacheOutcome::Hit, computed + 1_000),
+            ["HIT", "1", "max-age=60", "gateway; hit; ttl=59", "1.0.0"]
+        );
+        assert_eq!(
+            headers_at(&a, CacheOutcome::Hit, computed + 1_001),
+            ["HIT", "1", "max-age=60", "gateway; hit; ttl=58", "1.0.0"]
+        );
+        assert_eq!(
+            headers_at(&b, CacheOutcome::Stale, computed),
+            ["STALE", "5", "no-store", "gateway; hit; ttl=-5", "2.0.0"]
+        );
+        assert_eq!(
+            headers_at(&a, CacheOutcome::Stale, computed + 62_000),
+            ["STALE", "62", "max-age=60", "gateway; hit; ttl=-2", "1.0.0"]
+        );
+        assert_eq!(
+            headers_at(
+                &a,
+                CacheOutcome::Miss {
+                    stored: true,
+                    forced: false
+                },
+                computed
+            ),
+            [
+                "MISS",
+                "0",
+                "max-age=60",
+                "gateway; fwd=miss; stored",
+                "1.0.0"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_new_entry_where_a_dropped_one_was_gets_its_own_headers() {
+        let old = entry("1.0.0", 1_000_000, 60);
+        assert_eq!(headers_at(&old, CacheOutcome::Hit, 1_000_000)[4], "1.0.0");
+        drop(old);
+        // Whatever address the allocator gives it, it is told apart.
+        let new = entry("3.0.0", 1_000_000, 30);
+        assert_eq!(
+            headers_at(&new, CacheOutcome::Hit, 1_000_000)[2..],
+            ["max-age=30", "gateway; hit; ttl=30", "3.0.0"]
+        );
+    }
 }

@@ -3,6 +3,8 @@
 //! rejection (as axum's `customize-path-rejection` example does), so no handler
 //! parses its path or body by hand.
 
+use std::task::Poll;
+
 use axum::body::{Body, Bytes, HttpBody as _};
 use axum::extract::{FromRequest, FromRequestParts, Path, RawPathParams, Request};
 use axum::http::HeaderValue;
@@ -52,12 +54,16 @@ impl FromRequest<AppState> for JsonInput {
 /// it is refused before anything is read) and the client timeout however it
 /// is trickled.
 pub async fn read_body(body: Body, state: &AppState) -> Result<Bytes, ApiError> {
-    tokio::time::timeout(
-        state.settings.client_timeout,
-        collect_within(body, state.settings.max_body),
-    )
-    .await
-    .map_err(|_| ApiError::BodyUnreadable)?
+    let mut reading = std::pin::pin!(collect_within(body, state.settings.max_body));
+    // A short body has nearly always arrived with the head: read then, it
+    // needs no timer (nor the clock read and runtime handle that arming one
+    // takes, on every hit).
+    if let Poll::Ready(read) = futures::poll!(reading.as_mut()) {
+        return read;
+    }
+    tokio::time::timeout(state.settings.client_timeout, reading)
+        .await
+        .map_err(|_| ApiError::BodyUnreadable)?
 }
 
 /// `body`'s bytes, at most `limit` of them. A body that came in one piece
