@@ -5,7 +5,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
-use axum::Router;
 use prediction_runtime::telemetry::redact_url;
 use tokio::net::TcpListener;
 use tracing::info;
@@ -20,10 +19,10 @@ use crate::nats::Nats;
 use crate::prediction::Predictor;
 use crate::purge;
 use crate::request_log::RequestLog;
+use crate::routes::Routes;
 use crate::routes::memo::BodyMemo;
 use crate::routes::oip::OIP_REQUESTS_BYTES;
 use crate::routes::openai::ReadRequests;
-use crate::routes::router;
 use crate::state::App;
 use prediction_runtime::http_server::{self as server, ConnectionLimits};
 
@@ -31,7 +30,7 @@ use prediction_runtime::http_server::{self as server, ConnectionLimits};
 #[derive(Debug)]
 pub struct Application {
     listener: TcpListener,
-    service: RequestLog<Router>,
+    service: RequestLog<Routes>,
     local_addr: SocketAddr,
     limits: ConnectionLimits,
     metrics: Metrics,
@@ -84,9 +83,9 @@ impl Application {
             openai_requests: ReadRequests::default(),
             oip_requests: BodyMemo::new(OIP_REQUESTS_BYTES),
         });
-        // The request log wraps the router whole, once: not a layer on each
+        // The request log wraps the routes whole, once: not a layer on each
         // route, cloned with it for every request.
-        let service = RequestLog::new(router(Arc::clone(&state), tokens), state);
+        let service = RequestLog::new(Routes::new(Arc::clone(&state), tokens), state);
 
         let listener = TcpListener::bind(config.listen)
             .await

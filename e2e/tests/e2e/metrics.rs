@@ -4,11 +4,16 @@ use crate::helpers::spawn_app;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_requests_by_model_and_cache_outcome() {
-    let app = spawn_app(&[]).await;
+    let app = spawn_app(&["--max-body", "64"]).await;
     app.post("/v1/models/echo/predict", "{}").await;
     app.post("/v1/models/echo/predict", "{}").await;
     app.post("/v1/models/echo/predict", "{}").await;
     app.post("/v1/models/nobody/predict", "{}").await;
+    // The original route, answered ahead of the router: counted alike, its
+    // body's failure too, under the default model.
+    app.post("/predict", r#"{"product_id":"ETH/EUR"}"#).await;
+    app.post("/predict", r#"{"product_id":"ETH/EUR"}"#).await;
+    assert_eq!(app.post("/predict", &"x".repeat(100)).await.status(), 413);
 
     let response = app.get("/metrics").await;
     assert_eq!(response.status(), 200);
@@ -25,6 +30,9 @@ async fn metrics_count_requests_by_model_and_cache_outcome() {
         // A model no worker serves has no series of its own: clients could
         // name any number of them.
         r#"gateway_prediction_requests_total{model="_other",outcome="error"} 1"#,
+        r#"gateway_prediction_requests_total{model="price",outcome="miss"} 1"#,
+        r#"gateway_prediction_requests_total{model="price",outcome="hit"} 1"#,
+        r#"gateway_prediction_requests_total{model="price",outcome="error"} 1"#,
         r#"gateway_model_calls_total{model="echo",result="ok"} 1"#,
         r#"gateway_model_calls_total{model="_other",result="no_worker"} 1"#,
         "gateway_coalesced_keys_in_flight 0",

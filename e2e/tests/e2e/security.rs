@@ -141,6 +141,20 @@ async fn with_tokens_configured_each_route_asks_for_the_right_one() {
         1,
         "refused requests never reached the model"
     );
+    // The original route as well, which without tokens is answered ahead of
+    // the router.
+    let original = |token: Option<&str>| {
+        let mut request = app
+            .http
+            .post(app.url("/predict"))
+            .body(r#"{"product_id":"ETH/EUR"}"#);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send()
+    };
+    assert_error(original(None).await.unwrap(), 401, "unauthorized").await;
+    assert_eq!(original(Some("api-two")).await.unwrap().status(), 200);
 
     let purge = |token: &str| {
         app.http
