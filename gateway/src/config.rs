@@ -167,6 +167,17 @@ pub struct GatewayConfig {
     #[arg(long, env = "GATEWAY_IDLE_TIMEOUT", default_value = "75s", value_parser = humantime::parse_duration)]
     pub idle_timeout: Duration,
 
+    /// Requests an HTTP/1 connection serves before it is closed (its last
+    /// response says `Connection: close`; the client opens another), as
+    /// nginx's `keepalive_requests`: a connection cannot hold its thread's
+    /// place for ever, and a new one is placed afresh. 0: no limit.
+    #[arg(
+        long,
+        env = "GATEWAY_MAX_REQUESTS_PER_CONNECTION",
+        default_value_t = 1000
+    )]
+    pub max_requests_per_connection: u64,
+
     /// Connections open at once; one accepted beyond it is closed at once.
     /// Default: the open-file limit (raised to its hard limit at startup) less
     /// an eighth, kept for NATS, Redis and files.
@@ -238,6 +249,7 @@ impl From<&GatewayConfig> for ConnectionLimits {
                 .unwrap_or_else(default_max_connections),
             client_timeout: config.client_timeout,
             idle_timeout: config.idle_timeout,
+            max_requests: config.max_requests_per_connection,
             connection_threads: config
                 .http_threads
                 .unwrap_or_else(default_connection_threads),

@@ -140,6 +140,7 @@ const METRICS_CONNECTION_LIMITS: ConnectionLimits = ConnectionLimits {
     max_connections: 64,
     client_timeout: std::time::Duration::from_secs(10),
     idle_timeout: std::time::Duration::from_secs(75),
+    max_requests: 1000,
 };
 
 pub async fn serve_metrics(

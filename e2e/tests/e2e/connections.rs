@@ -138,3 +138,29 @@ async fn deeply_nested_input_is_a_bad_request() {
         "{body}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_is_closed_after_its_last_request_and_says_so() {
+    let app = spawn_app(&["--max-requests-per-connection", "3"]).await;
+    let mut stream = TcpStream::connect(address(&app)).await.unwrap();
+    // Three requests at once on one connection: all three answered, the
+    // last saying it closes the connection, which then ends.
+    let request = "GET /healthz HTTP/1.1\r\nhost: gateway\r\n\r\n";
+    stream
+        .write_all(request.repeat(3).as_bytes())
+        .await
+        .unwrap();
+    let received = read_until_closed(&mut stream).await.to_ascii_lowercase();
+    assert_eq!(received.matches("http/1.1 200 ok").count(), 3, "{received}");
+    assert_eq!(
+        received.matches("connection: close").count(),
+        1,
+        "{received}"
+    );
+    let last = received.rfind("http/1.1 200 ok").unwrap();
+    assert!(received[last..].contains("connection: close"), "{received}");
+    // A client that keeps its connections goes on, on a new one.
+    for _ in 0..5 {
+        assert_eq!(app.get("/healthz").await.status(), 200);
+    }
+}

@@ -37,6 +37,8 @@ pub(super) struct Activity {
     head_since_ms: AtomicU64,
     /// Whether a request has been served on it (else it is new and silent).
     served: AtomicBool,
+    /// Requests begun on it.
+    begun: AtomicU64,
     /// Whether it speaks HTTP/2, whose frames are not request heads.
     http2: AtomicBool,
     /// Whether its first bytes have been seen.
@@ -54,6 +56,7 @@ impl Activity {
             idle_since_ms: AtomicU64::new(coarse_now_ms()),
             head_since_ms: AtomicU64::new(0),
             served: AtomicBool::new(false),
+            begun: AtomicU64::new(0),
             http2: AtomicBool::new(false),
             first_read: AtomicBool::new(false),
             closing: AtomicBool::new(false),
@@ -102,10 +105,13 @@ impl Activity {
         }
     }
 
-    pub(super) fn request_began(&self) {
+    /// Counts a request begun; returns how many the connection has begun.
+    pub(super) fn request_began(&self) -> u64 {
+        let begun = self.begun.fetch_add(1, Ordering::Relaxed) + 1;
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         self.served.store(true, Ordering::Relaxed);
         self.head_since_ms.store(0, Ordering::Relaxed);
+        begun
     }
 
     pub(super) fn request_ended(&self) {
@@ -175,6 +181,7 @@ mod tests {
             max_connections: 10,
             client_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(75),
+            max_requests: 0,
         }
     }
 

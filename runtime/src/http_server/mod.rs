@@ -15,6 +15,12 @@
 //!   bound closes its connection); reading the body within a bound is the
 //!   handler's part (the gateway's extractors give it `--client-timeout`).
 //!
+//! - **Requests per connection**: an HTTP/1 connection is closed after
+//!   `--max-requests-per-connection` requests (its last response says
+//!   `Connection: close`), as nginx's `keepalive_requests` does: a client's
+//!   connection cannot hold one thread's place for ever, and a new one is
+//!   placed afresh (by the accept loop and the kernel's scheduler).
+//!
 //! hyper's own header timeout is off: it starts when a connection waits for a
 //! request, so it would close idle keep-alive connections at `--client-timeout`,
 //! sooner than a load balancer in front expects; the bounds above replace it.
@@ -72,6 +78,10 @@ pub struct ConnectionLimits {
     /// Threads the connections run on, each a runtime of its own; 0: the
     /// caller's runtime.
     pub connection_threads: usize,
+    /// Requests an HTTP/1 connection serves before it is closed (its last
+    /// response says `Connection: close`), as nginx's `keepalive_requests`;
+    /// 0: no limit.
+    pub max_requests: u64,
 }
 
 /// The default number of connection threads: one per core.
@@ -288,6 +298,7 @@ pub async fn serve<S: HttpService>(
             let service = TowerToHyperService::new(Tracked {
                 service,
                 activity: Arc::clone(&activity),
+                max_requests: limits.max_requests,
             });
             let connection = connections
                 .serve_connection_with_upgrades(io, service)

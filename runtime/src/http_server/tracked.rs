@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use axum::body::Body;
-use axum::http::{Request, Response};
+use axum::http::header::CONNECTION;
+use axum::http::{HeaderValue, Request, Response, Version};
 
 use super::activity::Activity;
 
@@ -19,6 +20,8 @@ use super::activity::Activity;
 pub(super) struct Tracked<S> {
     pub(super) service: S,
     pub(super) activity: Arc<Activity>,
+    /// Requests the connection serves; 0: no limit (see `ConnectionLimits`).
+    pub(super) max_requests: u64,
 }
 
 impl<S> tower::Service<Request<hyper::body::Incoming>> for Tracked<S>
@@ -34,10 +37,16 @@ where
     }
 
     fn call(&mut self, request: Request<hyper::body::Incoming>) -> Self::Future {
-        self.activity.request_began();
+        let nth = self.activity.request_began();
+        // HTTP/2 has no `Connection` header (and its streams share one
+        // connection by design): the limit is HTTP/1's.
+        let last = self.max_requests > 0
+            && nth >= self.max_requests
+            && request.version() <= Version::HTTP_11;
         TrackedFuture {
             response: self.service.call(request.map(Body::new)),
             in_progress: Some(InProgress(Arc::clone(&self.activity))),
+            last,
         }
     }
 }
@@ -48,6 +57,8 @@ pin_project_lite::pin_project! {
         #[pin]
         response: F,
         in_progress: Option<InProgress>,
+        // The connection's last request: its response closes it.
+        last: bool,
     }
 }
 
@@ -65,6 +76,12 @@ where
             Poll::Pending => return Poll::Pending,
         };
         let in_progress = this.in_progress.take();
+        let mut response = response;
+        if *this.last {
+            response
+                .headers_mut()
+                .insert(CONNECTION, HeaderValue::from_static("close"));
+        }
         Poll::Ready(Ok(response.map(|body| TrackedBody {
             body,
             _in_progress: in_progress,
