@@ -199,7 +199,7 @@ impl Metrics {
     /// first use as before, then kept (the duration's by outcome, the count's
     /// of the last model and outcome this thread counted), not looked up by
     /// hashing their labels under a lock on every request.
-    pub fn count_request(&self, model: &str, outcome: &str, elapsed: Duration) {
+    pub fn count_request(&self, model: &str, outcome: &'static str, elapsed: Duration) {
         LAST_COUNTED.with_borrow_mut(|last| {
             let counter = match last {
                 Some(last) if last.is(self.resolved.id, model, outcome) => &last.counter,
@@ -208,7 +208,7 @@ impl Metrics {
                         .insert(LastCounted {
                             metrics_id: self.resolved.id,
                             model: model.to_owned(),
-                            outcome: outcome.to_owned(),
+                            outcome,
                             counter: self.requests.with_label_values(&[model, outcome]),
                         })
                         .counter
@@ -261,7 +261,7 @@ struct ResolvedRequestSeries {
 struct LastCounted {
     metrics_id: u64,
     model: String,
-    outcome: String,
+    outcome: &'static str,
     counter: IntCounter,
 }
 

@@ -35,9 +35,7 @@ pub(super) struct Activity {
     /// When (unix ms) the first byte of an HTTP/1.1 request head arrived while
     /// idle; 0: none.
     head_since_ms: AtomicU64,
-    /// Whether a request has been served on it (else it is new and silent).
-    served: AtomicBool,
-    /// Requests begun on it.
+    /// Requests begun on it (none: it is new and silent).
     begun: AtomicU64,
     /// Whether it speaks HTTP/2, whose frames are not request heads.
     http2: AtomicBool,
@@ -55,7 +53,6 @@ impl Activity {
             in_flight: AtomicUsize::new(0),
             idle_since_ms: AtomicU64::new(coarse_now_ms()),
             head_since_ms: AtomicU64::new(0),
-            served: AtomicBool::new(false),
             begun: AtomicU64::new(0),
             http2: AtomicBool::new(false),
             first_read: AtomicBool::new(false),
@@ -73,7 +70,7 @@ impl Activity {
         }
         let client = millis(limits.client_timeout);
         let idle_since = self.idle_since_ms.load(Ordering::Relaxed);
-        if !self.served.load(Ordering::Relaxed) {
+        if self.begun.load(Ordering::Relaxed) == 0 {
             return Some(idle_since.saturating_add(client));
         }
         let idle_end = idle_since.saturating_add(millis(limits.idle_timeout));
@@ -109,7 +106,6 @@ impl Activity {
     pub(super) fn request_began(&self) -> u64 {
         let begun = self.begun.fetch_add(1, Ordering::Relaxed) + 1;
         self.in_flight.fetch_add(1, Ordering::Relaxed);
-        self.served.store(true, Ordering::Relaxed);
         self.head_since_ms.store(0, Ordering::Relaxed);
         begun
     }

@@ -70,13 +70,12 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let response = match this.response.poll(cx) {
+        let mut response = match this.response.poll(cx) {
             Poll::Ready(Ok(response)) => response,
             Poll::Ready(Err(never)) => match never {},
             Poll::Pending => return Poll::Pending,
         };
         let in_progress = this.in_progress.take();
-        let mut response = response;
         if *this.last {
             response
                 .headers_mut()
