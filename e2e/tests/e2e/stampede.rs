@@ -72,6 +72,32 @@ async fn two_hundred_identical_cold_requests_across_two_gateways_make_one_model_
     );
 }
 
+/// A model that answers at once finishes its computation while requests that
+/// looked up the key a moment before (and found the lease of their own gateway)
+/// have yet to join it: they must find the entry, not call the model again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identical_requests_racing_a_computation_that_just_ended_make_no_second_call() {
+    let app = spawn_app(&[]).await;
+    let rounds = 60;
+    for round in 0..rounds {
+        let body = format!(r#"{{"round":{round}}}"#);
+        // Spread over the few milliseconds a computation takes, so that some
+        // requests look the key up just as it ends.
+        let requests = (0..12).map(|i| {
+            let body = &body;
+            let app = &app;
+            async move {
+                tokio::time::sleep(Duration::from_micros(400 * i)).await;
+                app.post("/v1/models/echo/predict", body).await
+            }
+        });
+        for response in futures::future::join_all(requests).await {
+            assert_eq!(response.status(), 200);
+        }
+    }
+    assert_eq!(app.echo.calls(), rounds, "one model call per input");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn when_the_one_call_fails_every_waiter_gets_the_error_and_the_next_request_retries() {
     let mut app = spawn_app(&[]).await;

@@ -14,7 +14,10 @@
 //! A lease's token names the gateway process, not the request: the lookup takes
 //! the lease before the in-process coalescing decides which request computes, so a
 //! request that took it may join a computation already running here instead; that
-//! computation adopts the lease when it finds its own gateway's token. The lock
+//! computation adopts the lease when it finds its own gateway's token. A request
+//! whose lookup finds this gateway's lease but no computation of the key running
+//! here reads the key again before it computes: the computation that held the
+//! lease may have stored its entry over it between the lookup and then. The lock
 //! beside an entry holds a token of its own per computation. Only the holder
 //! extends or releases a lock by itself (both by a Lua compare-and-act), so a
 //! gateway whose lock expired never releases another's; the holder extends it

@@ -41,6 +41,11 @@ pub enum Lookup {
     /// No entry, and its lease (the compute lock of a key without entry) is this
     /// gateway's now.
     Leased(LockGuard),
+    /// No entry, and this gateway held its lease already: a computation of the
+    /// key here holds it, or held it a moment ago and has since stored its entry
+    /// over it (a computation here that has finished must not be trusted to be
+    /// running, nor the entry to be missing).
+    LeasedHere,
     /// No entry; another gateway holds its lease and computes it.
     LeasedElsewhere,
     /// Redis could not be asked; the caller should answer without the cache.
@@ -157,6 +162,7 @@ impl PredictionCache {
                 None => Lookup::Missing,
             },
             Ok(Some(LeaseLookup::Taken(lease))) => Lookup::Leased(lease),
+            Ok(Some(LeaseLookup::Adopted(_))) => Lookup::LeasedHere,
             Ok(Some(LeaseLookup::HeldElsewhere)) => Lookup::LeasedElsewhere,
             Ok(None) => Lookup::Missing,
             Err(_) => Lookup::Unavailable,
@@ -169,7 +175,9 @@ impl PredictionCache {
         let claimed = match site {
             LockSite::Lease => self.redis.get_or_lease(key).await.map(|found| match found {
                 LeaseLookup::Entry(bytes) => (LockClaim::EntryInTheWay, Some(bytes)),
-                LeaseLookup::Taken(lease) => (LockClaim::Taken(lease), None),
+                LeaseLookup::Taken(lease) | LeaseLookup::Adopted(lease) => {
+                    (LockClaim::Taken(lease), None)
+                }
                 LeaseLookup::HeldElsewhere => (LockClaim::HeldElsewhere, None),
             }),
             LockSite::Beside => self.redis.lock_beside(key).await.map(|(lock, bytes)| {
@@ -333,9 +341,14 @@ mod tests {
     /// A cache whose Redis does not answer (nothing listens on port 1): what
     /// this module does by itself, with the in-process tier.
     async fn without_redis(local_capacity: u64) -> PredictionCache {
+        cache_at("redis://127.0.0.1:1", local_capacity).await
+    }
+
+    /// A cache (a gateway's: its lease token is its own) on the Redis at `url`.
+    async fn cache_at(url: &str, local_capacity: u64) -> PredictionCache {
         let redis = RedisSettings {
             mode: RedisMode::Standalone,
-            url: "redis://127.0.0.1:1".into(),
+            url: url.into(),
             sentinel_master: None,
             tls_ca: None,
             timeout: Duration::from_millis(50),
@@ -390,6 +403,37 @@ mod tests {
             cache.lookup(&key, OnMiss::TakeLease).await,
             Lookup::Found(entry) if entry.prediction == "{\"p\":1}"
         ));
+    }
+
+    #[tokio::test]
+    async fn a_lease_this_gateway_held_already_is_told_from_one_just_taken() {
+        let redis = test_support::RedisServer::start();
+        let (here, elsewhere) = (
+            cache_at(&redis.url(), 0).await,
+            cache_at(&redis.url(), 0).await,
+        );
+        let key = key(&here, r#"{"lease":1}"#);
+        let Lookup::Leased(lease) = here.lookup(&key, OnMiss::TakeLease).await else {
+            panic!("the first lookup of a missing key takes its lease");
+        };
+        assert!(matches!(
+            elsewhere.lookup(&key, OnMiss::TakeLease).await,
+            Lookup::LeasedElsewhere
+        ));
+        // A second request here finds its own gateway's lease: it may be a
+        // computation's that has just finished, so it is not handed on as taken.
+        assert!(matches!(
+            here.lookup(&key, OnMiss::TakeLease).await,
+            Lookup::LeasedHere
+        ));
+        let entry = fresh_entry();
+        let stored = here.store(&key, &entry, Some(lease)).await;
+        assert!(stored.stored, "the entry takes the lease's place");
+        // What the computation of that request does first: read the key again,
+        // and find the entry stored over the lease.
+        let claim = here.claim(&key, LockSite::Lease).await;
+        assert!(matches!(claim.lock, LockClaim::EntryInTheWay));
+        assert_eq!(claim.entry.as_deref(), Some(&*entry));
     }
 
     #[tokio::test]

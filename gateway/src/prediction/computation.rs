@@ -79,6 +79,11 @@ impl Job {
         let (site, first_claim) = match lookup {
             Some(Lookup::Missing) => (LockSite::Lease, None),
             Some(Lookup::Leased(lease)) => (LockSite::Lease, Some(leased(LockClaim::Taken(lease)))),
+            // This gateway's lease, and no computation of the key running here
+            // (or the request would have joined it): the one that held it may
+            // have stored its entry between the lookup and now. The first claim
+            // reads the key again rather than compute it a second time.
+            Some(Lookup::LeasedHere) => (LockSite::Lease, None),
             Some(Lookup::LeasedElsewhere) => {
                 (LockSite::Lease, Some(leased(LockClaim::HeldElsewhere)))
             }
@@ -336,6 +341,12 @@ mod tests {
         let missing = job(&plain, false, Some(Lookup::Missing));
         assert_eq!(missing.site, LockSite::Lease);
         assert!(missing.first_claim.is_none());
+        let here = job(&plain, false, Some(Lookup::LeasedHere));
+        assert_eq!(here.site, LockSite::Lease);
+        assert!(
+            here.first_claim.is_none(),
+            "this gateway's lease may be a finished computation's: claimed again, the key read again"
+        );
         let elsewhere = job(&plain, false, Some(Lookup::LeasedElsewhere));
         assert_eq!(elsewhere.site, LockSite::Lease);
         assert!(matches!(

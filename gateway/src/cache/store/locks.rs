@@ -32,8 +32,11 @@ static RELEASE_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script:
 pub enum LeaseLookup {
     /// An entry (its bytes): nothing was taken.
     Entry(Vec<u8>),
-    /// No entry: the lease is this gateway's now (taken, or adopted).
+    /// No entry: the lease is this gateway's now, just taken.
     Taken(LockGuard),
+    /// No entry: this gateway held the lease already (a computation of the key
+    /// here took it, or a request that then joined one); it is adopted.
+    Adopted(LockGuard),
     /// No entry: another gateway holds the lease.
     HeldElsewhere,
 }
@@ -62,18 +65,14 @@ impl RedisStore {
             .arg("GET");
         let set = command.query_async::<Option<Vec<u8>>>(&mut connection);
         let found = self.send(Gate::Breaker, set).await?;
-        let ours = || {
-            LeaseLookup::Taken(LockGuard {
-                lock_key: key.as_str().to_owned(),
-                value: Arc::clone(&self.lease),
-                site: LockSite::Lease,
-            })
+        let ours = || LockGuard {
+            lock_key: key.as_str().to_owned(),
+            value: Arc::clone(&self.lease),
+            site: LockSite::Lease,
         };
         Ok(match found {
-            None => ours(),
-            // Taken by a request of this gateway that then joined this key's
-            // computation here rather than run one: adopt it.
-            Some(value) if *value == *self.lease.as_bytes() => ours(),
+            None => LeaseLookup::Taken(ours()),
+            Some(value) if *value == *self.lease.as_bytes() => LeaseLookup::Adopted(ours()),
             Some(value) if Self::is_lease(&value) => LeaseLookup::HeldElsewhere,
             Some(entry) => LeaseLookup::Entry(entry),
         })
