@@ -341,17 +341,23 @@ mod tests {
     /// A cache whose Redis does not answer (nothing listens on port 1): what
     /// this module does by itself, with the in-process tier.
     async fn without_redis(local_capacity: u64) -> PredictionCache {
-        cache_at("redis://127.0.0.1:1", local_capacity).await
+        cache_at(
+            "redis://127.0.0.1:1",
+            Duration::from_millis(50),
+            local_capacity,
+        )
+        .await
     }
 
-    /// A cache (a gateway's: its lease token is its own) on the Redis at `url`.
-    async fn cache_at(url: &str, local_capacity: u64) -> PredictionCache {
+    /// A cache (a gateway's: its lease token is its own) on the Redis at `url`,
+    /// giving up on a command after `timeout`.
+    async fn cache_at(url: &str, timeout: Duration, local_capacity: u64) -> PredictionCache {
         let redis = RedisSettings {
             mode: RedisMode::Standalone,
             url: url.into(),
             sentinel_master: None,
             tls_ca: None,
-            timeout: Duration::from_millis(50),
+            timeout,
             lock_ttl: Duration::from_secs(3),
             key_prefix: "unit:".into(),
         };
@@ -408,9 +414,11 @@ mod tests {
     #[tokio::test]
     async fn a_lease_this_gateway_held_already_is_told_from_one_just_taken() {
         let redis = test_support::RedisServer::start();
+        // A timeout no loaded machine reaches: every command here must answer.
+        let timeout = Duration::from_secs(10);
         let (here, elsewhere) = (
-            cache_at(&redis.url(), 0).await,
-            cache_at(&redis.url(), 0).await,
+            cache_at(&redis.url(), timeout, 0).await,
+            cache_at(&redis.url(), timeout, 0).await,
         );
         let key = key(&here, r#"{"lease":1}"#);
         let Lookup::Leased(lease) = here.lookup(&key, OnMiss::TakeLease).await else {
